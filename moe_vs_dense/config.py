@@ -1,0 +1,292 @@
+"""Typed run configuration: loaded from YAML, validated once, errors name file, line and key path.
+
+Everything downstream trusts a `Config`; nothing re-validates.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from moe_vs_dense.data.modalities import BUILTIN_SOURCES, MODALITIES, Modality
+from moe_vs_dense.errors import UserError
+
+FileFormat = Literal["txt", "jsonl", "parquet", "fasta", "idx"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+class TextTokenizerConfig(Strict):
+    """Bytes (256 ids) or a byte-level BPE trained on the train split."""
+
+    kind: Literal["bytes", "bpe"] = "bytes"
+    vocab_size: int = Field(1024, ge=260, le=32768)
+
+
+class DNATokenizerConfig(Strict):
+    """Non-overlapping k-mers over ACGT (k=1: single nucleotides); N and tails as single bases."""
+
+    k: int = Field(1, ge=1, le=6)
+
+
+class ImageTokenizerConfig(Strict):
+    """Grayscale pixels quantized to `levels` uniform bins, raster order, between BOI/EOI."""
+
+    levels: int = Field(16, ge=2, le=256)
+
+
+class SpeechTokenizerConfig(Strict):
+    """Mono audio resampled to `sample_rate` and mu-law companded to 256 levels (G.711 mu=255)."""
+
+    sample_rate: int = Field(8000, ge=1000, le=48000)
+
+
+class ProteinTokenizerConfig(Strict):
+    """One token per amino-acid letter (20 standard + B, J, O, U, X, Z)."""
+
+
+class TokenizersConfig(Strict):
+    text: TextTokenizerConfig = TextTokenizerConfig()
+    code: TextTokenizerConfig = TextTokenizerConfig()
+    dna: DNATokenizerConfig = DNATokenizerConfig()
+    image: ImageTokenizerConfig = ImageTokenizerConfig()
+    speech: SpeechTokenizerConfig = SpeechTokenizerConfig()
+    protein: ProteinTokenizerConfig = ProteinTokenizerConfig()
+
+
+class StreamConfig(Strict):
+    """One component of the data mixture: a source of documents of one modality, and its weight.
+
+    `source` is a built-in name (see `moe-vs-dense data fetch --list`), `files` (local files in
+    `paths`) or `hf` (a Hugging Face dataset `name`, or a local dataset directory).
+    """
+
+    modality: Modality | None = None
+    source: str
+    paths: list[str] = []
+    format: FileFormat | None = None
+    name: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    column: str = "text"
+    label_column: str | None = None
+    weight: float = Field(1.0, gt=0)
+    max_units: int | None = Field(None, gt=0)
+    paired: bool = False
+
+    @model_validator(mode="after")
+    def _check_source(self) -> StreamConfig:
+        allowed = sorted(BUILTIN_SOURCES) + ["files", "hf"]
+        if self.source not in allowed:
+            raise ValueError(f"source: unknown source '{self.source}'; allowed: {', '.join(allowed)}")
+        if self.source == "files" and not self.paths:
+            raise ValueError("paths: source 'files' needs at least one path")
+        if self.source == "hf" and not self.name:
+            raise ValueError("name: source 'hf' needs a dataset name or directory")
+        if self.paired and self.modality not in (None, "image", "speech"):
+            raise ValueError("paired: only image (with its label) and speech (with its transcript)")
+        return self
+
+
+class DataConfig(Strict):
+    dir: str | None = None
+    seq_len: int = Field(256, ge=2)
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    doc_units: int = Field(4096, ge=16)
+    num_proc: int = Field(2, ge=1)
+    tokenizers: TokenizersConfig = TokenizersConfig()
+    mixture: dict[str, StreamConfig] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_modalities(cls, raw: Any) -> Any:
+        """A stream's modality defaults to its key; a key that is no modality must name one."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("mixture"), dict):
+            return raw
+        mixture = {}
+        for key, stream in raw["mixture"].items():
+            if isinstance(stream, dict) and stream.get("modality") is None:
+                if key not in MODALITIES:
+                    raise ValueError(
+                        f"mixture.{key}: unknown modality '{key}'; use one of "
+                        f"{', '.join(MODALITIES)} as the key or set mixture.{key}.modality"
+                    )
+                stream = {**stream, "modality": key}
+            mixture[key] = stream
+        return {**raw, "mixture": mixture}
+
+    @model_validator(mode="after")
+    def _check_builtin_modality(self) -> DataConfig:
+        for key, s in self.mixture.items():
+            want = BUILTIN_SOURCES.get(s.source)
+            if want is not None and want != s.modality:
+                raise ValueError(
+                    f"mixture.{key}.source: '{s.source}' holds {want} data, not {s.modality}"
+                )
+        return self
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities present in the mixture, in canonical order (paired streams add text)."""
+        present = {s.modality for s in self.mixture.values()}
+        if any(s.paired for s in self.mixture.values()):
+            present.add("text")
+        return [m for m in MODALITIES if m in present]
+
+
+# ---------------------------------------------------------------- top level
+
+
+class Config(Strict):
+    seed: int = 0
+    data: DataConfig
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply `key.path=value` overrides and validate; raise UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the top level must be a mapping of keys")
+    overridden = set()
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_path(raw, key, value)
+        overridden.add(key)
+    return validate(Config, raw, source=str(path), root=root, overridden=overridden)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected key.path=value")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def set_path(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def validate(
+    cls: type[BaseModel],
+    raw: Any,
+    source: str = "<config>",
+    root: yaml.Node | None = None,
+    overridden: set[str] | None = None,
+) -> Any:
+    """Validate `raw` as `cls`; on failure raise one UserError listing every problem."""
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        lines = [_format_error(cls, err, source, root, overridden or set()) for err in e.errors()]
+        raise UserError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def _format_error(cls, err: dict, source: str, root, overridden: set[str]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
+    msg = err["msg"]
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        # validators prefix their message with the sub-key they are about
+        head, sep, rest = msg.partition(": ")
+        if sep and " " not in head:
+            loc, msg = loc + head.split("."), rest
+        got = None
+    elif kind == "extra_forbidden":
+        allowed = _allowed_keys(cls, loc[:-1])
+        msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        got = None
+    elif kind == "missing":
+        msg, got = "required key is missing", None
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        msg = f"must be {op} {bound}"
+    elif kind == "literal_error":
+        msg = f"must be one of {ctx.get('expected')}"
+    key = ".".join(loc)
+    if key in overridden or any(key.startswith(o + ".") for o in overridden):
+        where = "--set"
+    else:
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
+    shown = "" if got is None or isinstance(got, dict) else f" (got {got!r})"
+    return f"{where}: {key}: {msg}{shown}"
+
+
+def _line_of(root: yaml.Node | None, loc: list[str]) -> int | None:
+    """1-based line of the deepest YAML node on the key path `loc`."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == part]
+            if not match:
+                break
+            key_node, node = match[0]
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _allowed_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names of the model found at key path `loc` under `cls` (best effort)."""
+    ann: Any = cls
+    for part in loc:
+        ann = _unwrap(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = ann.model_fields.get(part)
+            if field is None:
+                return []
+            ann = field.annotation
+        elif typing.get_origin(ann) is dict:
+            ann = typing.get_args(ann)[1]
+        else:
+            return []
+    ann = _unwrap(ann)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return list(ann.model_fields)
+    return []
+
+
+def _unwrap(ann: Any) -> Any:
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        return args[0] if len(args) == 1 else ann
+    return ann
