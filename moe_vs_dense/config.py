@@ -234,6 +234,8 @@ def _format_error(cls, err: dict, source: str, root, overridden: set[str]) -> st
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
               "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()))
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
         msg = f"must be {op} {bound}"
     elif kind == "literal_error":
         msg = f"must be one of {ctx.get('expected')}"

@@ -30,10 +30,26 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 
 
+def key_hash(key: str) -> float:
+    """A stable uniform number in [0, 1) for a document key."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
+
+
 def is_val(key: str, fraction: float) -> bool:
     """Stable split: a document is held out when the hash of its key falls below `fraction`."""
-    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
+    return key_hash(key) < fraction
+
+
+def split_flags(hashes: list[float], fraction: float) -> np.ndarray:
+    """Validation flags; with few documents, the lowest (highest) hash is forced to val (train)
+    so that both splits are non-empty. Deterministic, like `is_val`."""
+    h = np.asarray(hashes)
+    val = h < fraction
+    if not val.any():
+        val[np.argmin(h)] = True
+    if val.all():
+        val[np.argmax(h)] = False
+    return val
 
 
 def cache_key(cfg: DataConfig, data: Path) -> str:
@@ -49,11 +65,11 @@ def _collect(cfg: DataConfig, data: Path, log: Callable[[str], None]) -> dict[st
     out = {}
     for name, s in cfg.mixture.items():
         verify_builtin(s, data)
-        docs, val, units = [], [], 0
+        docs, hashes, units = [], [], 0
         bar = tqdm(desc=f"read {name}", unit="doc", leave=False, mininterval=0.5)
         for key, doc in documents(s, data, cfg.doc_units):
             docs.append(doc)
-            val.append(is_val(key, cfg.val_fraction))
+            hashes.append(key_hash(key))
             units += _doc_units(doc, cfg.tokenizers.speech.sample_rate)
             bar.update()
             if s.max_units and units >= s.max_units:
@@ -61,12 +77,12 @@ def _collect(cfg: DataConfig, data: Path, log: Callable[[str], None]) -> dict[st
         bar.close()
         if not docs:
             raise UserError(f"data.mixture.{name}: source '{s.source}' produced no documents")
-        if all(val) or not any(val):
+        if len(docs) < 2:
             raise UserError(
-                f"data.mixture.{name}: {len(docs)} documents are too few to split off "
-                f"val_fraction={cfg.val_fraction}; add data or raise max_units"
+                f"data.mixture.{name}: one document cannot be split into train and validation; "
+                "add data or lower doc_units"
             )
-        out[name] = {"docs": docs, "val": val}
+        out[name] = {"docs": docs, "val": split_flags(hashes, cfg.val_fraction)}
         log(f"read {name:10s} {len(docs):8d} docs  {units:12,d} {s.modality} units")
     return out
 
@@ -123,7 +139,7 @@ def prepare(cfg: DataConfig, data: Path, log: Callable[[str], None] = print) -> 
             "modalities": cfg.modalities, "streams": {}}
     with atomic_dir(out) as tmp:
         for name, c in collected.items():
-            ds = datasets.Dataset.from_dict({"doc": c["docs"], "val": c["val"]})
+            ds = datasets.Dataset.from_dict({"doc": c["docs"]})
             n_proc = min(cfg.num_proc, max(1, len(ds) // 64))
             ds = ds.map(_tokenize, batched=True, batch_size=64, num_proc=n_proc,
                         fn_kwargs={"vocab_json": vocab.to_json()}, remove_columns=["doc"],
@@ -132,7 +148,7 @@ def prepare(cfg: DataConfig, data: Path, log: Callable[[str], None] = print) -> 
                            "weight": cfg.mixture[name].weight}
             table = ds.data.table
             for split in SPLITS:
-                mask = np.asarray(c["val"]) == (split == "val")
+                mask = c["val"] == (split == "val")
                 part = table.filter(pa.array(mask))
                 ids = part.column("ids").combine_chunks().flatten().to_numpy()
                 mods = part.column("mods").combine_chunks().flatten().to_numpy()

@@ -1,0 +1,147 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moe_vs_dense.config import load_config
+from moe_vs_dense.data.loader import PreparedData
+from moe_vs_dense.data.prepare import is_val, prepare, tokens_per_unit
+from moe_vs_dense.data.sources import chunk_text
+from moe_vs_dense.data.tokenizers import EOD, MODALITY_ID
+from moe_vs_dense.errors import UserError
+from tests.conftest import FIXTURES, small_mixture, write_config
+
+
+def _prepare(tmp_path, cfg, overrides=None, name="config.yaml") -> Path:
+    c = load_config(write_config(tmp_path, cfg, name), overrides)
+    return prepare(c.data, Path(c.data.dir), log=lambda _m: None)
+
+
+def _docs(arr: np.ndarray) -> list[bytes]:
+    """Whole documents (between EODs) of a packed split."""
+    flat = np.asarray(arr).reshape(-1)
+    ends = np.flatnonzero(flat == EOD)
+    return [flat[a + 1 : b].tobytes() for a, b in zip(ends[:-1], ends[1:], strict=True)]
+
+
+def test_prepare_every_modality_real_fixtures(tmp_path, small_config, speech_wavs):
+    small_config["data"]["mixture"] = small_mixture(speech_wavs)
+    small_config["data"]["val_fraction"] = 0.34
+    out = _prepare(tmp_path, small_config)
+    data = PreparedData(out)
+    assert data.streams == ["text", "code", "dna", "image", "protein", "speech"]
+    for s in data.streams:
+        for split in ("train", "val"):
+            toks = data.array(s, split)
+            mods = data.array(s, split, "mods")
+            assert toks.shape == mods.shape == (data.rows(s, split), 65)
+            # every token sits in the id range of its modality id (or is EOD)
+            for m, tok in data.vocab.tokenizers.items():
+                sel = (np.asarray(mods) == MODALITY_ID[m]) & (np.asarray(toks) != EOD)
+                assert ((toks[sel] >= tok.offset) & (toks[sel] < tok.offset + tok.size)).all()
+        # train and validation share no document
+        assert not set(_docs(data.array(s, "train"))) & set(_docs(data.array(s, "val")))
+    # paired image documents end with their label text
+    img = data.vocab.show(np.asarray(data.array("image", "train")).reshape(-1)[:2000])
+    labels = [shown for m, shown in img if m == "text"]
+    assert labels and all(x.strip() in [str(i) for i in range(10)] for x in labels)
+    tpu = tokens_per_unit(data.meta)
+    assert 1.0 <= tpu["text"] < 1.2 and 1.0 <= tpu["image"] < 1.01 and 1.0 <= tpu["dna"] < 1.01
+
+
+def test_text_survives_prepare(tmp_path, small_config):
+    small_config["data"]["mixture"] = {"text": small_mixture()["text"]}
+    data = PreparedData(_prepare(tmp_path, small_config))
+    tok = data.vocab.tokenizers["text"]
+    emma = (FIXTURES / "austen_emma.txt").read_text()
+    for split in ("train", "val"):
+        for doc in _docs(data.array("text", split)):
+            ids = np.frombuffer(doc, dtype=np.uint16)
+            assert tok.decode(ids) in emma
+
+
+def test_split_is_deterministic_and_cache_hits(tmp_path, small_config):
+    first = _prepare(tmp_path, small_config)
+    stamp = (first / "meta.json").stat().st_mtime_ns
+    again = _prepare(tmp_path, small_config)
+    assert again == first and (first / "meta.json").stat().st_mtime_ns == stamp
+    other = dict(small_config, data={**small_config["data"], "dir": str(tmp_path / "elsewhere")})
+    second = _prepare(tmp_path, other, name="other.yaml")
+    assert second.name == first.name  # the key is the content, not the place
+    for name in ("dna.val.tokens.npy", "image.train.tokens.npy", "text.val.mods.npy"):
+        assert np.array_equal(np.load(first / name), np.load(second / name))
+    changed = _prepare(tmp_path, small_config, ["data.seq_len=32"])
+    assert changed != first
+
+
+def test_is_val_is_stable_and_near_fraction():
+    keys = [f"doc{i}" for i in range(20000)]
+    flags = [is_val(k, 0.1) for k in keys]
+    assert abs(np.mean(flags) - 0.1) < 0.01
+    assert flags == [is_val(k, 0.1) for k in keys]
+    assert all(is_val(k, 0.2) for k, f in zip(keys, flags, strict=True) if f)  # nested
+
+
+def _no_leftovers(root: Path) -> None:
+    prepared = root / "prepared"
+    leftovers = list(prepared.iterdir()) if prepared.exists() else []
+    assert leftovers == [], leftovers
+
+
+def test_empty_modality_fails_cleanly(tmp_path, small_config):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    small_config["data"]["mixture"]["text"]["paths"] = [str(empty)]
+    with pytest.raises(UserError, match="data.mixture.text: source 'files' produced no documents"):
+        _prepare(tmp_path, small_config)
+    _no_leftovers(tmp_path / "data")
+
+
+def test_too_little_data_for_a_sequence_fails_cleanly(tmp_path, small_config):
+    msg = r"data.mixture.text: the train split has \d+ tokens, fewer than one sequence"
+    with pytest.raises(UserError, match=msg):
+        _prepare(tmp_path, small_config, ["data.seq_len=60000"])
+    _no_leftovers(tmp_path / "data")
+
+
+def test_missing_and_malformed_files(tmp_path, small_config):
+    small_config["data"]["mixture"]["dna"]["paths"] = [str(tmp_path / "nope.fa")]
+    with pytest.raises(UserError, match="nope.fa: file not found"):
+        _prepare(tmp_path, small_config)
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">chr\nACGT\nAC!T\n")
+    small_config["data"]["mixture"]["dna"]["paths"] = [str(bad)]
+    with pytest.raises(UserError, match=r"bad.fa:3: malformed FASTA"):
+        _prepare(tmp_path, small_config)
+    _no_leftovers(tmp_path / "data")
+
+
+def test_hf_dataset_from_local_directory(tmp_path, small_config):
+    """The hub path (datasets.load_dataset by name) on a local dataset directory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds_dir = tmp_path / "emma_ds" / "data"
+    ds_dir.mkdir(parents=True)
+    paragraphs = [p for p in (FIXTURES / "austen_emma.txt").read_text().split("\n\n") if p.strip()]
+    pq.write_table(pa.table({"body": paragraphs}), ds_dir / "train-00000-of-00001.parquet")
+    small_config["data"]["mixture"] = {
+        "text": {"source": "hf", "name": str(tmp_path / "emma_ds"), "column": "body"}}
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    data = PreparedData(_prepare(tmp_path, small_config))
+    chunks = sum(len(chunk_text(p, 512)) for p in paragraphs)
+    assert data.meta["streams"]["text"]["train"]["docs"] + \
+        data.meta["streams"]["text"]["val"]["docs"] == chunks
+    small_config["data"]["mixture"]["text"]["column"] = "nope"
+    with pytest.raises(UserError, match="no column 'nope'"):
+        _prepare(tmp_path, small_config)
+
+
+def test_split_flags_keep_both_sides_non_empty():
+    from moe_vs_dense.data.prepare import split_flags
+
+    assert split_flags([0.9, 0.5, 0.7], 0.1).tolist() == [False, True, False]
+    assert split_flags([0.01, 0.02], 0.5).tolist() == [True, False]
+    flags = split_flags([0.05, 0.5, 0.01, 0.9], 0.1)
+    assert flags.tolist() == [True, False, True, False]  # no forcing when both sides have docs
