@@ -144,12 +144,108 @@ class DataConfig(Strict):
         return [m for m in MODALITIES if m in present]
 
 
+# ---------------------------------------------------------------- model
+
+
+class MoEConfig(Strict):
+    """Mixture-of-experts FFN. `learned`: token-choice top-k softmax router over `num_experts`.
+    `modality`: every token goes to all experts of its modality (no router parameters).
+    `modality_group`: experts split into per-modality groups, learned top-k inside the group."""
+
+    router: Literal["learned", "modality", "modality_group"] = "learned"
+    num_experts: int = Field(8, ge=1)
+    experts_per_modality: int | dict[Modality, int] = 1
+    top_k: int = Field(1, ge=1)
+    d_expert: int | None = Field(None, ge=1)
+    every: int = Field(1, ge=1)
+    shared_expert: bool = False
+    d_shared: int | None = Field(None, ge=1)
+    norm_topk_prob: bool | None = None
+    aux_loss_weight: float = Field(0.01, ge=0)
+    z_loss_weight: float = Field(0.001, ge=0)
+    bias_balancing: bool = False
+    bias_update_rate: float = Field(0.001, ge=0)
+    backend: Literal["auto", "torch", "megablocks"] = "torch"
+
+    @model_validator(mode="after")
+    def _check(self) -> MoEConfig:
+        if self.router == "learned" and self.top_k > self.num_experts:
+            raise ValueError(f"top_k: must be <= num_experts ({self.num_experts}) (got {self.top_k})")
+        if self.router == "modality_group":
+            per = self.experts_per_modality
+            smallest = min(per.values()) if isinstance(per, dict) and per else per
+            if isinstance(smallest, int) and self.top_k > smallest:
+                raise ValueError(f"top_k: must be <= the experts of each modality ({smallest}) "
+                                 f"(got {self.top_k})")
+        per = self.experts_per_modality
+        if any(v < 1 for v in (per.values() if isinstance(per, dict) else [per])):
+            raise ValueError("experts_per_modality: must be >= 1")
+        return self
+
+    @property
+    def normalize_topk(self) -> bool:
+        return self.top_k > 1 if self.norm_topk_prob is None else self.norm_topk_prob
+
+
+class ModelConfig(Strict):
+    """One decoder-only transformer; `family` picks what differs: the FFN (moe) or the FFN,
+    attention projections and norms per modality (mot)."""
+
+    family: Literal["dense", "moe", "mot"] = "dense"
+    d_model: int = Field(128, ge=8)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1)
+    d_ff: int | None = Field(None, ge=1)
+    tie_embeddings: bool = True
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    init_std: float = Field(0.02, gt=0)
+    moe: MoEConfig = MoEConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: d_model {self.d_model} is not divisible by n_heads "
+                             f"{self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"n_heads: head size {self.d_model // self.n_heads} must be even (RoPE)")
+        return self
+
+    @property
+    def ffn_hidden(self) -> int:
+        """SwiGLU hidden size: d_ff, else 8/3 d rounded up to a multiple of 8."""
+        return self.d_ff or -(-8 * self.d_model // 3 // 8) * 8
+
+    @property
+    def expert_hidden(self) -> int:
+        return self.moe.d_expert or max(8, self.ffn_hidden // self.moe.top_k)
+
+
 # ---------------------------------------------------------------- top level
 
 
 class Config(Strict):
     seed: int = 0
     data: DataConfig
+    model: ModelConfig = ModelConfig()
+
+    @model_validator(mode="after")
+    def _check_experts_vs_data(self) -> Config:
+        moe = self.model.moe
+        uses_modalities = self.model.family == "mot" or (
+            self.model.family == "moe" and moe.router != "learned")
+        per = moe.experts_per_modality
+        if not uses_modalities or not isinstance(per, dict):
+            return self
+        have = self.data.modalities
+        for m in per:
+            if m not in have:
+                raise ValueError(f"model.moe.experts_per_modality.{m}: the data has no {m} "
+                                 f"(its modalities: {', '.join(have)})")
+        missing = [m for m in have if m not in per]
+        if missing:
+            raise ValueError(f"model.moe.experts_per_modality: no experts for {', '.join(missing)}")
+        return self
 
 
 # ---------------------------------------------------------------- loading

@@ -1,0 +1,114 @@
+"""Routers: which experts each token uses, with what weight, and the balancing losses.
+
+A router returns a `Routing` of flat assignments (token, expert, weight), so a token may use a
+different number of experts than another (modality routing with unequal expert counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Routing:
+    tok_A: torch.Tensor  # token index of each assignment
+    exp_A: torch.Tensor  # expert index of each assignment
+    w_A: torch.Tensor  # weight of each assignment (fp32)
+    aux: torch.Tensor  # load-balancing loss (0 for routers without parameters)
+    z: torch.Tensor  # router z-loss
+    top_k: int | None = None  # assignments per token, when the same for every token
+
+
+def switch_balance_loss(probs_NE: torch.Tensor, idx_NK: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Switch/GShard load-balancing loss E * sum_e f_e * P_e; equals 1 under uniform routing.
+    f_e: fraction of the N*k assignments that went to e; P_e: mean router probability of e."""
+    N, k = idx_NK.shape
+    f_E = torch.bincount(idx_NK.reshape(-1), minlength=n_experts).to(probs_NE.dtype) / (N * k)
+    return n_experts * torch.sum(f_E * probs_NE.mean(0))
+
+
+class LearnedRouter(nn.Module):
+    """Token-choice top-k softmax router (fp32). With `expert_group`, a token only sees the
+    experts of its group (modality_group). With bias balancing, a per-expert bias shifts which
+    experts are chosen but not their weights (auxiliary-loss-free balancing)."""
+
+    def __init__(self, d_model: int, n_experts: int, top_k: int, normalize: bool,
+                 init_std: float, expert_group: torch.Tensor | None = None,
+                 bias_balancing: bool = False) -> None:
+        super().__init__()
+        self.n_experts, self.top_k, self.normalize = n_experts, top_k, normalize
+        self.weight = nn.Parameter(torch.randn(n_experts, d_model) * init_std)
+        self.register_buffer("expert_group", expert_group, persistent=False)
+        self.bias_balancing = bias_balancing
+        self.register_buffer("bias", torch.zeros(n_experts))
+
+    def forward(self, x_ND: torch.Tensor, group_N: torch.Tensor | None = None) -> Routing:
+        logits_NE = F.linear(x_ND.float(), self.weight.float())
+        mask_NE = None
+        if self.expert_group is not None:
+            mask_NE = self.expert_group[None, :] != group_N[:, None]
+            logits_NE = logits_NE.masked_fill(mask_NE, float("-inf"))
+        probs_NE = torch.softmax(logits_NE, dim=-1)
+        scores_NE = probs_NE
+        if self.bias_balancing:
+            scores_NE = probs_NE + self.bias
+            if mask_NE is not None:
+                scores_NE = scores_NE.masked_fill(mask_NE, float("-inf"))
+        idx_NK = torch.topk(scores_NE, self.top_k, dim=-1).indices
+        w_NK = probs_NE.gather(1, idx_NK)
+        if self.normalize:
+            w_NK = w_NK / w_NK.sum(dim=-1, keepdim=True)
+        z = torch.logsumexp(logits_NE, dim=-1).pow(2).mean()
+        if self.expert_group is None:
+            aux = switch_balance_loss(probs_NE, idx_NK, self.n_experts)
+        else:
+            aux = logits_NE.new_zeros(())
+            for g in torch.unique(group_N).tolist():
+                rows = group_N == g
+                experts = torch.nonzero(self.expert_group == g).squeeze(1)
+                local = torch.searchsorted(experts, idx_NK[rows])
+                aux = aux + rows.float().mean() * switch_balance_loss(
+                    probs_NE[rows][:, experts], local, len(experts))
+        N = x_ND.shape[0]
+        tok_A = torch.arange(N, device=x_ND.device).repeat_interleave(self.top_k)
+        return Routing(tok_A, idx_NK.reshape(-1), w_NK.reshape(-1), aux, z, self.top_k)
+
+    @torch.no_grad()
+    def update_bias(self, tokens_per_expert: torch.Tensor, rate: float) -> None:
+        """Raise the bias of under-loaded experts and lower it for over-loaded ones."""
+        load = tokens_per_expert.float()
+        if self.expert_group is None:
+            target = load.mean().expand_as(load)
+        else:
+            target = torch.zeros_like(load)
+            for g in torch.unique(self.expert_group).tolist():
+                sel = self.expert_group == g
+                target[sel] = load[sel].mean()
+        self.bias += rate * torch.sign(target - load)
+
+
+class ModalityRouter(nn.Module):
+    """Deterministic: each token goes to every expert of its modality, with equal weights."""
+
+    def __init__(self, experts_per_group: list[int]) -> None:
+        super().__init__()
+        self.experts_per_group = experts_per_group
+        self.starts = [sum(experts_per_group[:g]) for g in range(len(experts_per_group))]
+        self.n_experts = sum(experts_per_group)
+
+    def forward(self, x_ND: torch.Tensor, group_N: torch.Tensor) -> Routing:
+        toks, exps, ws = [], [], []
+        for g, (start, n) in enumerate(zip(self.starts, self.experts_per_group, strict=True)):
+            t = torch.nonzero(group_N == g).squeeze(1)
+            toks.append(t.repeat_interleave(n))
+            exps.append((start + torch.arange(n, device=t.device)).repeat(len(t)))
+            ws.append(torch.full((len(t) * n,), 1.0 / n, device=t.device))
+        tok_A, exp_A = torch.cat(toks), torch.cat(exps)
+        order = torch.argsort(tok_A * self.n_experts + exp_A)  # token-major, like top-k routers
+        zero = x_ND.new_zeros((), dtype=torch.float32)
+        k = self.experts_per_group[0] if len(set(self.experts_per_group)) == 1 else None
+        return Routing(tok_A[order], exp_A[order], torch.cat(ws)[order], zero, zero, k)

@@ -1,0 +1,165 @@
+"""The decoder: one class for every family; only the blocks under comparison differ.
+
+- dense: shared norms, attention projections and SwiGLU FFN.
+- moe:   the FFN of every `moe.every`-th layer is an MoE layer (moe.py).
+- mot:   Mixture-of-Transformers: norms, QKV/output projections and FFN per modality,
+         attention computed over the whole mixed sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moe_vs_dense.config import ModelConfig
+from moe_vs_dense.data.modalities import MODALITIES
+from moe_vs_dense.model.experts import Experts, grouped_matmul, init_std_out
+from moe_vs_dense.model.layers import Rotary, SwiGLU, causal_attention
+from moe_vs_dense.model.moe import MoE
+
+
+@dataclass
+class GroupPlan:
+    """Tokens sorted by modality group, computed once per forward and shared by all layers."""
+
+    group_N: torch.Tensor
+    order_N: torch.Tensor
+    inverse_N: torch.Tensor
+    counts_G: torch.Tensor
+
+    @classmethod
+    def build(cls, group_N: torch.Tensor, n_groups: int) -> GroupPlan:
+        order = torch.argsort(group_N, stable=True)
+        return cls(group_N, order, torch.argsort(order), torch.bincount(group_N, minlength=n_groups))
+
+
+class GroupRMSNorm(nn.Module):
+    """RMSNorm with one weight vector per modality group (one group: a plain RMSNorm)."""
+
+    def __init__(self, groups: int, d: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(groups, d))
+
+    def forward(self, x_BTD: torch.Tensor, plan: GroupPlan | None) -> torch.Tensor:
+        w = self.weight[0] if plan is None else self.weight[plan.group_N].view_as(x_BTD)
+        return F.rms_norm(x_BTD, (x_BTD.shape[-1],), eps=self.eps) * w
+
+
+class GroupLinear(nn.Module):
+    """A bias-free linear map per modality group; weight [G, in, out]."""
+
+    def __init__(self, groups: int, d_in: int, d_out: int, std: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(groups, d_in, d_out) * std)
+
+    def forward(self, x_BTD: torch.Tensor, plan: GroupPlan | None) -> torch.Tensor:
+        w = self.weight.to(x_BTD.dtype)
+        if plan is None:
+            return x_BTD @ w[0]
+        x_ND = x_BTD.reshape(-1, x_BTD.shape[-1])
+        y = grouped_matmul(x_ND[plan.order_N], w, plan.counts_G)[plan.inverse_N]
+        return y.view(*x_BTD.shape[:-1], -1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, modalities: list[str], rotary: Rotary) -> None:
+        super().__init__()
+        d, std = cfg.d_model, cfg.init_std
+        out_std = init_std_out(std, cfg.n_layers)
+        self.per_modality = cfg.family == "mot"
+        groups = len(modalities) if self.per_modality else 1
+        self.n_heads, self.rotary = cfg.n_heads, rotary
+        self.norm1 = GroupRMSNorm(groups, d, cfg.norm_eps)
+        self.qkv = GroupLinear(groups, d, 3 * d, std)
+        self.out = GroupLinear(groups, d, d, out_std)
+        self.norm2 = GroupRMSNorm(groups, d, cfg.norm_eps)
+        self.is_moe = cfg.family == "moe" and layer % cfg.moe.every == cfg.moe.every - 1
+        if self.is_moe:
+            self.ffn = MoE(cfg.moe, d, cfg.expert_hidden, modalities, std, out_std)
+        elif self.per_modality:
+            self.ffn = Experts(groups, d, cfg.ffn_hidden, std, out_std)
+        else:
+            self.ffn = SwiGLU(d, cfg.ffn_hidden)
+            nn.init.normal_(self.ffn.gate_up.weight, std=std)
+            nn.init.normal_(self.ffn.down.weight, std=out_std)
+
+    def forward(self, x_BTD: torch.Tensor, plan: GroupPlan) -> torch.Tensor:
+        local = plan if self.per_modality else None
+        q, k, v = self.qkv(self.norm1(x_BTD, local), local).chunk(3, dim=-1)
+        x_BTD = x_BTD + self.out(causal_attention(q, k, v, self.n_heads, self.rotary), local)
+        h = self.norm2(x_BTD, local)
+        if self.is_moe:
+            return x_BTD + self.ffn(h, plan.group_N.view(x_BTD.shape[:2]))
+        if self.per_modality:
+            h_ND = h.reshape(-1, h.shape[-1])
+            y = self.ffn(h_ND[plan.order_N], plan.counts_G)[plan.inverse_N]
+            return x_BTD + y.view_as(x_BTD)
+        return x_BTD + self.ffn(h)
+
+
+class Transformer(nn.Module):
+    """tokens [B, T] and modality ids [B, T] -> logits [B, T, V]; `aux_loss` after forward."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int,
+                 modalities: list[str]) -> None:
+        super().__init__()
+        self.cfg, self.vocab_size, self.modalities = cfg, vocab_size, list(modalities)
+        d = cfg.d_model
+        self.embed = nn.Embedding(vocab_size, d)
+        nn.init.normal_(self.embed.weight, std=cfg.init_std)
+        rotary = Rotary(d // cfg.n_heads, max_len, cfg.rope_theta)
+        self.blocks = nn.ModuleList(Block(cfg, i, self.modalities, rotary)
+                                    for i in range(cfg.n_layers))
+        self.norm = GroupRMSNorm(1, d, cfg.norm_eps)
+        self.lm_head = None
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(d, vocab_size, bias=False)
+            nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
+        group = torch.full((len(MODALITIES),), -1, dtype=torch.long)
+        for g, m in enumerate(self.modalities):
+            group[MODALITIES.index(m)] = g
+        self.register_buffer("group_of_modality", group, persistent=False)
+        self.aux_loss = torch.zeros(())
+
+    def moe_layers(self) -> list[MoE]:
+        return [b.ffn for b in self.blocks if b.is_moe]
+
+    def forward(self, tokens_BT: torch.Tensor, mods_BT: torch.Tensor | None = None) -> torch.Tensor:
+        if mods_BT is None:
+            mods_BT = torch.zeros_like(tokens_BT)
+        group_N = self.group_of_modality[mods_BT.reshape(-1)]
+        plan = GroupPlan.build(group_N.clamp(min=0), len(self.modalities))
+        x = self.embed(tokens_BT)
+        for block in self.blocks:
+            x = block(x, plan)
+        x = self.norm(x, None)
+        head = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        aux = [m.aux_loss for m in self.moe_layers()]
+        self.aux_loss = torch.stack(aux).sum() if aux else x.new_zeros((), dtype=torch.float32)
+        return F.linear(x, head.to(x.dtype))
+
+    def expert_stats(self) -> list[dict]:
+        """Per MoE layer: tokens per expert, load imbalance (max/mean), dead experts, losses."""
+        out = []
+        for i, m in enumerate(self.moe_layers()):
+            counts = m.stats["tokens_per_expert"].float()
+            out.append({
+                "layer": i,
+                "tokens_per_expert": counts.long().tolist(),
+                "imbalance": float(counts.max() / counts.mean().clamp(min=1e-9)),
+                "dead_experts": int((counts == 0).sum()),
+                "aux_loss": float(m.stats["aux"]),
+                "z_loss": float(m.stats["z"]),
+            })
+        return out
+
+    @torch.no_grad()
+    def update_router_bias(self) -> None:
+        """Auxiliary-loss-free balancing step, after each optimizer step."""
+        for m in self.moe_layers():
+            if getattr(m.router, "bias_balancing", False):
+                m.router.update_bias(m.stats["tokens_per_expert"], m.cfg.bias_update_rate)
