@@ -70,6 +70,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_info(args: argparse.Namespace) -> int:
+    from moe_vs_dense.model.info import info_table
+
+    cfg, _ = _load(args)
+    print(info_table(cfg, partner=args.partner, match=args.match, batch_rows=args.batch_rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moe-vs-dense",
@@ -96,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_arg(p)
     p.add_argument("--no-samples", action="store_true", help="only the table")
     p.set_defaults(func=_cmd_inspect)
+
+    model = sub.add_parser("model", help="model accounting and matched partners")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    p = msub.add_parser("info", help="params, FLOPs and memory of a config and its partner")
+    _config_args(p)
+    _data_dir_arg(p)
+    p.add_argument("--partner", choices=["dense", "moe", "mot"],
+                   help="family of the matched partner (default: moe for dense, else dense)")
+    p.add_argument("--match", choices=["flops", "params"], default="flops",
+                   help="match active FLOPs per token (default) or total params")
+    p.add_argument("--batch-rows", type=int, default=16, help="rows per batch for memory")
+    p.set_defaults(func=_cmd_model_info)
     return parser
 
 

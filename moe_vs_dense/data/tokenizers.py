@@ -371,6 +371,15 @@ class Vocab:
         return cls(toks)
 
 
+def vocab_size(cfg: TokenizersConfig, modalities: list[str]) -> int:
+    """The shared vocabulary's size, known before any BPE is trained."""
+    sizes = {"text": cfg.text.vocab_size if cfg.text.kind == "bpe" else 256,
+             "code": cfg.code.vocab_size if cfg.code.kind == "bpe" else 256,
+             "dna": DNATokenizer("dna", k=cfg.dna.k).size,
+             "image": cfg.image.levels + 2, "speech": 258, "protein": len(PROTEIN_ALPHABET)}
+    return N_SPECIAL + sum(sizes[m] for m in modalities)
+
+
 def build_vocab(cfg: TokenizersConfig, modalities: list[str],
                 bpe_specs: dict[str, str] | None = None) -> Vocab:
     """Tokenizers for `modalities` in canonical order with consecutive id ranges."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from moe_vs_dense.config import ModelConfig
@@ -32,6 +32,6 @@ def load(path: Path) -> Transformer:
         model = Transformer(cfg, int(meta["vocab_size"]), int(meta["max_len"]),
                             json.loads(meta["modalities"]))
         load_model(model, str(path))
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as e:
         raise UserError(f"{path}: not a moe-vs-dense checkpoint ({e})") from None
     return model

@@ -60,9 +60,9 @@ def to_hf(model: Transformer, out_dir: Path, max_len: int):
         sd = _attention_and_norms(model)
         for i, b in enumerate(model.blocks):
             p = f"model.layers.{i}.mlp."
-            gate, up = b.ffn.gate_up.weight.chunk(2, dim=0)
+            gate, up = b.ffn.w_gate_up[0].T.chunk(2, dim=0)
             sd.update({p + "gate_proj.weight": gate, p + "up_proj.weight": up,
-                       p + "down_proj.weight": b.ffn.down.weight})
+                       p + "down_proj.weight": b.ffn.w_down[0].T})
     elif c.family == "moe":
         m = c.moe
         if m.router != "learned" or m.every != 1 or m.shared_expert or m.bias_balancing \

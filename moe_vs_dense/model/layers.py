@@ -1,4 +1,4 @@
-"""Parts every family shares: RoPE, causal attention core, SwiGLU."""
+"""Parts every family shares: RoPE and the causal attention core."""
 
 from __future__ import annotations
 
@@ -36,17 +36,3 @@ def causal_attention(q_BTD: torch.Tensor, k_BTD: torch.Tensor, v_BTD: torch.Tens
     q, k, v = rotary(heads(q_BTD)), rotary(heads(k_BTD)), heads(v_BTD)
     y_BHTd = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return y_BHTd.transpose(1, 2).reshape(B, T, D)
-
-
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)); gate and up fused in one projection."""
-
-    def __init__(self, d_model: int, hidden: int) -> None:
-        super().__init__()
-        self.hidden = hidden
-        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)

@@ -14,8 +14,7 @@ from torch import nn
 
 from moe_vs_dense.config import MoEConfig
 from moe_vs_dense.errors import UserError
-from moe_vs_dense.model.experts import Experts
-from moe_vs_dense.model.layers import SwiGLU
+from moe_vs_dense.model.experts import Experts, SwiGLU
 from moe_vs_dense.model.routers import LearnedRouter, ModalityRouter, Routing
 
 
@@ -57,7 +56,8 @@ class MoE(nn.Module):
                                             bias_balancing=cfg.bias_balancing)
         self.n_experts = n_experts
         self.experts = Experts(n_experts, d_model, hidden, init_std, out_std)
-        self.shared = SwiGLU(d_model, cfg.d_shared or hidden) if cfg.shared_expert else None
+        self.shared = (SwiGLU(d_model, cfg.d_shared or hidden, init_std, out_std)
+                       if cfg.shared_expert else None)
         self.backend = resolve_backend(cfg)
         self.impl = "auto"  # torch backend: "auto" | "grouped_mm" | "loop" (benchmarks, tests)
         self.aux_loss = torch.zeros(())

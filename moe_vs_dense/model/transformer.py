@@ -16,8 +16,8 @@ from torch import nn
 
 from moe_vs_dense.config import ModelConfig
 from moe_vs_dense.data.modalities import MODALITIES
-from moe_vs_dense.model.experts import Experts, grouped_matmul, init_std_out
-from moe_vs_dense.model.layers import Rotary, SwiGLU, causal_attention
+from moe_vs_dense.model.experts import Experts, SwiGLU, grouped_matmul, init_std_out
+from moe_vs_dense.model.layers import Rotary, causal_attention
 from moe_vs_dense.model.moe import MoE
 
 
@@ -83,9 +83,7 @@ class Block(nn.Module):
         elif self.per_modality:
             self.ffn = Experts(groups, d, cfg.ffn_hidden, std, out_std)
         else:
-            self.ffn = SwiGLU(d, cfg.ffn_hidden)
-            nn.init.normal_(self.ffn.gate_up.weight, std=std)
-            nn.init.normal_(self.ffn.down.weight, std=out_std)
+            self.ffn = SwiGLU(d, cfg.ffn_hidden, std, out_std)
 
     def forward(self, x_BTD: torch.Tensor, plan: GroupPlan) -> torch.Tensor:
         local = plan if self.per_modality else None

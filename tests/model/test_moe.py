@@ -1,0 +1,146 @@
+"""Every router and backend against a naive per-token reference (outputs and gradients)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moe_vs_dense.config import MoEConfig
+from moe_vs_dense.errors import UserError
+from moe_vs_dense.model.moe import MoE
+from moe_vs_dense.model.routers import switch_balance_loss
+
+D, H = 32, 24
+MODS = ["text", "dna", "image"]
+
+
+def make(seed=0, **kw) -> MoE:
+    torch.manual_seed(seed)
+    return MoE(MoEConfig(**kw), D, H, MODS, init_std=0.3, out_std=0.3).double().float()
+
+
+def reference(layer: MoE, x_ND: torch.Tensor, group_N: torch.Tensor) -> torch.Tensor:
+    """Route and compute one token at a time, from the definitions."""
+    cfg, e = layer.cfg, layer.experts
+    out = []
+    for n in range(x_ND.shape[0]):
+        x, g = x_ND[n], int(group_N[n])
+        if cfg.router == "modality":
+            start = sum(layer.router.experts_per_group[:g])
+            count = layer.router.experts_per_group[g]
+            chosen = [(start + j, 1.0 / count) for j in range(count)]
+        else:
+            logits = layer.router.weight.float() @ x.float()
+            allowed = list(range(layer.n_experts))
+            if cfg.router == "modality_group":
+                allowed = [j for j in allowed if int(layer.router.expert_group[j]) == g]
+            probs = torch.zeros(layer.n_experts)
+            probs[allowed] = torch.softmax(logits[allowed], dim=0)
+            score = probs + (layer.router.bias if cfg.bias_balancing else 0)
+            ranked = sorted(allowed, key=lambda j: -float(score[j].detach()))[: cfg.top_k]
+            w = probs[ranked]
+            if cfg.normalize_topk:
+                w = w / w.sum()
+            chosen = list(zip(ranked, w, strict=True))
+        y = sum(wt * e.expert(j, x[None])[0] for j, wt in chosen)
+        if layer.shared is not None:
+            y = y + layer.shared(x[None])[0]
+        out.append(y)
+    return torch.stack(out)
+
+
+ROUTERS = [
+    dict(router="learned", num_experts=6, top_k=1),
+    dict(router="learned", num_experts=6, top_k=2),
+    dict(router="learned", num_experts=4, top_k=2, shared_expert=True),
+    dict(router="learned", num_experts=5, top_k=2, bias_balancing=True),
+    dict(router="modality", experts_per_modality=1),
+    dict(router="modality", experts_per_modality={"text": 2, "dna": 1, "image": 3}),
+    dict(router="modality_group", experts_per_modality=3, top_k=2),
+]
+
+
+@pytest.mark.parametrize("impl", ["grouped_mm", "loop"])
+@pytest.mark.parametrize("kw", ROUTERS, ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
+def test_matches_naive_reference_outputs_and_gradients(kw, impl):
+    layer = make(**kw)
+    layer.impl = impl
+    if kw.get("bias_balancing"):
+        layer.router.bias.copy_(torch.tensor([0.3, -0.2, 0.0, 0.1, -0.4]))
+    torch.manual_seed(1)
+    x = torch.randn(2, 20, D, requires_grad=True)
+    group = torch.randint(0, 3, (2, 20))
+    probe = torch.randn(2, 20, D)
+    y = layer(x, group)
+    (y * probe).sum().backward()
+    got = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    x.grad = None
+    layer.zero_grad()
+    ref = reference(layer, x.reshape(-1, D), group.reshape(-1)).view_as(y)
+    (ref * probe).sum().backward()
+    want = [x.grad] + [p.grad if p.grad is not None else torch.zeros_like(p) for p in layer.parameters()]
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_modality_routing_isolates_experts():
+    layer = make(router="modality", experts_per_modality=2)
+    x = torch.randn(3, 16, D, requires_grad=True)
+    group = torch.full((3, 16), 1)  # every token is dna (group 1 -> experts 2, 3)
+    layer(x, group).pow(2).sum().backward()
+    counts = layer.stats["tokens_per_expert"]
+    assert counts.tolist() == [0, 0, 48, 48, 0, 0]
+    g_up, g_down = layer.experts.w_gate_up.grad, layer.experts.w_down.grad
+    for j in range(6):
+        touched = bool(g_up[j].abs().sum() > 0 and g_down[j].abs().sum() > 0)
+        assert touched == (j in (2, 3))
+
+
+def test_modality_group_routes_inside_the_group():
+    layer = make(router="modality_group", experts_per_modality=2, top_k=1)
+    group = torch.randint(0, 3, (4, 30))
+    layer(torch.randn(4, 30, D), group)
+    r = layer.router(torch.randn(120, D), group.reshape(-1))
+    assert torch.equal(layer.router.expert_group[r.exp_A], group.reshape(-1)[r.tok_A])
+
+
+def test_balance_loss_is_minimal_under_uniform_routing():
+    E, N = 8, 4000
+    uniform_idx = torch.arange(N).remainder(E)[:, None]
+    uniform_probs = torch.full((N, E), 1.0 / E)
+    assert switch_balance_loss(uniform_probs, uniform_idx, E).item() == pytest.approx(1.0)
+    torch.manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(N, E) * 2
+        probs = torch.softmax(logits, -1)
+        idx = probs.argmax(-1, keepdim=True)
+        assert switch_balance_loss(probs, idx, E).item() > 1.0
+    skewed = torch.zeros(N, 1, dtype=torch.long)
+    assert switch_balance_loss(F.one_hot(skewed[:, 0], E).float(), skewed, E).item() == pytest.approx(E)
+
+
+def test_bias_update_moves_load_toward_balance():
+    layer = make(router="learned", num_experts=4, top_k=1, bias_balancing=True)
+    layer.router.update_bias(torch.tensor([10, 0, 5, 5]), rate=0.1)
+    assert layer.router.bias.tolist() == pytest.approx([-0.1, 0.1, 0.0, 0.0])
+
+
+def test_megablocks_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError, match="model.moe.backend: megablocks needs CUDA"):
+        make(router="learned", backend="megablocks")
+    assert make(router="learned", backend="auto").backend == "torch"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="megablocks runs on CUDA only")
+def test_megablocks_matches_reference_on_gpu():
+    pytest.importorskip("megablocks")
+    torch.manual_seed(0)
+    layer = MoE(MoEConfig(router="learned", num_experts=8, top_k=2, backend="megablocks"),
+                128, 256, MODS, 0.02, 0.02).cuda()
+    x = torch.randn(2, 64, 128, device="cuda", requires_grad=True)
+    group = torch.zeros(2, 64, dtype=torch.long, device="cuda")
+    y = layer(x, group)
+    layer.backend = "torch"
+    torch.testing.assert_close(y, layer(x, group), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,155 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from moe_vs_dense.config import ModelConfig, MoEConfig, load_config
+from moe_vs_dense.errors import UserError
+from moe_vs_dense.model import checkpoint
+from moe_vs_dense.model.loss import lm_loss
+from moe_vs_dense.model.transformer import Transformer
+from tests.conftest import write_config
+
+V, T = 300, 32
+MODS = ["text", "dna"]
+FAMILIES = {
+    "dense": ModelConfig(d_model=64, n_layers=2, n_heads=4),
+    "moe": ModelConfig(family="moe", d_model=64, n_layers=2, n_heads=4,
+                       moe=MoEConfig(num_experts=4, top_k=2)),
+    "moe-modality": ModelConfig(family="moe", d_model=64, n_layers=2, n_heads=4,
+                                moe=MoEConfig(router="modality")),
+    "mot": ModelConfig(family="mot", d_model=64, n_layers=2, n_heads=4),
+}
+
+
+def batch(seed=0, B=4):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, V, (B, T + 1), generator=g)
+    mods = torch.randint(0, 2, (B, T + 1), generator=g) * 2  # text=0, dna=2
+    return tokens, mods
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_model_overfits_one_batch(family):
+    torch.manual_seed(0)
+    model = Transformer(FAMILIES[family], V, T, MODS)
+    tokens, mods = batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(120):
+        logits = model(tokens[:, :-1], mods[:, :-1])
+        loss, _, _ = lm_loss(logits, tokens[:, 1:], mods[:, 1:])
+        first = first or loss.item()
+        opt.zero_grad()
+        (loss + model.aux_loss).backward()
+        opt.step()
+    assert first > 5.0 and loss.item() < 0.5  # from ~ln(300) to memorized
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal(family):
+    model = Transformer(FAMILIES[family], V, T, MODS).eval()
+    tokens, mods = batch()
+    a = model(tokens[:, :-1], mods[:, :-1])
+    tokens[:, 20:] = (tokens[:, 20:] + 7) % V
+    b = model(tokens[:, :-1], mods[:, :-1])
+    torch.testing.assert_close(a[:, :20], b[:, :20])
+    assert (a[:, 20:] - b[:, 20:]).abs().max() > 1e-3
+
+
+def test_mot_with_shared_weights_equals_dense():
+    """MoT differs from dense only in per-modality copies: equal copies give equal outputs."""
+    torch.manual_seed(0)
+    dense = Transformer(FAMILIES["dense"], V, T, MODS)
+    mot = Transformer(FAMILIES["mot"], V, T, MODS)
+    with torch.no_grad():
+        mot.embed.weight.copy_(dense.embed.weight)
+        for bd, bm in zip(dense.blocks, mot.blocks, strict=True):
+            for name in ("norm1", "norm2"):
+                getattr(bm, name).weight.copy_(getattr(bd, name).weight.expand(2, -1))
+            bm.qkv.weight.copy_(bd.qkv.weight.expand(2, -1, -1))
+            bm.out.weight.copy_(bd.out.weight.expand(2, -1, -1))
+            bm.ffn.w_gate_up.copy_(bd.ffn.w_gate_up.expand(2, -1, -1))
+            bm.ffn.w_down.copy_(bd.ffn.w_down.expand(2, -1, -1))
+    tokens, mods = batch()
+    tokens, mods = tokens[:, :T], mods[:, :T]
+    torch.testing.assert_close(mot(tokens, mods), dense(tokens, mods), atol=1e-5, rtol=1e-5)
+    assert mods.unique().tolist() == [0, 2]  # both modalities took their own (equal) weights
+
+
+def test_loss_per_modality_sums_to_total():
+    tokens, mods = batch()
+    logits = torch.randn(4, T + 1, V)
+    loss, sums, counts = lm_loss(logits, tokens, mods)
+    assert counts[0] + counts[2] == tokens.numel() and counts[1] == 0
+    assert sums.sum().item() / counts.sum().item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("family", ["dense", "moe", "mot"])
+def test_checkpoint_round_trip(tmp_path, family):
+    model = Transformer(FAMILIES[family], V, T, MODS).eval()
+    checkpoint.save(model, tmp_path / "m.safetensors", T)
+    again = checkpoint.load(tmp_path / "m.safetensors").eval()
+    tokens, mods = batch()
+    tokens, mods = tokens[:, :T], mods[:, :T]
+    torch.testing.assert_close(again(tokens, mods), model(tokens, mods), atol=0, rtol=0)
+    (tmp_path / "bad.safetensors").write_bytes(b"nonsense")
+    with pytest.raises(UserError, match="not a moe-vs-dense checkpoint"):
+        checkpoint.load(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(d_model=64, n_layers=2, n_heads=4),
+    ModelConfig(d_model=64, n_layers=2, n_heads=2, tie_embeddings=False, d_ff=96),
+    ModelConfig(family="moe", d_model=64, n_layers=2, n_heads=4, moe=MoEConfig(num_experts=4, top_k=2)),
+    ModelConfig(family="moe", d_model=64, n_layers=2, n_heads=4,
+                moe=MoEConfig(num_experts=3, top_k=1, norm_topk_prob=True)),
+], ids=["llama-tied", "llama-untied", "mixtral-top2", "mixtral-top1"])
+def test_export_matches_transformers(tmp_path, cfg):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = Transformer(cfg, V, T, ["text"]).eval()
+    from moe_vs_dense.model.export import to_hf
+
+    to_hf(model, tmp_path, T)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    tokens = batch()[0][:, :T]
+    with torch.no_grad():
+        ours, theirs = model(tokens), hf(tokens).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+    assert ours.std() > 0.01  # the comparison is not between two constant outputs
+
+
+def test_export_refuses_what_mixtral_cannot_hold(tmp_path):
+    from moe_vs_dense.model.export import to_hf
+
+    cfg = ModelConfig(family="moe", d_model=32, n_layers=2, n_heads=4,
+                      moe=MoEConfig(router="modality"))
+    with pytest.raises(UserError, match="Mixtral holds only a learned router"):
+        to_hf(Transformer(cfg, V, T, MODS), tmp_path, T)
+
+
+def _config_error(tmp_path, small_config, model: dict) -> str:
+    small_config["model"] = model
+    with pytest.raises(UserError) as e:
+        load_config(write_config(tmp_path, small_config))
+    return str(e.value)
+
+
+def test_bad_model_configs_name_the_key(tmp_path, small_config):
+    msg = _config_error(tmp_path, small_config,
+                        {"family": "moe", "moe": {"num_experts": 4, "top_k": 5}})
+    assert "model.moe.top_k: must be <= num_experts (4) (got 5)" in msg
+    msg = _config_error(tmp_path, small_config, {"d_model": 130, "n_heads": 4})
+    assert "model.n_heads: d_model 130 is not divisible by n_heads 4" in msg
+    msg = _config_error(tmp_path, small_config, {"family": "moe", "moe": {
+        "router": "modality", "experts_per_modality": {"text": 1, "speech": 2}}})
+    assert "model.moe.experts_per_modality.speech: the data has no speech" in msg
+    msg = _config_error(tmp_path, small_config, {"family": "moe", "moe": {"router": "magic"}})
+    assert "model.moe.router: must be one of 'learned', 'modality' or 'modality_group'" in msg
+
+
+def test_demo_configs_build(tmp_path):
+    for path in sorted(Path("configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.model.d_model >= 8
