@@ -5,7 +5,7 @@ Needs the built-in sources fetched (`moe-vs-dense data fetch`). Prepares a slice
 mix into a temporary directory (a cold cache), then times the loader on it and a training step
 of the demo config's model on the loader's batches.
 
-Usage: python benchmarks/data.py [--units 400000] [--threads 2] [--data-dir DIR]
+Usage: python benchmarks/data.py [--units 1000000] [--threads 2] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ BATCH_ROWS = 16
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--units", type=int, default=400_000, help="raw units per stream to prepare")
+    ap.add_argument("--units", type=int, default=1_000_000, help="raw units per stream to prepare")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-dir")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
     overrides = [f"data.mixture.{s}.max_units={args.units}" for s in cfg.data.mixture]
-    cfg = load_config(args.config, overrides + [f"data.num_proc={args.threads}"])
+    cfg = load_config(args.config, overrides + [f"data.num_proc={args.threads}", "data.val_fraction=0.1"])
     source = data_dir(args.data_dir, cfg.data.dir)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -78,6 +78,74 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analysis_inputs(p: argparse.ArgumentParser, csv: bool = True) -> None:
+    p.add_argument("inputs", nargs="+", help="run directories or record.json files"
+                   + (", or one CSV" if csv else ""))
+    p.add_argument("--params", choices=["active", "total"], default="active",
+                   help="N in the laws: active (default) or total params")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap refits (default 1000)")
+
+
+def _columns(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, name = item.partition("=")
+        if not sep:
+            raise UserError(f"--col {item!r}: expected KEY=COLUMN, e.g. --col params=n_params")
+        out[key] = name
+    return out
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.fit import fit_groups
+    from analysis.records import load
+    from analysis.tables import fits_table, render
+
+    df = load(args.inputs, args.params, _columns(args.col))
+    results = fit_groups(df, args.law, args.bootstrap, args.seed)
+    for r in results:
+        print(r.summary(), end="\n\n")
+    print(render(fits_table(results), args.format))
+    if args.json:
+        from moe_vs_dense.io import write_text
+
+        write_text(Path(args.json), json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.compare import compare_laws, compare_pairs
+    from analysis.errors import AnalysisError
+    from analysis.fit import chinchilla_by_group, fit_groups
+    from analysis.records import load
+    from analysis.tables import render
+
+    df = load(args.inputs, args.params)
+    print("MoE/MoT minus dense on matched pairs (nats/token):\n")
+    print(render(compare_pairs(df), args.format))
+    try:
+        fits = chinchilla_by_group(fit_groups(df, "chinchilla", args.bootstrap))
+    except AnalysisError as e:
+        print(f"\nno law-based comparison: {e}")
+        return 0
+    laws = compare_laws(fits, df["C"].min(), df["C"].max() * args.extrapolate)
+    if len(laws):
+        print("\nFrom the fitted laws, along compute-optimal frontiers:\n")
+        print(render(laws, args.format))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    path = write_report(args.inputs, Path(args.out), args.bootstrap, args.params)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moe-vs-dense",
@@ -116,14 +184,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="match active FLOPs per token (default) or total params")
     p.add_argument("--batch-rows", type=int, default=16, help="rows per batch for memory")
     p.set_defaults(func=_cmd_model_info)
+
+    p = sub.add_parser("fit", help="fit scaling laws to runs or a CSV")
+    _analysis_inputs(p)
+    p.add_argument("--law", choices=["chinchilla", "bimodal", "routed"], default="chinchilla")
+    p.add_argument("--json", metavar="OUT", help="write the fits as JSON")
+    p.add_argument("--format", choices=["md", "csv", "latex"], default="md")
+    p.add_argument("--col", action="append", default=[], metavar="KEY=COLUMN",
+                   help="CSV column for params, tokens, loss, family, modality, flops, seed")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=_cmd_fit)
+    p = sub.add_parser("compare", help="MoE/MoT minus dense per modality, with tests")
+    _analysis_inputs(p, csv=False)
+    p.add_argument("--format", choices=["md", "csv", "latex"], default="md")
+    p.add_argument("--extrapolate", type=float, default=100.0,
+                   help="law comparison up to this factor beyond the largest run (default 100)")
+    p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser("report", help="Markdown report with tables and figures")
+    _analysis_inputs(p, csv=False)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # analysis.errors.AnalysisError, without importing analysis here
+        if type(e).__name__ != "AnalysisError":
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -66,7 +66,7 @@ def _collect(cfg: DataConfig, data: Path, log: Callable[[str], None]) -> dict[st
     for name, s in cfg.mixture.items():
         verify_builtin(s, data)
         docs, hashes, units = [], [], 0
-        bar = tqdm(desc=f"read {name}", unit="doc", leave=False, mininterval=0.5)
+        bar = tqdm(desc=f"read {name}", unit="doc", leave=False, mininterval=0.5, disable=None)
         for key, doc in documents(s, data, cfg.doc_units):
             docs.append(doc)
             hashes.append(key_hash(key))

@@ -1,0 +1,151 @@
+"""The bimodal law of Aghajanyan et al. (2023) for a joint model on modalities i and j:
+
+    L(N, Di, Dj) = [L_i(N, Di) + L_j(N, Dj)] / 2 - C + A / N^alpha + B / (Di + Dj)^beta
+
+L_i, L_j are Chinchilla fits to unimodal dense runs; the joint loss is the mean of the joint
+run's two held-out losses. The interaction I = -C + A/N^alpha + B/(Di+Dj)^beta is fitted to
+the joint runs (Huber, delta = 1e-3, L-BFGS from a grid of starts). I > 0: the modalities
+compete (the joint model is worse than separate models on the same tokens); I < 0: synergy.
+The competition barrier is the model size (and compute, at a tokens-per-parameter ratio)
+where I changes sign.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import brentq, minimize
+
+from analysis.chinchilla import DELTA, fit_chinchilla
+from analysis.errors import AnalysisError
+from analysis.results import LawResult
+
+NAMES = ["C", "A", "alpha", "B", "beta"]
+
+
+def bimodal_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    """(group, rows) for every (family, i+j) with joint runs and unimodal dense runs of i and j."""
+    jobs = []
+    for (family, mods), g in df.groupby(["family", "modalities"]):
+        parts = mods.split("+")
+        if len(parts) != 2:
+            continue
+        uni = df[(df["family"] == "dense") & df["modalities"].isin(parts)
+                 & (df["modalities"] == df["modality"])]
+        jobs.append(({"family": family, "pair": mods}, pd.concat([g, uni])))
+    return jobs
+
+
+def _interaction(theta, N, D):
+    c, a, alpha, b, beta = theta
+    return -c + np.exp(a - alpha * np.log(N)) + np.exp(b - beta * np.log(D))
+
+
+class BimodalResult(LawResult):
+    points: pd.DataFrame  # per joint run: N, Di, Dj, observed and fitted interaction, verdict
+
+    def interaction(self, N, D) -> np.ndarray:
+        """I(N, Di + Dj = D): > 0 competition, < 0 synergy (nats/token)."""
+        p = self.params
+        N, D = np.asarray(N, float), np.asarray(D, float)
+        return -p["C"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+
+    def barrier(self, tokens_per_param: float | None = None, alpha_level: float = 0.05) -> dict:
+        """Model size and compute where I changes sign at D = tokens_per_param x N."""
+        r = tokens_per_param or float(np.median(self.points["D"] / self.points["N"]))
+
+        def solve(p):
+            c, A, al, B, be = p
+            f = lambda logn: -c + A * np.exp(-al * logn) + B * (r * np.exp(logn)) ** -be  # noqa: E731
+            lo, hi = np.log(1e3), np.log(1e16)
+            if np.sign(f(lo)) == np.sign(f(hi)):
+                return np.nan
+            return float(np.exp(brentq(f, lo, hi)))
+
+        n = solve(self.params[NAMES].to_numpy())
+        out = {"tokens_per_param": r, "N": n, "C": 6 * n * r * n if np.isfinite(n) else np.nan}
+        if self.boot is not None and len(self.boot) > 1:
+            draws = np.array([solve(p) for p in self.boot])
+            found = np.isfinite(draws)
+            out["bootstrap_with_barrier"] = float(found.mean())
+            if found.sum() > 1:
+                lo, hi = np.percentile(draws[found], [100 * alpha_level / 2, 100 * (1 - alpha_level / 2)])
+                out.update(N_lower=lo, N_upper=hi, C_lower=6 * r * lo**2, C_upper=6 * r * hi**2)
+        return out
+
+
+def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int = 0) -> BimodalResult:
+    label = ", ".join(f"{k}={v}" for k, v in group.items())
+    i, j = group["pair"].split("+")
+    unimodal = {}
+    for m in (i, j):
+        rows = df[(df["modalities"] == m) & (df["modality"] == m) & (df["family"] == "dense")]
+        if rows.empty:
+            raise AnalysisError(f"group ({label}): no unimodal dense runs of {m} to compare with")
+        unimodal[m] = fit_chinchilla(rows, {"family": "dense", "modality": m}, bootstrap=0)
+    joint = df[df["modalities"] == group["pair"]].pivot_table(
+        index="run", columns="modality", values=["loss", "D", "N"], aggfunc="first")
+    joint = joint.dropna()
+    if len(joint) < 5:
+        raise AnalysisError(f"group ({label}): {len(joint)} joint runs, fewer than the 5 parameters "
+                            "of the bimodal law")
+    N = joint[("N", i)].to_numpy(float)
+    Di, Dj = joint[("D", i)].to_numpy(float), joint[("D", j)].to_numpy(float)
+    if len(np.unique(N)) < 2:
+        raise AnalysisError(f"group ({label}): every joint run has the same size; alpha cannot be fitted")
+    observed = (joint[("loss", i)].to_numpy(float) + joint[("loss", j)].to_numpy(float)) / 2
+    y = observed - (unimodal[i].predict(N, Di) + unimodal[j].predict(N, Dj)) / 2
+    D = Di + Dj
+
+    def fun(theta, w):
+        c, a, alpha, b, beta = theta
+        t1 = np.exp(a - alpha * np.log(N))
+        t2 = np.exp(b - beta * np.log(D))
+        r = -c + t1 + t2 - y
+        ar = np.abs(r)
+        h = np.where(ar <= DELTA, 0.5 * r * r, DELTA * (ar - 0.5 * DELTA))
+        dr = np.clip(r, -DELTA, DELTA) * w
+        grad = np.array([-dr.sum(), (dr * t1).sum(), -(dr * t1 * np.log(N)).sum(),
+                         (dr * t2).sum(), -(dr * t2 * np.log(D)).sum()])
+        return float((h * w).sum()), grad
+
+    def solve(w, starts):
+        best = None
+        for s in starts:
+            res = minimize(fun, s, args=(w,), jac=True, method="L-BFGS-B",
+                           options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-9})
+            if best is None or res.fun < best.fun:
+                best = res
+        return best
+
+    grid = list(itertools.product((-1.0, -0.1, 0.0, 0.1, 1.0), (0.0, 5.0, 10.0), (0.0, 0.5, 1.0),
+                                  (0.0, 5.0, 10.0), (0.0, 0.5, 1.0)))
+    ones = np.ones(len(y))
+    res = solve(ones, grid)
+    theta = res.x
+    boot = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        draws = []
+        for _ in range(bootstrap):
+            w = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype(float)
+            draws.append(solve(w, [theta]).x)
+        boot = _natural(np.array(draws))
+    params = pd.Series(_natural(theta[None])[0], index=NAMES)
+    result = BimodalResult("bimodal", group, params, boot, len(y), float(res.fun),
+                           bool(res.success), str(res.message))
+    fitted = _interaction(theta, N, D)
+    result.points = pd.DataFrame({"run": joint.index, "N": N, "Di": Di, "Dj": Dj, "D": D,
+                                  "interaction_observed": y, "interaction_fitted": fitted,
+                                  "verdict": np.where(fitted > 0, "competition", "synergy")})
+    if not res.success:
+        result.warnings.append(f"the optimizer did not converge: {res.message}")
+    return result
+
+
+def _natural(theta: np.ndarray) -> np.ndarray:
+    """(c, a, alpha, b, beta) -> (C, A, alpha, B, beta)."""
+    return np.stack([theta[:, 0], np.exp(theta[:, 1]), theta[:, 2], np.exp(theta[:, 3]),
+                     theta[:, 4]], 1)

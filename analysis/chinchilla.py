@@ -1,0 +1,251 @@
+"""The Chinchilla law L(N, D) = E + A / N^alpha + B / D^beta, fitted as Hoffmann et al. (2022)
+Approach 3: minimize the sum of Huber losses (delta = 1e-3) of the log-space residuals
+LSE(a - alpha log N, b - beta log D, e) - log L over (a, b, e, alpha, beta), with L-BFGS from
+every start of a grid, keeping the best; A = exp(a), B = exp(b), E = exp(e).
+
+Speed: the objective and its gradient are vectorized over points and over all grid starts at
+once (a batched L-BFGS), the best start is polished with scipy's L-BFGS-B, and bootstrap
+refits warm-start from the point estimate.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from analysis.errors import AnalysisError
+from analysis.results import LawResult
+
+DELTA = 1e-3
+NAMES = ["E", "A", "B", "alpha", "beta"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Starts of the fit, as in Hoffmann et al.: alpha, beta, e, a, b."""
+
+    alpha: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+    beta: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+    e: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    a: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+    b: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+
+    def starts(self) -> np.ndarray:
+        """[S, 5] in parameter order (a, b, e, alpha, beta)."""
+        return np.array(list(itertools.product(self.a, self.b, self.e, self.alpha, self.beta)))
+
+
+def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
+              weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Summed Huber loss and its gradient, for S parameter vectors at once."""
+    a, b, e, alpha, beta = (theta_S5[:, i : i + 1] for i in range(5))
+    t1 = a - alpha * logN
+    t2 = b - beta * logD
+    t3 = np.broadcast_to(e, t1.shape)
+    m = np.maximum(np.maximum(t1, t2), t3)
+    w1, w2, w3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(t3 - m)
+    total = w1 + w2 + w3
+    r = m + np.log(total) - logL
+    absr = np.abs(r)
+    huber = np.where(absr <= DELTA, 0.5 * r * r, DELTA * (absr - 0.5 * DELTA))
+    dr = np.clip(r, -DELTA, DELTA)
+    if weights is not None:
+        huber, dr = huber * weights, dr * weights
+    w1, w2, w3 = dr * w1 / total, dr * w2 / total, dr * w3 / total
+    grad = np.stack([w1.sum(1), w2.sum(1), w3.sum(1), -(w1 * logN).sum(1), -(w2 * logD).sum(1)], 1)
+    return huber.sum(1), grad
+
+
+def batched_lbfgs(fun, x0: np.ndarray, iters: int = 300, memory: int = 10,
+                  gtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """L-BFGS run from every row of x0 at once (Armijo backtracking); returns (x, f)."""
+    x = x0.copy()
+    f, g = fun(x)
+    S, P = x.shape
+    s_hist = np.zeros((memory, S, P))
+    y_hist = np.zeros((memory, S, P))
+    rho = np.zeros((memory, S))
+    active = np.ones(S, dtype=bool)
+    for it in range(iters):
+        # two-loop recursion
+        q = g.copy()
+        alphas = np.zeros((memory, S))
+        order = [(it - 1 - j) % memory for j in range(min(it, memory))]
+        for k in order:
+            alphas[k] = rho[k] * np.sum(s_hist[k] * q, 1)
+            q -= alphas[k][:, None] * y_hist[k]
+        if order:
+            k = order[0]
+            yy = np.sum(y_hist[k] ** 2, 1)
+            gamma = np.where(yy > 0, np.sum(s_hist[k] * y_hist[k], 1) / np.maximum(yy, 1e-300), 1.0)
+            q *= gamma[:, None]
+        else:
+            q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        for k in reversed(order):
+            beta = rho[k] * np.sum(y_hist[k] * q, 1)
+            q += s_hist[k] * (alphas[k] - beta)[:, None]
+        p = -q
+        slope = np.sum(p * g, 1)
+        bad = slope >= 0  # not a descent direction: fall back to steepest descent
+        p[bad] = -g[bad]
+        slope[bad] = -np.sum(g[bad] ** 2, 1)
+        # backtracking line search, all starts together
+        t = np.ones(S)
+        x_new, f_new, g_new = x.copy(), f.copy(), g.copy()
+        pending = active.copy()
+        for _ in range(40):
+            if not pending.any():
+                break
+            cand = x[pending] + t[pending, None] * p[pending]
+            fc, gc = fun(cand)
+            ok = fc <= f[pending] + 1e-4 * t[pending] * slope[pending]
+            idx = np.flatnonzero(pending)
+            x_new[idx[ok]], f_new[idx[ok]], g_new[idx[ok]] = cand[ok], fc[ok], gc[ok]
+            pending[idx[ok]] = False
+            t[idx[~ok]] *= 0.5
+        moved = active & ~pending
+        s = x_new - x
+        y = g_new - g
+        sy = np.sum(s * y, 1)
+        k = it % memory
+        keep = moved & (sy > 1e-12)
+        s_hist[k] = np.where(keep[:, None], s, 0.0)
+        y_hist[k] = np.where(keep[:, None], y, 0.0)
+        rho[k] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
+        df = np.abs(f - f_new)
+        x, f, g = x_new, f_new, g_new
+        active &= moved & (np.abs(g).max(1) > gtol) & (df > 1e-14 * np.maximum(1.0, np.abs(f)))
+        if not active.any():
+            break
+    return x, f
+
+
+POLISH = 8  # starts continued to convergence after the batched phase
+BATCH_ITERS = 60
+
+
+def _batched(args):
+    starts, logN, logD, logL = args
+    return batched_lbfgs(lambda th: objective(th, logN, logD, logL), starts, iters=BATCH_ITERS)
+
+
+def multistart(starts: np.ndarray, logN, logD, logL, workers: int = 2):
+    """Batched L-BFGS from every start, the starts split over `workers` processes."""
+    if workers < 2 or len(starts) < 1000:
+        return _batched((starts, logN, logD, logL))
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    parts = np.array_split(starts, workers)
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        out = list(pool.map(_batched, [(p, logN, logD, logL) for p in parts]))
+    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+
+
+def _polish(theta0, logN, logD, logL, weights=None):
+    def fun(th):
+        f, g = objective(th[None], logN, logD, logL, weights)
+        return f[0], g[0]
+
+    return minimize(fun, theta0, jac=True, method="L-BFGS-B",
+                    options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-8})
+
+
+def to_natural(theta: np.ndarray) -> np.ndarray:
+    """(a, b, e, alpha, beta) -> (E, A, B, alpha, beta), row-wise."""
+    theta = np.atleast_2d(theta)
+    return np.stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
+                     theta[:, 3], theta[:, 4]], 1)
+
+
+class ChinchillaResult(LawResult):
+    def predict(self, N, D) -> np.ndarray:
+        E, A, B, alpha, beta = self.params[NAMES]
+        return E + A / np.asarray(N, float) ** alpha + B / np.asarray(D, float) ** beta
+
+    def compute_optimal(self, C, alpha_level: float = 0.05) -> pd.DataFrame:
+        """N*(C) and D*(C) minimizing the law at C = 6 N D, with bootstrap intervals, and the
+        exponents a = beta/(alpha+beta), b = alpha/(alpha+beta)."""
+        C = np.atleast_1d(np.asarray(C, float))
+
+        def optimal(p):
+            E, A, B, al, be = p
+            G = (al * A / (be * B)) ** (1 / (al + be))
+            n = G * (C / 6) ** (be / (al + be))
+            return n, C / (6 * n), E + A / n**al + B / (C / (6 * n)) ** be
+
+        n, d, loss = optimal(self.params[NAMES].to_numpy())
+        out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": loss})
+        if self.boot is not None and len(self.boot) > 1:
+            draws = [optimal(p) for p in self.boot if p[3] > 0 and p[4] > 0]
+            q = [100 * alpha_level / 2, 100 * (1 - alpha_level / 2)]
+            for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
+                lo, hi = np.nanpercentile(np.array([dr[j] for dr in draws]), q, axis=0)
+                out[f"{name}_lower"], out[f"{name}_upper"] = lo, hi
+        al, be = self.params["alpha"], self.params["beta"]
+        out.attrs["a"], out.attrs["b"] = be / (al + be), al / (al + be)
+        return out
+
+
+def check_group(df: pd.DataFrame, label: str, n_params: int = 5) -> None:
+    if len(df) < n_params:
+        raise AnalysisError(f"group ({label}): {len(df)} points, fewer than the {n_params} "
+                            "parameters of the law")
+    if df["N"].nunique() < 2:
+        raise AnalysisError(f"group ({label}): every run has N = {df['N'].iloc[0]:.4g}; alpha "
+                            "cannot be fitted from a single model size")
+    if df["D"].nunique() < 2:
+        raise AnalysisError(f"group ({label}): every run has D = {df['D'].iloc[0]:.4g}; beta "
+                            "cannot be fitted from a single token count")
+
+
+def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int = 1000,
+                   seed: int = 0, grid: Grid = Grid()) -> ChinchillaResult:
+    """Fit one group (columns N, D, loss); bootstrap resamples points with replacement."""
+    group = group or {}
+    label = ", ".join(f"{k}={v}" for k, v in group.items()) or "all"
+    check_group(df, label)
+    logN, logD, logL = (np.log(df[c].to_numpy(float))[None, :] for c in ("N", "D", "loss"))
+
+    def fun(th):
+        return objective(th, logN, logD, logL)
+
+    x, f = multistart(grid.starts(), logN, logD, logL)
+    # continue the most promising starts to full convergence, keep the best
+    polished = [_polish(x[i], logN, logD, logL) for i in np.argsort(f)[:POLISH]]
+    res = min(polished, key=lambda r: r.fun)
+    theta = res.x
+    boot = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        n = logN.shape[1]
+        draws = []
+        for _ in range(bootstrap):
+            counts = np.bincount(rng.integers(0, n, n), minlength=n)[None, :].astype(float)
+            draws.append(_polish(theta, logN, logD, logL, counts).x)
+        boot = to_natural(np.array(draws))
+    params = pd.Series(to_natural(theta)[0], index=NAMES)
+    result = ChinchillaResult("chinchilla", group, params, boot, len(df), float(res.fun),
+                              bool(res.success), str(res.message))
+    result.warnings += _edge_warnings(theta, grid)
+    if not res.success:
+        result.warnings.append(f"the optimizer did not converge: {res.message}")
+    return result
+
+
+def _edge_warnings(theta: np.ndarray, grid: Grid) -> list[str]:
+    out = []
+    for name, value, values in (("a", theta[0], grid.a), ("b", theta[1], grid.b),
+                                ("e", theta[2], grid.e), ("alpha", theta[3], grid.alpha),
+                                ("beta", theta[4], grid.beta)):
+        lo, hi = min(values), max(values)
+        tol = 1e-3 * max(1.0, hi - lo)
+        if value <= lo + tol or value >= hi - tol:
+            out.append(f"{name} = {value:.4g} sits on or beyond the edge of the start grid "
+                       f"[{lo:g}, {hi:g}]; the optimum may lie outside what was searched")
+    return out

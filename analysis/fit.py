@@ -1,0 +1,48 @@
+"""Fit a law to every group of a tidy table; a bad group is skipped with a warning."""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+
+from analysis.chinchilla import ChinchillaResult, fit_chinchilla
+from analysis.errors import AnalysisError
+from analysis.results import LawResult
+
+
+def fit_groups(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int = 1000,
+               seed: int = 0) -> list[LawResult]:
+    """chinchilla: one fit per (family, modality); bimodal: per (family, modality pair);
+    routed: per modality over MoE runs with varying expert counts."""
+    if law == "chinchilla":
+        jobs = [({"family": f, "modality": m}, g) for (f, m), g in df.groupby(["family", "modality"])]
+        fit = lambda group, g: fit_chinchilla(g, group, bootstrap, seed)  # noqa: E731
+    elif law == "bimodal":
+        from analysis.bimodal import bimodal_jobs, fit_bimodal
+
+        jobs = bimodal_jobs(df)
+        fit = lambda group, g: fit_bimodal(g, group, bootstrap, seed)  # noqa: E731
+    elif law == "routed":
+        from analysis.routed import fit_routed, routed_jobs
+
+        jobs = routed_jobs(df)
+        fit = lambda group, g: fit_routed(g, group, bootstrap, seed)  # noqa: E731
+    else:
+        raise AnalysisError(f"unknown law {law!r}; use chinchilla, bimodal or routed")
+    results, problems = [], []
+    for group, g in jobs:
+        try:
+            results.append(fit(group, g))
+        except AnalysisError as e:
+            problems.append(str(e))
+    if problems and results:
+        warnings.warn("skipped: " + "; ".join(problems), stacklevel=2)
+    if not results:
+        raise AnalysisError("; ".join(problems) or f"no group of runs to fit the {law} law to")
+    return results
+
+
+def chinchilla_by_group(results: list[LawResult]) -> dict[tuple[str, str], ChinchillaResult]:
+    return {(r.group["family"], r.group["modality"]): r for r in results
+            if isinstance(r, ChinchillaResult)}

@@ -1,0 +1,123 @@
+"""Figures (matplotlib, Agg): loss vs compute with fitted frontiers, dL vs compute with bands,
+the competition/synergy map of modality pairs, and expert use per MoE layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.chinchilla import ChinchillaResult  # noqa: E402
+from analysis.compare import delta_curve  # noqa: E402
+
+COLORS = {"dense": "#1f77b4", "moe": "#d62728", "mot": "#2ca02c"}
+
+
+def _grid(n: int):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def loss_vs_compute(df: pd.DataFrame, fits: dict[tuple[str, str], ChinchillaResult], path: Path) -> Path:
+    mods = sorted(df["modality"].unique())
+    fig, axes = _grid(len(mods))
+    C = np.exp(np.linspace(np.log(df["C"].min() / 3), np.log(df["C"].max() * 3), 100))
+    for ax, m in zip(axes, mods, strict=True):
+        for family, g in df[df["modality"] == m].groupby("family"):
+            color = COLORS.get(family, "gray")
+            ax.scatter(g["C"], g["loss"], s=14, color=color, alpha=0.7, label=f"{family} runs")
+            fit = fits.get((family, m))
+            if fit is not None:
+                ax.plot(C, fit.compute_optimal(C)["loss_opt"], color=color, lw=1.5,
+                        label=f"{family} law, compute-optimal")
+        ax.set(xscale="log", yscale="log", title=m, xlabel="training FLOPs",
+               ylabel="held-out loss (nats/token)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def delta_vs_compute(fits: dict[tuple[str, str], ChinchillaResult], pair_table: pd.DataFrame,
+                     c_min: float, c_max: float, path: Path) -> Path | None:
+    combos = [(f, m) for (f, m) in sorted(fits) if f != "dense" and ("dense", m) in fits]
+    if not combos:
+        return None
+    fig, axes = _grid(len(combos))
+    C = np.exp(np.linspace(np.log(c_min), np.log(c_max), 150))
+    for ax, (family, m) in zip(axes, combos, strict=True):
+        curve = delta_curve(fits[(family, m)], fits[("dense", m)], C)
+        color = COLORS.get(family, "gray")
+        ax.plot(curve["C"], curve["dL"], color=color, label="from the fitted laws")
+        if "lower" in curve:
+            ax.fill_between(curve["C"], curve["lower"], curve["upper"], color=color, alpha=0.2,
+                            label="95% bootstrap band")
+        obs = pair_table[(pair_table["family"] == family) & (pair_table["modality"] == m)]
+        if len(obs):
+            ax.scatter(obs["C"], obs["dL"], s=14, color="k", label="observed pairs")
+        ax.axhline(0, color="gray", lw=0.8, ls="--")
+        ax.set(xscale="log", title=f"{m}: {family} - dense", xlabel="training FLOPs",
+               ylabel="dL (nats/token)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def competition_map(bimodal_results, path: Path) -> Path | None:
+    """Fitted interaction (nats/token) of each modality pair at the median joint-run scale;
+    red = competition, blue = synergy. One panel per family."""
+    if not bimodal_results:
+        return None
+    families = sorted({r.group["family"] for r in bimodal_results})
+    fig, axes = _grid(len(families))
+    for ax, family in zip(axes, families, strict=True):
+        rs = [r for r in bimodal_results if r.group["family"] == family]
+        mods = sorted({m for r in rs for m in r.group["pair"].split("+")})
+        mat = np.full((len(mods), len(mods)), np.nan)
+        for r in rs:
+            i, j = (mods.index(m) for m in r.group["pair"].split("+"))
+            val = float(np.median(r.interaction(r.points["N"], r.points["D"])))
+            mat[i, j] = mat[j, i] = val
+        lim = np.nanmax(np.abs(mat)) if np.isfinite(mat).any() else 1.0
+        im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_xticks(range(len(mods)), mods, rotation=45)
+        ax.set_yticks(range(len(mods)), mods)
+        ax.set_title(f"{family}: interaction (+ competes, - synergy)", fontsize=9)
+        fig.colorbar(im, ax=ax, label="nats/token")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def expert_use(records: list[dict], path: Path) -> Path | None:
+    """Share of tokens per expert and layer, for the largest MoE run (by compute)."""
+    moe = [r for r in records if r.get("expert_stats")]
+    if not moe:
+        return None
+    run = max(moe, key=lambda r: r["compute"])
+    rows = [np.asarray(s["tokens_per_expert"], float) for s in run["expert_stats"]]
+    width = max(len(r) for r in rows)
+    mat = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        mat[i, : len(r)] = r / max(r.sum(), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * width, 1.2 + 0.4 * len(rows)))
+    im = ax.imshow(mat, cmap="viridis", aspect="auto")
+    ax.set(xlabel="expert", ylabel="MoE layer", title=f"expert use: {run['run_id']}")
+    fig.colorbar(im, ax=ax, label="share of tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,149 @@
+"""Run records or a CSV -> one tidy table, a row per (run, modality).
+
+Columns: run, family, router, seed, status, pair, modality, modalities (the run's, joined by
+'+'), N (the params the laws use), N_active, N_total, D (tokens of this modality, else all),
+D_total, C (training FLOPs), loss (nats/token), bits_per_unit, n_experts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.errors import AnalysisError
+
+SCHEMA = Path(__file__).with_name("record.schema.json")
+COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
+           "N_active", "N_total", "D", "D_total", "C", "loss", "bits_per_unit", "n_experts"]
+
+
+@cache
+def _validator():
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+
+
+def record_rows(record: dict) -> list[dict]:
+    """Tidy rows of one record (already schema-valid)."""
+    by_mod = record["tokens"].get("by_modality") or {}
+    rows = []
+    for m, ev in record["eval"]["final"].items():
+        rows.append({
+            "run": record["run_id"], "family": record["family"], "router": record.get("router"),
+            "seed": record["seed"], "status": record["status"], "pair": record.get("pair_id"),
+            "modality": m, "modalities": "+".join(record["modalities"]),
+            "N_active": record["params"]["active"], "N_total": record["params"]["total"],
+            "D": by_mod.get(m, record["tokens"]["total"]), "D_total": record["tokens"]["total"],
+            "C": record["compute"], "loss": ev["loss"], "bits_per_unit": ev.get("bits_per_unit"),
+            "n_experts": (record.get("model") or {}).get("n_experts", 0) or 0,
+        })
+    return rows
+
+
+def load_runs(paths: list[str | Path], params: str = "active") -> tuple[pd.DataFrame, list[dict]]:
+    """Tidy table of completed runs under `paths` (run dirs, dirs of runs, or record files),
+    and the raw records. Corrupt, invalid, failed, diverged or unfinished runs are skipped with
+    one warning that lists them."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files += sorted(p.rglob("record.json"))
+        else:
+            raise AnalysisError(f"{p}: no such file or directory")
+    rows, records, skipped = [], [], []
+    for f in files:
+        try:
+            record = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            skipped.append(f"{f} (corrupt JSON: {e})")
+            continue
+        errors = sorted(_validator().iter_errors(record), key=lambda e: list(e.path))
+        if errors:
+            where = "/".join(map(str, errors[0].path)) or "(top level)"
+            skipped.append(f"{f} (schema: {where}: {errors[0].message})")
+            continue
+        if record["status"] != "completed":
+            skipped.append(f"{f} (status {record['status']})")
+            continue
+        records.append(record)
+        rows += record_rows(record)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} record(s):\n  " + "\n  ".join(skipped), stacklevel=2)
+    if not rows:
+        raise AnalysisError(f"no usable run records under {', '.join(map(str, paths))}")
+    return _finish(pd.DataFrame(rows), params), records
+
+
+def load_csv(path: str | Path, columns: dict[str, str] | None = None,
+             params: str = "active") -> pd.DataFrame:
+    """A CSV with columns params, tokens, loss and optionally family, modality, flops, seed,
+    n_experts, run; `columns` maps those names to the CSV's own."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnalysisError(f"{path}: no such file")
+    names = {"params": "params", "tokens": "tokens", "loss": "loss", "family": "family",
+             "modality": "modality", "flops": "flops", "seed": "seed", "n_experts": "n_experts",
+             "run": "run"} | (columns or {})
+    try:
+        raw = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise AnalysisError(f"{path}: cannot read CSV ({e})") from None
+    for key in ("params", "tokens", "loss"):
+        if names[key] not in raw.columns:
+            raise AnalysisError(f"{path}: missing column '{names[key]}' (for {key}); columns: "
+                                f"{', '.join(raw.columns)}; map one with --col {key}=NAME")
+    get = lambda k, default: raw[names[k]] if names[k] in raw.columns else default  # noqa: E731
+    df = pd.DataFrame({
+        "run": get("run", pd.Series([f"row{i + 2}" for i in range(len(raw))])),
+        "family": get("family", "dense"), "router": None, "seed": get("seed", 0),
+        "status": "completed", "pair": None, "modality": get("modality", "all"),
+        "N_active": raw[names["params"]], "N_total": raw[names["params"]],
+        "D": raw[names["tokens"]], "D_total": raw[names["tokens"]],
+        "C": get("flops", 6.0 * raw[names["params"]] * raw[names["tokens"]]),
+        "loss": raw[names["loss"]], "bits_per_unit": None, "n_experts": get("n_experts", 0),
+    })
+    df["modalities"] = df["modality"]
+    bad = ~df[["N_active", "D", "loss", "C"]].map(_positive_finite).all(axis=1)
+    if bad.any():
+        lines = [int(i) + 2 for i in df.index[bad]]
+        raise AnalysisError(f"{path}: non-positive or non-finite params/tokens/loss/flops on "
+                            f"line(s) {', '.join(map(str, lines[:10]))}")
+    return _finish(df, params)
+
+
+def _positive_finite(v) -> bool:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(x) and x > 0
+
+
+def _finish(df: pd.DataFrame, params: str) -> pd.DataFrame:
+    if params not in ("active", "total"):
+        raise AnalysisError(f"params must be 'active' or 'total', not {params!r}")
+    df["N"] = df["N_active"] if params == "active" else df["N_total"]
+    for c in ("N", "N_active", "N_total", "D", "D_total", "C", "loss"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    bad = ~df[["N", "D", "C", "loss"]].map(_positive_finite).all(axis=1)
+    if bad.any():
+        warnings.warn(f"dropped {int(bad.sum())} row(s) with non-positive or non-finite values: "
+                      f"{', '.join(df.loc[bad, 'run'].astype(str).unique()[:10])}", stacklevel=3)
+        df = df[~bad]
+    return df[COLUMNS].reset_index(drop=True)
+
+
+def load(inputs: list[str | Path], params: str = "active",
+         columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """Run directories / record files, or one CSV."""
+    if len(inputs) == 1 and str(inputs[0]).endswith(".csv"):
+        return load_csv(inputs[0], columns, params)
+    return load_runs(inputs, params)[0]

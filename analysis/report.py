@@ -1,0 +1,100 @@
+"""`report`: a Markdown report with every table and figure the runs support."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.compare import compare_laws, compare_pairs, pairs
+from analysis.errors import AnalysisError
+from analysis.fit import chinchilla_by_group, fit_groups
+from analysis.records import load_runs
+from analysis.tables import fits_table, render
+
+
+def _regime(df: pd.DataFrame) -> str:
+    ratio = df["D"] / df["N"]
+    return (f"tokens per active parameter (D/N) span {ratio.min():.3g} to {ratio.max():.3g} "
+            f"(median {ratio.median():.3g}); Chinchilla's compute-optimal ratio is about 20")
+
+
+def _try(what: str, fn, notes: list[str]):
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = fn()
+        notes += [f"{what}: {w.message}" for w in caught]
+        return out
+    except AnalysisError as e:
+        notes.append(f"{what}: {e}")
+        return None
+
+
+def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
+                 params: str = "active") -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    df, records = load_runs(inputs, params)
+    notes: list[str] = []
+    lines = ["# moe-vs-dense report", "",
+             f"{df['run'].nunique()} completed runs, modalities: "
+             f"{', '.join(sorted(df['modality'].unique()))}. "
+             "Losses are held-out nats/token; N is the "
+             f"{'active' if params == 'active' else 'total'} parameter count; C is training FLOPs.",
+             "", _regime(df), "", "## Runs", "",
+             "Every run, one row per modality, is in [runs.csv](runs.csv).", "",
+             render(df.groupby(["family", "modality"]).agg(
+                 runs=("run", "nunique"), N_min=("N", "min"), N_max=("N", "max"),
+                 D_min=("D", "min"), D_max=("D", "max"), C_min=("C", "min"), C_max=("C", "max"),
+                 best_loss=("loss", "min")).reset_index())]
+    df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
+    chin = _try("Chinchilla fits", lambda: fit_groups(df, "chinchilla", bootstrap), notes) or []
+    fits = chinchilla_by_group(chin)
+    if chin:
+        lines += ["", "## Fitted laws: L = E + A/N^alpha + B/D^beta", "",
+                  render(fits_table(chin)), ""]
+        for r in chin:
+            co = r.compute_optimal(np.array([1e18]))
+            lines.append(f"- {r.label()}: N* ~ C^{co.attrs['a']:.3f}, D* ~ C^{co.attrs['b']:.3f}"
+                         + "".join(f"; warning: {w}" for w in r.warnings))
+    figs = [plots.loss_vs_compute(df, fits, out / "loss_vs_compute.png")]
+    pair_rows = pairs(df)
+    table = _try("paired comparison", lambda: compare_pairs(df), notes)
+    if table is not None:
+        lines += ["", "## MoE/MoT minus dense on matched pairs (nats/token)", "",
+                  "dL < 0 means the experts reach a lower loss. Interval: 95% paired bootstrap; "
+                  "p: paired t-test, Holm-corrected across modalities.", "", render(table)]
+    c_min, c_max = df["C"].min(), df["C"].max() * 100
+    law_table = compare_laws(fits, c_min, c_max) if fits else pd.DataFrame()
+    if len(law_table):
+        lines += ["", "## From the fitted laws, along compute-optimal frontiers", "",
+                  f"From the smallest observed compute to 100x the largest ({c_min:.3g} to "
+                  f"{c_max:.3g} FLOPs).", "", render(law_table)]
+        figs.append(plots.delta_vs_compute(fits, pair_rows, c_min, c_max, out / "delta_vs_compute.png"))
+    bimodal = _try("bimodal law", lambda: fit_groups(df, "bimodal", bootstrap), notes)
+    if bimodal:
+        lines += ["", "## Competition and synergy (Aghajanyan et al. 2023)", "",
+                  render(fits_table(bimodal)), ""]
+        for r in bimodal:
+            b = r.barrier()
+            where = (f"N = {b['N']:.3g} (C = {b['C']:.3g} FLOPs)" if np.isfinite(b["N"])
+                     else "no sign change in 1e3..1e16 params")
+            ci = (f", 95% interval N in [{b['N_lower']:.3g}, {b['N_upper']:.3g}]"
+                  if "N_lower" in b else "")
+            lines.append(f"- {r.label()}: competition barrier at D/N = {b['tokens_per_param']:.3g}: "
+                         f"{where}{ci}; runs: "
+                         + ", ".join(f"{v} x{c}" for v, c in r.points["verdict"].value_counts().items()))
+        figs.append(plots.competition_map(bimodal, out / "competition_map.png"))
+    routed = _try("routed law", lambda: fit_groups(df, "routed", bootstrap), notes)
+    if routed:
+        lines += ["", "## Routed-MoE law (Clark et al. 2022)", "", render(fits_table(routed))]
+    figs.append(plots.expert_use(records, out / "expert_use.png"))
+    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,73 @@
+"""Fit results in statsmodels' manner: params, bse, conf_int(), summary(), predict(), to_json()."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class LawResult:
+    """Point estimates, bootstrap draws (one row per refit) and how the fit went."""
+
+    law: str
+    group: dict
+    params: pd.Series
+    boot: np.ndarray | None
+    nobs: int
+    objective: float
+    converged: bool
+    message: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def bse(self) -> pd.Series:
+        """Bootstrap standard errors (NaN without bootstrap)."""
+        if self.boot is None or len(self.boot) < 2:
+            return pd.Series(np.nan, index=self.params.index)
+        return pd.Series(np.nanstd(self.boot, axis=0, ddof=1), index=self.params.index)
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Percentile bootstrap intervals, columns `lower` and `upper`."""
+        if self.boot is None or len(self.boot) < 2:
+            lo = hi = np.full(len(self.params), np.nan)
+        else:
+            lo, hi = np.nanpercentile(self.boot, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+        return pd.DataFrame({"lower": lo, "upper": hi}, index=self.params.index)
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.group.items()) or "all"
+
+    def summary(self, alpha: float = 0.05) -> str:
+        ci = self.conf_int(alpha)
+        table = pd.DataFrame({"estimate": self.params, "std err": self.bse,
+                              f"[{alpha / 2:g}": ci["lower"], f"{1 - alpha / 2:g}]": ci["upper"]})
+        head = (f"{self.law} law fit ({self.label()}): {self.nobs} points, objective "
+                f"{self.objective:.4g}, {'converged' if self.converged else 'NOT converged'}"
+                f" ({self.message}); {0 if self.boot is None else len(self.boot)} bootstrap refits")
+        notes = "".join(f"\nwarning: {w}" for w in self.warnings)
+        return f"{head}\n{table.to_string(float_format=lambda v: f'{v:.6g}')}{notes}"
+
+    def to_dict(self, alpha: float = 0.05) -> dict:
+        ci = self.conf_int(alpha)
+        return {
+            "law": self.law, "group": self.group, "n_points": self.nobs,
+            "objective": self.objective, "converged": self.converged, "message": self.message,
+            "confidence": 1 - alpha,
+            "params": {k: {"estimate": _num(v), "lower": _num(ci.loc[k, "lower"]),
+                           "upper": _num(ci.loc[k, "upper"]), "std_err": _num(self.bse[k])}
+                       for k, v in self.params.items()},
+            "n_bootstrap": 0 if self.boot is None else len(self.boot),
+            "warnings": self.warnings,
+        }
+
+    def to_json(self, alpha: float = 0.05) -> str:
+        return json.dumps(self.to_dict(alpha), indent=2)
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None

@@ -1,0 +1,33 @@
+"""Tables as Markdown, CSV or LaTeX, from pandas."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.errors import AnalysisError
+from analysis.results import LawResult
+
+
+def render(table: pd.DataFrame, fmt: str = "md", floatfmt: str = ".4g") -> str:
+    if fmt == "md":
+        return table.to_markdown(index=False, floatfmt=floatfmt)
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "latex":
+        return table.to_latex(index=False, float_format=lambda v: format(v, floatfmt),
+                              escape=True)
+    raise AnalysisError(f"unknown format {fmt!r}; use md, csv or latex")
+
+
+def fits_table(results: list[LawResult], alpha: float = 0.05) -> pd.DataFrame:
+    """One row per fit: group, points, each parameter as estimate and interval bounds."""
+    rows = []
+    for r in results:
+        ci = r.conf_int(alpha)
+        row = {**r.group, "points": r.nobs}
+        for k, v in r.params.items():
+            row[k] = v
+            row[f"{k} lower"], row[f"{k} upper"] = ci.loc[k, "lower"], ci.loc[k, "upper"]
+        row["converged"] = r.converged
+        rows.append(row)
+    return pd.DataFrame(rows)
