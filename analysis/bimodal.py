@@ -21,6 +21,7 @@ from scipy.optimize import brentq, minimize
 from analysis.chinchilla import DELTA, fit_chinchilla
 from analysis.errors import AnalysisError
 from analysis.results import LawResult
+from analysis.results import bootstrap as bootstrap_draws
 
 NAMES = ["C", "A", "alpha", "B", "beta"]
 
@@ -125,14 +126,8 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
     ones = np.ones(len(y))
     res = solve(ones, grid)
     theta = res.x
-    boot = None
-    if bootstrap:
-        rng = np.random.default_rng(seed)
-        draws = []
-        for _ in range(bootstrap):
-            w = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype(float)
-            draws.append(solve(w, [theta]).x)
-        boot = _natural(np.array(draws))
+    draws = bootstrap_draws(len(y), bootstrap, seed, lambda w: solve(w, [theta]).x)
+    boot = None if draws is None else _natural(draws)
     params = pd.Series(_natural(theta[None])[0], index=NAMES)
     result = BimodalResult("bimodal", group, params, boot, len(y), float(res.fun),
                            bool(res.success), str(res.message))

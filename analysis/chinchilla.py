@@ -19,6 +19,7 @@ from scipy.optimize import minimize
 
 from analysis.errors import AnalysisError
 from analysis.results import LawResult
+from analysis.results import bootstrap as bootstrap_draws
 
 DELTA = 1e-3
 NAMES = ["E", "A", "B", "alpha", "beta"]
@@ -163,8 +164,23 @@ def to_natural(theta: np.ndarray) -> np.ndarray:
                      theta[:, 3], theta[:, 4]], 1)
 
 
+def frontier(p: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """N*(C), D*(C) and L*(C) on the compute-optimal frontier C = 6 N D for params
+    (E, A, B, alpha, beta): N* = G (C/6)^(beta/(alpha+beta)) with
+    G = (alpha A / (beta B))^(1/(alpha+beta)). NaN where an exponent is not positive."""
+    E, A, B, al, be = p
+    if al <= 0 or be <= 0:
+        nan = np.full_like(C, np.nan)
+        return nan, nan, nan
+    G = (al * A / (be * B)) ** (1 / (al + be))
+    n = G * (C / 6) ** (be / (al + be))
+    d = C / (6 * n)
+    return n, d, E + A / n**al + B / d**be
+
+
 class ChinchillaResult(LawResult):
     def predict(self, N, D) -> np.ndarray:
+        """Loss (nats/token) at N params and D tokens."""
         E, A, B, alpha, beta = self.params[NAMES]
         return E + A / np.asarray(N, float) ** alpha + B / np.asarray(D, float) ** beta
 
@@ -172,21 +188,13 @@ class ChinchillaResult(LawResult):
         """N*(C) and D*(C) minimizing the law at C = 6 N D, with bootstrap intervals, and the
         exponents a = beta/(alpha+beta), b = alpha/(alpha+beta)."""
         C = np.atleast_1d(np.asarray(C, float))
-
-        def optimal(p):
-            E, A, B, al, be = p
-            G = (al * A / (be * B)) ** (1 / (al + be))
-            n = G * (C / 6) ** (be / (al + be))
-            return n, C / (6 * n), E + A / n**al + B / (C / (6 * n)) ** be
-
-        n, d, loss = optimal(self.params[NAMES].to_numpy())
+        n, d, loss = frontier(self.params[NAMES].to_numpy(), C)
         out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": loss})
         if self.boot is not None and len(self.boot) > 1:
-            draws = [optimal(p) for p in self.boot if p[3] > 0 and p[4] > 0]
+            draws = np.array([frontier(p, C) for p in self.boot])  # [draws, 3, len(C)]
             q = [100 * alpha_level / 2, 100 * (1 - alpha_level / 2)]
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
-                lo, hi = np.nanpercentile(np.array([dr[j] for dr in draws]), q, axis=0)
-                out[f"{name}_lower"], out[f"{name}_upper"] = lo, hi
+                out[f"{name}_lower"], out[f"{name}_upper"] = np.nanpercentile(draws[:, j], q, axis=0)
         al, be = self.params["alpha"], self.params["beta"]
         out.attrs["a"], out.attrs["b"] = be / (al + be), al / (al + be)
         return out
@@ -220,15 +228,9 @@ def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int =
     polished = [_polish(x[i], logN, logD, logL) for i in np.argsort(f)[:POLISH]]
     res = min(polished, key=lambda r: r.fun)
     theta = res.x
-    boot = None
-    if bootstrap:
-        rng = np.random.default_rng(seed)
-        n = logN.shape[1]
-        draws = []
-        for _ in range(bootstrap):
-            counts = np.bincount(rng.integers(0, n, n), minlength=n)[None, :].astype(float)
-            draws.append(_polish(theta, logN, logD, logL, counts).x)
-        boot = to_natural(np.array(draws))
+    draws = bootstrap_draws(logN.shape[1], bootstrap, seed,
+                            lambda w: _polish(theta, logN, logD, logL, w[None, :]).x)
+    boot = None if draws is None else to_natural(draws)
     params = pd.Series(to_natural(theta)[0], index=NAMES)
     result = ChinchillaResult("chinchilla", group, params, boot, len(df), float(res.fun),
                               bool(res.success), str(res.message))

@@ -14,7 +14,7 @@ import pandas as pd
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import DescrStatsW
 
-from analysis.chinchilla import ChinchillaResult
+from analysis.chinchilla import ChinchillaResult, frontier
 from analysis.errors import AnalysisError
 
 
@@ -88,18 +88,9 @@ def delta_curve(other: ChinchillaResult, dense: ChinchillaResult, C: np.ndarray,
     out = pd.DataFrame({"C": C, "dL": a["loss_opt"] - b["loss_opt"]})
     if other.boot is not None and dense.boot is not None:
         n = min(len(other.boot), len(dense.boot))
-        draws = np.array([_frontier(other.boot[i], C) - _frontier(dense.boot[i], C) for i in range(n)])
+        draws = np.array([frontier(other.boot[i], C)[2] - frontier(dense.boot[i], C)[2] for i in range(n)])
         out["lower"], out["upper"] = np.nanpercentile(draws, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
     return out
-
-
-def _frontier(p: np.ndarray, C: np.ndarray) -> np.ndarray:
-    E, A, B, al, be = p
-    if al <= 0 or be <= 0:
-        return np.full_like(C, np.nan)
-    G = (al * A / (be * B)) ** (1 / (al + be))
-    n = G * (C / 6) ** (be / (al + be))
-    return E + A / n**al + B / (C / (6 * n)) ** be
 
 
 def crossovers(curve: pd.DataFrame) -> list[float]:

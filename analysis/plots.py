@@ -27,6 +27,13 @@ def _grid(n: int):
     return fig, list(axes.flat[:n])
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def loss_vs_compute(df: pd.DataFrame, fits: dict[tuple[str, str], ChinchillaResult], path: Path) -> Path:
     mods = sorted(df["modality"].unique())
     fig, axes = _grid(len(mods))
@@ -42,10 +49,7 @@ def loss_vs_compute(df: pd.DataFrame, fits: dict[tuple[str, str], ChinchillaResu
         ax.set(xscale="log", yscale="log", title=m, xlabel="training FLOPs",
                ylabel="held-out loss (nats/token)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def delta_vs_compute(fits: dict[tuple[str, str], ChinchillaResult], pair_table: pd.DataFrame,
@@ -69,10 +73,7 @@ def delta_vs_compute(fits: dict[tuple[str, str], ChinchillaResult], pair_table: 
         ax.set(xscale="log", title=f"{m}: {family} - dense", xlabel="training FLOPs",
                ylabel="dL (nats/token)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def competition_map(bimodal_results, path: Path) -> Path | None:
@@ -96,10 +97,7 @@ def competition_map(bimodal_results, path: Path) -> Path | None:
         ax.set_yticks(range(len(mods)), mods)
         ax.set_title(f"{family}: interaction (+ competes, - synergy)", fontsize=9)
         fig.colorbar(im, ax=ax, label="nats/token")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def expert_use(records: list[dict], path: Path) -> Path | None:
@@ -117,7 +115,4 @@ def expert_use(records: list[dict], path: Path) -> Path | None:
     im = ax.imshow(mat, cmap="viridis", aspect="auto")
     ax.set(xlabel="expert", ylabel="MoE layer", title=f"expert use: {run['run_id']}")
     fig.colorbar(im, ax=ax, label="share of tokens")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,3 +72,17 @@ class LawResult:
 def _num(v) -> float | None:
     v = float(v)
     return v if np.isfinite(v) else None
+
+
+def bootstrap(n_points: int, draws: int, seed: int,
+              refit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
+    """Refits on resampled points, one row per draw; each resample is passed to `refit` as
+    per-point multiplicities (weights), so refits can warm-start and reuse arrays."""
+    if not draws:
+        return None
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        weights = np.bincount(rng.integers(0, n_points, n_points), minlength=n_points)
+        out.append(refit(weights.astype(float)))
+    return np.array(out)

@@ -16,6 +16,7 @@ import statsmodels.api as sm
 
 from analysis.errors import AnalysisError
 from analysis.results import LawResult
+from analysis.results import bootstrap as bootstrap_draws
 
 NAMES = ["a", "b", "c", "d", "E_start", "E_max"]
 E_START_GRID = np.exp(np.linspace(np.log(1.05), np.log(8.0), 16))
@@ -79,15 +80,11 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
     logN, logL = np.log(df["N"].to_numpy(float)), np.log(df["loss"].to_numpy(float))
     E = df["E"].to_numpy(float)
     sse, coef, s, m = _fit(logN, E, logL)
-    boot = None
-    if bootstrap:
-        rng = np.random.default_rng(seed)
-        draws = []
-        for _ in range(bootstrap):
-            w = np.bincount(rng.integers(0, len(logL), len(logL)), minlength=len(logL)).astype(float)
-            _, c2, s2, m2 = _fit(logN, E, logL, w)
-            draws.append([*c2, s2, m2])
-        boot = np.array(draws)
+    def refit(w: np.ndarray) -> np.ndarray:
+        _, c2, s2, m2 = _fit(logN, E, logL, w)
+        return np.array([*c2, s2, m2])
+
+    boot = bootstrap_draws(len(logL), bootstrap, seed, refit)
     params = pd.Series([*coef, s, m], index=NAMES)
     result = RoutedResult("routed", group, params, boot, len(df), sse, True, "least squares")
     result.ols = sm.OLS(logL, _design(logN, E, s, m)).fit()
