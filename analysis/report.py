@@ -12,6 +12,7 @@ from analysis import plots
 from analysis.compare import compare_laws, compare_pairs, pairs
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups
+from analysis.isoflop import isoflop
 from analysis.records import load_runs
 from analysis.tables import fits_table, render
 
@@ -60,6 +61,18 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
             co = r.compute_optimal(np.array([1e18]))
             lines.append(f"- {r.label()}: N* ~ C^{co.attrs['a']:.3f}, D* ~ C^{co.attrs['b']:.3f}"
                          + "".join(f"; warning: {w}" for w in r.warnings))
+    iso_rows = []
+    for (family, modality), g in df.groupby(["family", "modality"]):
+        table_g, exp = isoflop(g)
+        if exp is not None:
+            approach3 = fits.get((family, modality))
+            a3 = approach3.compute_optimal(np.array([1.0])).attrs["a"] if approach3 else np.nan
+            iso_rows.append({"family": family, "modality": modality, **exp,
+                             "a (Approach 3)": a3})
+    if iso_rows:
+        lines += ["", "## IsoFLOP profiles (Approach 2): N* ~ C^a", "",
+                  "Budgets with at least three sizes whose loss parabola in log N has an interior "
+                  "minimum; the interval is OLS's 95%.", "", render(pd.DataFrame(iso_rows))]
     figs = [plots.loss_vs_compute(df, fits, out / "loss_vs_compute.png")]
     pair_rows = pairs(df)
     table = _try("paired comparison", lambda: compare_pairs(df), notes)

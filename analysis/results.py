@@ -80,9 +80,11 @@ def bootstrap(n_points: int, draws: int, seed: int,
     per-point multiplicities (weights), so refits can warm-start and reuse arrays."""
     if not draws:
         return None
+    from tqdm import tqdm
+
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(draws):
+    for _ in tqdm(range(draws), desc="bootstrap", unit="fit", leave=False, disable=None):
         weights = np.bincount(rng.integers(0, n_points, n_points), minlength=n_points)
         out.append(refit(weights.astype(float)))
     return np.array(out)

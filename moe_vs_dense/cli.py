@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis.errors import AnalysisError
 from moe_vs_dense.errors import UserError
 
 
@@ -118,7 +119,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from analysis.compare import compare_laws, compare_pairs
-    from analysis.errors import AnalysisError
     from analysis.fit import chinchilla_by_group, fit_groups
     from analysis.records import load
     from analysis.tables import render
@@ -218,12 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         return args.func(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # analysis.errors.AnalysisError, without importing analysis here
-        if type(e).__name__ != "AnalysisError":
-            raise
+    except (UserError, AnalysisError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

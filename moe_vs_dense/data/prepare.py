@@ -26,7 +26,7 @@ from moe_vs_dense.data.tokenizers import Vocab, build_vocab, train_bpe
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.io import atomic_dir, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "val")
 
 
@@ -134,7 +134,6 @@ def prepare(cfg: DataConfig, data: Path, log: Callable[[str], None] = print) -> 
             log(f"trained byte-level BPE for {m}")
     vocab = build_vocab(cfg.tokenizers, cfg.modalities, bpe_specs)
     row_len = cfg.seq_len + 1
-    datasets.disable_progress_bars()
     meta = {"format_version": FORMAT_VERSION, "seq_len": cfg.seq_len, "vocab_size": vocab.size,
             "modalities": cfg.modalities, "streams": {}}
     with atomic_dir(out) as tmp:

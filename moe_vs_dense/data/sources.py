@@ -2,11 +2,14 @@
 
 Every reader yields `(key, doc)`: `key` decides the train/validation split (a stable hash, so
 the split is fixed and disjoint: everything with one key lands on one side), `doc` is a list of
-segments (see `tokenizers.segment`).
+segments (see `tokenizers.segment`). Keys come from content or from identifiers inside the data
+(a FASTA header, a path inside the standard library), never from where a file lies on disk, so
+every machine makes the same split.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import wave
 from collections.abc import Iterator
@@ -48,31 +51,39 @@ def chunk_text(text: str, n: int) -> list[str]:
     return [p for p in pieces if p.strip()]
 
 
-def _text_docs(modality: str, text: str, n: int, prefix: str) -> Iterator[tuple[str, Doc]]:
+def content_key(data: str | bytes) -> str:
+    blob = data.encode() if isinstance(data, str) else data
+    return "sha1:" + hashlib.sha1(blob).hexdigest()
+
+
+def _text_docs(modality: str, text: str, n: int, seq_id: str = "") -> Iterator[tuple[str, Doc]]:
+    """Documents of about n raw units; DNA chunks are keyed by sequence id and position (so a
+    genome splits by region), text pieces by content."""
     if modality == "dna":
         seq = "".join(text.split())
         for i in range(0, len(seq), n):
-            yield f"{prefix}:{i}", [segment("dna", text=seq[i : i + n])]
+            yield f"{seq_id}:{i}", [segment("dna", text=seq[i : i + n])]
         return
     for piece in chunk_text(text, n):
-        yield f"{prefix}:{piece}", [segment(modality, text=piece)]
+        yield content_key(piece), [segment(modality, text=piece)]
 
 
-def _image_doc(image: np.ndarray, label: str | None, paired: bool) -> Doc:
+def _image_doc(image: np.ndarray, label: str | None, paired: bool) -> tuple[str, Doc]:
     image = np.ascontiguousarray(image, dtype=np.uint8)
     if image.ndim != 2:
         raise UserError(f"images must be 2-D grayscale, got shape {image.shape}")
     doc = [segment("image", data=image.tobytes(), shape=list(image.shape))]
     if paired and label is not None:
         doc.append(segment("text", text=f" {label}"))
-    return doc
+    return content_key(image.tobytes()), doc
 
 
-def _speech_doc(samples: np.ndarray, rate: int, transcript: str | None, paired: bool) -> Doc:
-    doc = [segment("speech", data=np.asarray(samples, dtype=np.int16).tobytes(), rate=int(rate))]
+def _speech_doc(samples: np.ndarray, rate: int, transcript: str | None, paired: bool) -> tuple[str, Doc]:
+    data = np.asarray(samples, dtype=np.int16).tobytes()
+    doc = [segment("speech", data=data, rate=int(rate))]
     if paired and transcript:
         doc.append(segment("text", text=f" {transcript}"))
-    return doc
+    return content_key(data), doc
 
 
 def _to_int16(x: np.ndarray) -> np.ndarray:
@@ -102,8 +113,7 @@ def builtin_files(data: Path, name: str) -> list[Path]:
 def _builtin_docs(s: StreamConfig, data: Path, n: int) -> Iterator[tuple[str, Doc]]:
     files = {p.name: p for p in builtin_files(data, s.source)}
     if s.source == "austen":
-        paragraphs = formats.read_txt(files["austen.txt"]).split("\n\n")
-        yield from _text_docs("text", "\n\n".join(paragraphs), n, "austen")
+        yield from _text_docs("text", formats.read_txt(files["austen.txt"]), n)
     elif s.source == "stdlib":
         for row in formats.read_jsonl(files["stdlib.jsonl"], "text"):
             for piece in chunk_text(row["text"], n):
@@ -118,17 +128,17 @@ def _builtin_docs(s: StreamConfig, data: Path, n: int) -> Iterator[tuple[str, Do
                 continue
             images = formats.read_idx(files[f"{part}images-idx3-ubyte"])
             labels = formats.read_idx(files[f"{part}labels-idx1-ubyte"])
-            for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
-                yield f"{s.source}:{part}{i}", _image_doc(img, names[int(lab)], s.paired)
+            for img, lab in zip(images, labels, strict=True):
+                yield _image_doc(img, names[int(lab)], s.paired)
     elif s.source == "espeak":
         audio = np.load(files["audio.npy"], mmap_mode="r")
-        for i, line in enumerate(files["utterances.jsonl"].read_text().splitlines()):
+        for line in files["utterances.jsonl"].read_text().splitlines():
             u = json.loads(line)
             clip = audio[u["start"] : u["start"] + u["length"]]
-            yield f"espeak:{i}:{u['text']}", _speech_doc(clip, u["rate"], u["text"], s.paired)
+            yield _speech_doc(clip, u["rate"], u["text"], s.paired)
     elif s.source == "uniprot":
-        for header, seq in formats.read_fasta(files["uniprot.fasta"]):
-            yield f"uniprot:{header}", [segment("protein", text=seq)]
+        for _header, seq in formats.read_fasta(files["uniprot.fasta"]):
+            yield content_key(seq), [segment("protein", text=seq)]
 
 
 # ---------------------------------------------------------------- local files
@@ -167,27 +177,27 @@ def _file_docs(s: StreamConfig, n: int) -> Iterator[tuple[str, Doc]]:
                 raise UserError(f"{paths[j]}: {len(imgs)} images but {len(labs)} labels")
             for i, img in enumerate(imgs):
                 label = None if labs is None else str(int(labs[i]))
-                yield f"idx:{j}:{i}", _image_doc(img, label, s.paired)
+                yield _image_doc(img, label, s.paired)
         return
     for p in paths:
         fmt = file_format(p, s.format)
         if fmt == "txt":
-            yield from _text_docs(modality, formats.read_txt(p), n, str(p))
+            yield from _text_docs(modality, formats.read_txt(p), n, p.name)
         elif fmt == "fasta":
             if modality not in ("dna", "protein"):
                 raise UserError(f"{p}: FASTA holds dna or protein, not {modality}")
             for header, seq in formats.read_fasta(p):
                 if modality == "dna":
-                    yield from _text_docs("dna", seq, n, f"{p}:{header}")
+                    yield from _text_docs("dna", seq, n, header)
                 else:
-                    yield f"{p}:{header}", [segment("protein", text=seq)]
+                    yield content_key(seq), [segment("protein", text=seq)]
         elif fmt == "wav":
-            yield str(p), _speech_doc(*_read_wav(p), None, False)
+            yield _speech_doc(*_read_wav(p), None, False)
         else:
             cols = [s.column] + ([s.label_column] if s.label_column else [])
             rows = formats.read_jsonl(p, s.column) if fmt == "jsonl" else formats.read_parquet(p, cols)
             for i, row in enumerate(rows):
-                yield from _row_docs(s, row, f"{p}:{i}", n)
+                yield from _row_docs(s, row, f"{p.name}:{i}", n)
 
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -210,17 +220,16 @@ def _row_docs(s: StreamConfig, row: dict, key: str, n: int, label_names=None):
     if s.modality == "image":
         if hasattr(value, "convert"):  # a PIL image
             value = np.asarray(value.convert("L"))
-        yield key, _image_doc(np.asarray(value), None if label is None else str(label), s.paired)
+        yield _image_doc(np.asarray(value), None if label is None else str(label), s.paired)
     elif s.modality == "speech":
         if not isinstance(value, dict) or "array" not in value:
             raise UserError(f"{key}: speech column '{s.column}' needs {{array, sampling_rate}}")
         transcript = None if label is None else str(label)
-        yield key, _speech_doc(_to_int16(value["array"]), value["sampling_rate"], transcript,
-                               s.paired)
+        yield _speech_doc(_to_int16(value["array"]), value["sampling_rate"], transcript, s.paired)
     else:
         if not isinstance(value, str):
             raise UserError(f"{key}: column '{s.column}' is {type(value).__name__}, expected text")
-        yield from _text_docs(s.modality, value, n, key)
+        yield from _text_docs(s.modality, value, n, key)  # key: the DNA sequence id
 
 
 # ---------------------------------------------------------------- Hugging Face datasets
@@ -242,7 +251,7 @@ def _hf_docs(s: StreamConfig, n: int) -> Iterator[tuple[str, Doc]]:
         if isinstance(feature, datasets.ClassLabel):
             names = feature.int2str
     for i, row in enumerate(ds):
-        yield from _row_docs(s, row, f"{s.name}:{s.split}:{i}", n, names)
+        yield from _row_docs(s, row, f"{Path(s.name).name}:{s.split}:{i}", n, names)
 
 
 def documents(s: StreamConfig, data: Path, doc_units: int) -> Iterator[tuple[str, Doc]]:

@@ -75,6 +75,25 @@ def test_split_is_deterministic_and_cache_hits(tmp_path, small_config):
     assert changed != first
 
 
+def test_split_does_not_depend_on_where_files_lie(tmp_path, small_config):
+    import shutil
+
+    first = _prepare(tmp_path, small_config)
+    moved = tmp_path / "moved"
+    for stream in small_config["data"]["mixture"].values():
+        new_paths = []
+        for p in stream["paths"]:
+            target = moved / Path(p).parent.name / Path(p).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, target)
+            new_paths.append(str(target))
+        stream["paths"] = new_paths
+    small_config["data"]["dir"] = str(tmp_path / "data2")
+    second = _prepare(tmp_path, small_config, name="moved.yaml")
+    for f in sorted(first.glob("*.npy")):
+        assert np.array_equal(np.load(f), np.load(second / f.name)), f.name
+
+
 def test_is_val_is_stable_and_near_fraction():
     keys = [f"doc{i}" for i in range(20000)]
     flags = [is_val(k, 0.1) for k in keys]
