@@ -27,11 +27,10 @@ def pairs(df: pd.DataFrame) -> pd.DataFrame:
     key = df["pair"].where(df["pair"].notna(), "s" + df["seed"].astype(str) + "-C"
                            + _sig3(df["C"]).astype(str) + "-D" + _sig3(df["D_total"]).astype(str))
     df = df.assign(key=key)
-    dense = df[df["family"] == "dense"].set_index(["key", "modality"])
+    dense = df[df["family"] == "dense"][["key", "modality", "loss", "run"]]
     out = []
     for family, g in df[df["family"] != "dense"].groupby("family"):
-        joined = g.join(dense[["loss", "run", "N"]], on=["key", "modality"], rsuffix="_dense",
-                        how="inner")
+        joined = g.merge(dense, on=["key", "modality"], suffixes=("", "_dense"), how="inner")
         out.append(pd.DataFrame({
             "family": family, "modality": joined["modality"], "pair": joined["key"],
             "run": joined["run"], "run_dense": joined["run_dense"], "C": joined["C"],

@@ -1,8 +1,9 @@
 """The MoE FFN layer: a router, dropless experts on a chosen backend, an optional shared expert.
 
-Backends: `torch` sorts assignments by expert and runs `experts.grouped_matmul` (grouped_mm or a
-loop); `megablocks` runs megablocks' dropless grouped GLU on CUDA (optional `[gpu]` extra);
-`auto` takes megablocks only when CUDA and the package are both there.
+Backends: `torch` sorts assignments by expert and runs the experts' fused GLU on grouped
+matmuls (grouped_mm or a loop); `megablocks` uses megablocks' CUDA sort/gather/scatter kernels
+and grouped GEMM on the same weights (optional `[gpu]` extra); `auto` takes megablocks only
+when CUDA and the package are both there. All are dropless.
 """
 
 from __future__ import annotations

@@ -70,7 +70,6 @@ def test_cli_fit_json_compare_and_report(paired_runs, tmp_path, capsys):
         blob = (tmp_path / "rep" / png).read_bytes()
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 10_000
     assert (tmp_path / "rep" / "runs.csv").exists()
-    assert "## IsoFLOP profiles" in report  # the pairs sweep has 3+ sizes at shared budgets
 
 
 def test_cli_bad_csv_exit_2(tmp_path, capsys):

@@ -37,3 +37,23 @@ def test_budget_without_bracketing_sizes_is_skipped():
     df = df[~((df["C"] < 2e18) & (df["N"] > 5e7))]  # smallest budget: only sizes below its optimum
     table, _ = isoflop(df)
     assert len(table) == 3 and table["C"].min() > 5e18
+
+
+def test_report_shows_isoflop_exponent(tmp_path):
+    import json
+
+    from analysis.report import write_report
+    from analysis.synthetic import record
+
+    for i, row in isoflop_runs(noise=0.002).iloc[::2].iterrows():
+        rec = record(f"r{i}", "dense", ["text"], int(row["N"]), {"text": int(row["D"])},
+                     {"text": row["loss"]})
+        rec["compute"] = row["C"]
+        (tmp_path / "runs" / f"r{i}").mkdir(parents=True)
+        (tmp_path / "runs" / f"r{i}" / "record.json").write_text(json.dumps(rec))
+    text = write_report([tmp_path / "runs"], tmp_path / "out", bootstrap=10).read_text()
+    section = text.split("## IsoFLOP profiles")[1].split("##")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| dense"))
+    a_iso, a3 = float(row.split("|")[3]), float(row.split("|")[-2])
+    a_true = CHINCHILLA["beta"] / (CHINCHILLA["alpha"] + CHINCHILLA["beta"])
+    assert a_iso == pytest.approx(a_true, abs=0.03) and a3 == pytest.approx(a_true, abs=0.03)
