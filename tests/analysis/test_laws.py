@@ -64,3 +64,43 @@ def test_one_bad_group_warns_and_the_rest_fit(paired_runs):
     with pytest.warns(UserWarning, match=r"group \(family=moe, modality=dna\): every run has N = 1e\+05"):
         results = fit_groups(df, "chinchilla", bootstrap=0)
     assert len(results) == 5
+
+
+@pytest.mark.slow
+def test_routed_intervals_cover_the_truth_at_about_the_nominal_rate():
+    a, b, c, d, es, em = -0.08, -0.05, 0.004, 1.9, 1.9, 300.0
+    hits, trials = 0, 20
+    for t in range(trials):
+        rng = np.random.default_rng(100 + t)
+        rows = []
+        for N in (1e6, 1e7, 1e8):
+            for E in (1, 4, 16, 64):
+                le = np.log(e_hat(E, es, em))
+                loss = np.exp(a * np.log(N) + b * le + c * np.log(N) * le + d + rng.normal(0, 0.003))
+                rows.append({"N": N, "E": E, "loss": loss, "family": "moe", "n_experts": E})
+        r = fit_routed(pd.DataFrame(rows), {"modality": "text"}, bootstrap=100, seed=t)
+        ci = r.conf_int(0.1)
+        hits += ci.loc["a", "lower"] <= a <= ci.loc["a", "upper"]
+    assert 0.65 <= hits / trials <= 1.0  # nominal 0.9
+
+
+@pytest.mark.slow
+def test_bimodal_intervals_cover_the_truth_at_about_the_nominal_rate(tmp_path):
+    from tests.analysis.conftest import INTERACTION, UNI, law
+
+    hits, trials = 0, 10
+    for t in range(trials):
+        rng = np.random.default_rng(200 + t)
+        rows = []
+        for k, (N, D) in enumerate([(N, D) for N in (1e5, 1e6, 1e7) for D in (2e6, 2e7, 6e7)]):
+            for m, p in UNI.items():
+                rows.append({"run": f"u{m}{k}", "family": "dense", "modality": m, "modalities": m,
+                             "N": N, "D": D, "loss": law(N, D, p) * np.exp(rng.normal(0, 0.001))})
+                rows.append({"run": f"j{k}", "family": "dense", "modality": m,
+                             "modalities": "text+dna", "N": N, "D": D / 2,
+                             "loss": law(N, D / 2, p) + interaction(N, D) + rng.normal(0, 0.004)})
+        r = fit_bimodal(pd.DataFrame(rows), {"family": "dense", "pair": "text+dna"},
+                        bootstrap=60, seed=t)
+        ci = r.conf_int(0.1)
+        hits += ci.loc["C", "lower"] <= INTERACTION["C"] <= ci.loc["C", "upper"]
+    assert 0.6 <= hits / trials <= 1.0  # nominal 0.9
