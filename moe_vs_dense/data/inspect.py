@@ -48,7 +48,8 @@ def report(data: PreparedData, samples: bool = True) -> str:
     table = pd.DataFrame(summary_rows(data))
     lines = [f"prepared data: {data.path}",
              f"sequence length {data.seq_len}, vocabulary {data.vocab.size} ids: "
-             + ", ".join(f"{m} {t.offset}-{t.offset + t.size - 1}"
+             + ", ".join(f"{m} {t.offset}-{t.offset + t.size - 1} ({type(t).__name__}, "
+                         f"{'lossless' if t.lossless else 'lossy'}, per {t.raw_unit})"
                          for m, t in data.vocab.tokenizers.items()),
              "",
              table.to_markdown(index=False, floatfmt=",.3f", intfmt=","), ""]

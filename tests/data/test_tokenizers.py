@@ -69,6 +69,7 @@ def test_image_lossless_at_256_levels_and_quantizes_otherwise():
     img = read_idx(FIXTURES / "fashion_t10k_120_images.idx")[0]
     seg = segment("image", data=img.tobytes(), shape=[28, 28])
     full = ImageTokenizer("image", levels=256)
+    assert full.lossless and not ImageTokenizer("image", levels=16).lossless
     ids = full.encode(seg)
     assert len(ids) == 28 * 28 + 2 and ids[0] == full.boi and ids[-1] == full.eoi
     assert np.array_equal(full.decode(ids), img.reshape(-1))
