@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq, minimize
 
-from analysis.chinchilla import DELTA, batched_lbfgs, fit_chinchilla
+from analysis.chinchilla import batched_lbfgs, fit_chinchilla, huber
 from analysis.errors import AnalysisError
 from analysis.results import LawResult
 from analysis.results import bootstrap as bootstrap_draws
@@ -41,11 +41,6 @@ def bimodal_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
                  & (df["modalities"] == df["modality"])]
         jobs.append(({"family": family, "pair": mods}, pd.concat([g, uni])))
     return jobs
-
-
-def _interaction(theta, N, D):
-    c, a, alpha, b, beta = theta
-    return -c + np.exp(a - alpha * np.log(N)) + np.exp(b - beta * np.log(D))
 
 
 class BimodalResult(LawResult):
@@ -112,10 +107,8 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
         with np.errstate(over="ignore", invalid="ignore"):  # far starts overflow; L-BFGS backs off
             t1 = np.exp(a - alpha * logN)
             t2 = np.exp(b - beta * logD)
-            r = -c + t1 + t2 - y
-            ar = np.abs(r)
-            h = np.where(ar <= DELTA, 0.5 * r * r, DELTA * (ar - 0.5 * DELTA)) * w
-            dr = np.clip(r, -DELTA, DELTA) * w
+            h, dr = huber(-c + t1 + t2 - y)
+            h, dr = h * w, dr * w
             grad = np.stack([-dr.sum(1), (dr * t1).sum(1), -(dr * t1 * logN).sum(1),
                              (dr * t2).sum(1), -(dr * t2 * logD).sum(1)], 1)
         return h.sum(1), grad
@@ -138,7 +131,7 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
     params = pd.Series(_natural(theta[None])[0], index=NAMES)
     result = BimodalResult("bimodal", group, params, boot, len(y), float(res.fun),
                            bool(res.success), str(res.message))
-    fitted = _interaction(theta, N, D)
+    fitted = result.interaction(N, D)
     result.points = pd.DataFrame({"run": joint.index, "N": N, "Di": Di, "Dj": Dj, "D": D,
                                   "interaction_observed": y, "interaction_fitted": fitted,
                                   "verdict": np.where(fitted > 0, "competition", "synergy")})

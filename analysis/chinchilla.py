@@ -40,6 +40,12 @@ class Grid:
         return np.array(list(itertools.product(self.a, self.b, self.e, self.alpha, self.beta)))
 
 
+def huber(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Huber loss (delta = DELTA) of residuals and its derivative."""
+    ar = np.abs(r)
+    return np.where(ar <= DELTA, 0.5 * r * r, DELTA * (ar - 0.5 * DELTA)), np.clip(r, -DELTA, DELTA)
+
+
 def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
               weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed Huber loss and its gradient, for S parameter vectors at once."""
@@ -50,15 +56,12 @@ def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np
     m = np.maximum(np.maximum(t1, t2), t3)
     w1, w2, w3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(t3 - m)
     total = w1 + w2 + w3
-    r = m + np.log(total) - logL
-    absr = np.abs(r)
-    huber = np.where(absr <= DELTA, 0.5 * r * r, DELTA * (absr - 0.5 * DELTA))
-    dr = np.clip(r, -DELTA, DELTA)
+    h, dr = huber(m + np.log(total) - logL)
     if weights is not None:
-        huber, dr = huber * weights, dr * weights
+        h, dr = h * weights, dr * weights
     w1, w2, w3 = dr * w1 / total, dr * w2 / total, dr * w3 / total
     grad = np.stack([w1.sum(1), w2.sum(1), w3.sum(1), -(w1 * logN).sum(1), -(w2 * logD).sum(1)], 1)
-    return huber.sum(1), grad
+    return h.sum(1), grad
 
 
 def batched_lbfgs(fun, x0: np.ndarray, iters: int = 300, memory: int = 10,

@@ -35,14 +35,10 @@ def key_hash(key: str) -> float:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
 
 
-def is_val(key: str, fraction: float) -> bool:
-    """Stable split: a document is held out when the hash of its key falls below `fraction`."""
-    return key_hash(key) < fraction
-
-
 def split_flags(hashes: list[float], fraction: float) -> np.ndarray:
-    """Validation flags; with few documents, the lowest (highest) hash is forced to val (train)
-    so that both splits are non-empty. Deterministic, like `is_val`."""
+    """Validation flags: a document is held out when the hash of its key falls below
+    `fraction`; with few documents, the lowest (highest) hash is forced to val (train) so that
+    both splits are non-empty. Deterministic."""
     h = np.asarray(hashes)
     val = h < fraction
     if not val.any():
