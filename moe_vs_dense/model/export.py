@@ -38,6 +38,12 @@ def _attention_and_norms(model: Transformer) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _glu(experts, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Expert j's gate, up and down weights in nn.Linear layout ([out, in])."""
+    gate, up = experts.w_gate_up[j].T.chunk(2, dim=0)
+    return gate, up, experts.w_down[j].T
+
+
 def _load(hf_model, sd: dict[str, torch.Tensor]) -> None:
     own = hf_model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("rotary_emb.inv_freq")
@@ -60,9 +66,9 @@ def to_hf(model: Transformer, out_dir: Path, max_len: int):
         sd = _attention_and_norms(model)
         for i, b in enumerate(model.blocks):
             p = f"model.layers.{i}.mlp."
-            gate, up = b.ffn.w_gate_up[0].T.chunk(2, dim=0)
+            gate, up, down = _glu(b.ffn, 0)
             sd.update({p + "gate_proj.weight": gate, p + "up_proj.weight": up,
-                       p + "down_proj.weight": b.ffn.w_down[0].T})
+                       p + "down_proj.weight": down})
     elif c.family == "moe":
         m = c.moe
         if m.router != "learned" or m.every != 1 or m.shared_expert or m.bias_balancing \
@@ -88,10 +94,10 @@ def to_hf(model: Transformer, out_dir: Path, max_len: int):
                 sd[prefix + "experts.down_proj"] = e.w_down.transpose(1, 2)
             else:
                 for j in range(e.num):
-                    gate, up = e.w_gate_up[j].T.chunk(2, dim=0)
+                    gate, up, down = _glu(e, j)
                     sd.update({f"{prefix}experts.{j}.w1.weight": gate,
                                f"{prefix}experts.{j}.w3.weight": up,
-                               f"{prefix}experts.{j}.w2.weight": e.w_down[j].T})
+                               f"{prefix}experts.{j}.w2.weight": down})
     else:
         raise UserError(f"export: no transformers architecture holds the {c.family} family")
     _load(hf, sd)
