@@ -71,34 +71,64 @@ def _bounds(counts_G: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip([0] + ends[:-1], ends, strict=True))
 
 
-class _GroupedGLU(torch.autograd.Function):
-    """down(silu(gate) * up) per expert on rows sorted by expert, with a hand-written backward
-    that fills one gradient buffer in place: three elementwise passes, no concatenation."""
+def _glu_forward(x_S, w_gate_up, w_down, counts, impl):
+    """Gate and up as two matmuls: [S, h] buffers stay below glibc's mmap threshold (32 MiB)
+    where one [S, 2h] buffer would be mapped fresh, and page-faulted, on every call."""
+    h = w_down.shape[1]
+    gate = grouped_matmul(x_S, w_gate_up[..., :h], counts, impl)
+    up = grouped_matmul(x_S, w_gate_up[..., h:], counts, impl)
+    silu = F.silu(gate)
+    act = silu * up
+    return (gate, up, silu, act), grouped_matmul(act, w_down, counts, impl)
+
+
+def _glu_backward(dy_S, x_S, w_gate_up, w_down, counts, saved, impl):
+    """Gradients of down(silu(gate) * up) for the input and both weights."""
+    gate, up, silu, act = saved
+    h = w_down.shape[1]
+    d_down = grouped_weight_grad(act, dy_S, counts, impl)
+    d_act = grouped_matmul(dy_S, w_down.transpose(1, 2), counts, impl)
+    d_up = d_act * silu
+    d_gate = torch.ops.aten.silu_backward.grad_input(d_act.mul_(up), gate, grad_input=d_act)
+    d_gate_up = torch.cat([grouped_weight_grad(x_S, d_gate, counts, impl),
+                           grouped_weight_grad(x_S, d_up, counts, impl)], dim=2)
+    dx_S = grouped_matmul(d_gate, w_gate_up[..., :h].transpose(1, 2), counts, impl)
+    dx_S += grouped_matmul(d_up, w_gate_up[..., h:].transpose(1, 2), counts, impl)
+    return dx_S, d_gate_up, d_down
+
+
+class _RoutedGLU(torch.autograd.Function):
+    """Dropless experts as one autograd node: gather each assignment's token (rows sorted by
+    expert), run its expert's GLU, scale by its routing weight, and sum back per token. The
+    backward gathers and scatters with index_select / index_add_ (no index_put accumulation)
+    and folds the routing weight into the output gradient in place."""
 
     @staticmethod
-    def forward(ctx, x, w_gate_up, w_down, counts, impl):
-        h = w_down.shape[1]
-        a = grouped_matmul(x, w_gate_up, counts, impl)  # [T, 2h]: gate | up
-        silu = F.silu(a[:, :h])
-        act = silu * a[:, h:]
-        ctx.save_for_backward(x, w_gate_up, w_down, counts, a, silu, act)
-        ctx.impl = impl
-        return grouped_matmul(act, w_down, counts, impl)
+    def forward(ctx, x_ND, tok_S, w_S, counts, w_gate_up, w_down, impl):
+        x_S = x_ND if tok_S is None else x_ND.index_select(0, tok_S)
+        saved, y_S = _glu_forward(x_S, w_gate_up, w_down, counts, impl)
+        ctx.save_for_backward(x_S, tok_S, w_S, counts, w_gate_up, w_down, *saved,
+                              y_S if w_S is not None and w_S.requires_grad else None)
+        ctx.impl, ctx.n = impl, x_ND.shape[0]
+        if w_S is not None:
+            y_S = y_S * w_S[:, None].to(y_S.dtype)
+        if tok_S is None:
+            return y_S
+        return y_S.new_zeros(ctx.n, y_S.shape[1]).index_add_(0, tok_S, y_S)
 
     @staticmethod
-    def backward(ctx, dy):
-        x, w_gate_up, w_down, counts, a, silu, act = ctx.saved_tensors
-        impl, h = ctx.impl, w_down.shape[1]
-        dy = dy.contiguous()
-        d_down = grouped_weight_grad(act, dy, counts, impl)
-        d_act = grouped_matmul(dy, w_down.transpose(1, 2), counts, impl)
-        da = torch.empty_like(a)
-        torch.mul(d_act, silu, out=da[:, h:])  # d up
-        torch.mul(d_act, a[:, h:], out=da[:, :h])
-        torch.ops.aten.silu_backward.grad_input(da[:, :h], a[:, :h], grad_input=da[:, :h])
-        d_gate_up = grouped_weight_grad(x, da, counts, impl)
-        dx = grouped_matmul(da, w_gate_up.transpose(1, 2), counts, impl)
-        return dx, d_gate_up, d_down, None, None
+    def backward(ctx, dout_ND):
+        x_S, tok_S, w_S, counts, w_gate_up, w_down, *saved, y_S = ctx.saved_tensors
+        dy_S = dout_ND.contiguous() if tok_S is None else dout_ND.index_select(0, tok_S)
+        d_w = None
+        if y_S is not None:
+            d_w = torch.linalg.vecdot(dy_S, y_S).to(w_S.dtype)
+        if w_S is not None:  # dy_S is our own buffer when gathered, so scale it in place
+            w = w_S[:, None].to(dy_S.dtype)
+            dy_S = dy_S * w if tok_S is None else dy_S.mul_(w)
+        dx_S, d_gate_up, d_down = _glu_backward(dy_S, x_S, w_gate_up, w_down, counts, saved, ctx.impl)
+        dx = dx_S if tok_S is None else dx_S.new_zeros(ctx.n, dx_S.shape[1]).index_add_(0, tok_S, dx_S)
+        return dx, None, d_w, None, d_gate_up, d_down, None
 
 
 class Experts(nn.Module):
@@ -110,10 +140,16 @@ class Experts(nn.Module):
         self.w_gate_up = nn.Parameter(torch.randn(num, d_model, 2 * hidden) * init_std)
         self.w_down = nn.Parameter(torch.randn(num, hidden, d_model) * out_std)
 
-    def forward(self, x_sorted: torch.Tensor, counts_E: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-        dtype = x_sorted.dtype
-        return _GroupedGLU.apply(x_sorted, self.w_gate_up.to(dtype), self.w_down.to(dtype),
-                                 counts_E, impl)
+    def forward(self, x_ND: torch.Tensor, tok_S: torch.Tensor | None, counts_E: torch.Tensor,
+                w_S: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
+        """sum over assignments s of token n: w_S[s] * expert_s(x_ND[n]), as [N, D].
+
+        Assignments s are sorted by expert, counts_E[e] of them for expert e; tok_S[s] is the
+        token of assignment s (None: the rows of x_ND themselves, already sorted); w_S[s] its
+        routing weight (None: 1)."""
+        dtype = x_ND.dtype
+        return _RoutedGLU.apply(x_ND, tok_S, w_S, counts_E, self.w_gate_up.to(dtype),
+                                self.w_down.to(dtype), impl)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e applied to rows x with plain matmuls (for references and export)."""
@@ -131,7 +167,7 @@ class SwiGLU(Experts):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         x_ND = x.reshape(-1, x.shape[-1])
         counts = torch.tensor([x_ND.shape[0]], device=x.device)
-        return super().forward(x_ND, counts).view_as(x)
+        return super().forward(x_ND, None, counts).view_as(x)
 
 
 def init_std_out(init_std: float, n_layers: int) -> float:

@@ -82,10 +82,8 @@ class MoE(nn.Module):
     def _torch_forward(self, x_ND: torch.Tensor, r: Routing):
         order = torch.argsort(r.exp_A, stable=True)
         counts_E = torch.bincount(r.exp_A, minlength=self.n_experts)
-        tok = r.tok_A[order]
-        y = self.experts(x_ND[tok], counts_E, self.impl)
-        y = y * r.w_A[order, None].to(y.dtype)
-        return torch.zeros_like(x_ND).index_add_(0, tok, y.to(x_ND.dtype)), counts_E
+        y_ND = self.experts(x_ND, r.tok_A[order], counts_E, r.w_A[order], self.impl)
+        return y_ND, counts_E
 
     def _megablocks_forward(self, x_ND: torch.Tensor, r: Routing):
         """megablocks' CUDA permutation kernels and grouped GEMM, on this layer's weights."""

@@ -61,7 +61,8 @@ class GroupLinear(nn.Module):
         if plan is None:
             return x_BTD @ w[0]
         x_ND = x_BTD.reshape(-1, x_BTD.shape[-1])
-        y = grouped_matmul(x_ND[plan.order_N], w, plan.counts_G)[plan.inverse_N]
+        y_sorted = grouped_matmul(x_ND.index_select(0, plan.order_N), w, plan.counts_G)
+        y = y_sorted.index_select(0, plan.inverse_N)
         return y.view(*x_BTD.shape[:-1], -1)
 
 
@@ -93,8 +94,7 @@ class Block(nn.Module):
         if self.is_moe:
             return x_BTD + self.ffn(h, plan.group_N.view(x_BTD.shape[:2]))
         if self.per_modality:
-            h_ND = h.reshape(-1, h.shape[-1])
-            y = self.ffn(h_ND[plan.order_N], plan.counts_G)[plan.inverse_N]
+            y = self.ffn(h.reshape(-1, h.shape[-1]), plan.order_N, plan.counts_G)
             return x_BTD + y.view_as(x_BTD)
         return x_BTD + self.ffn(h)
 
