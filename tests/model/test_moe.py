@@ -1,5 +1,7 @@
 """Every router and backend against a naive per-token reference (outputs and gradients)."""
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,14 +135,75 @@ def test_megablocks_without_cuda_is_a_clear_error():
     assert make(router="learned", backend="auto").backend == "torch"
 
 
+def _standin_megablocks(monkeypatch) -> None:
+    """megablocks' ops with the semantics of its Triton kernels, in torch: gather row i from
+    token indices[i] // k; scatter row i, times weights[indices[i]], back to that token and
+    sum over its k slots. Tests our glue (index order, weights, counts) without CUDA."""
+    import types
+
+    def gather(x, indices, bin_ids, bins, k):
+        return x[indices.long() // k]
+
+    def scatter(x, indices, bin_ids, weights, bins, k):
+        idx = indices.long()
+        rows = torch.zeros(len(idx), x.shape[1], dtype=x.dtype).index_copy(
+            0, idx, x * weights[idx, None])
+        return rows.view(-1, k, x.shape[1]).sum(1)
+
+    def gmm(a, b, batch_sizes, trans_b=False):
+        parts = a.split(batch_sizes.tolist())
+        return torch.cat([p @ (b[g].t() if trans_b else b[g]) for g, p in enumerate(parts)])
+
+    ops = types.SimpleNamespace(
+        sort=lambda x, end_bit: torch.sort(x, stable=True),
+        histogram=lambda x, n: torch.bincount(x, minlength=n).int(),
+        inclusive_cumsum=lambda x, dim: torch.cumsum(x, dim).int(),
+        gather=gather, scatter=scatter)
+    gg = types.SimpleNamespace(ops=types.SimpleNamespace(gmm=gmm))
+    package = types.ModuleType("megablocks")
+    package.ops, package.grouped_gemm_util = ops, gg
+    monkeypatch.setitem(sys.modules, "megablocks", package)
+    monkeypatch.setitem(sys.modules, "megablocks.ops", ops)
+
+
+def _outputs_and_grads(layer: MoE, x: torch.Tensor, group: torch.Tensor) -> list[torch.Tensor]:
+    x = x.detach().requires_grad_()
+    layer.zero_grad()
+    y = layer(x, group)
+    (y * torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)).sum().backward()
+    return [y.detach(), x.grad] + [p.grad.clone() for p in layer.parameters()]
+
+
+@pytest.mark.parametrize("kw", [dict(router="learned", num_experts=6, top_k=2),
+                                dict(router="modality", experts_per_modality=2)])
+def test_megablocks_glue_matches_torch_backend(monkeypatch, kw):
+    layer = make(**kw)
+    _standin_megablocks(monkeypatch)
+    torch.manual_seed(2)
+    x, group = torch.randn(2, 20, D), torch.randint(0, 3, (2, 20))
+    want = _outputs_and_grads(layer, x, group)
+    layer.backend = "megablocks"
+    for got, ref in zip(_outputs_and_grads(layer, x, group), want, strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_megablocks_needs_equal_experts_per_token(monkeypatch):
+    layer = make(router="modality", experts_per_modality={"text": 2, "dna": 1, "image": 3})
+    _standin_megablocks(monkeypatch)
+    layer.backend = "megablocks"
+    with pytest.raises(UserError, match="model.moe.backend"):
+        layer(torch.randn(1, 6, D), torch.tensor([[0, 1, 2, 0, 1, 2]]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="megablocks runs on CUDA only")
 def test_megablocks_matches_reference_on_gpu():
     pytest.importorskip("megablocks")
     torch.manual_seed(0)
     layer = MoE(MoEConfig(router="learned", num_experts=8, top_k=2, backend="megablocks"),
                 128, 256, MODS, 0.02, 0.02).cuda()
-    x = torch.randn(2, 64, 128, device="cuda", requires_grad=True)
+    x = torch.randn(2, 64, 128, device="cuda")
     group = torch.zeros(2, 64, dtype=torch.long, device="cuda")
-    y = layer(x, group)
+    got = _outputs_and_grads(layer, x, group)
     layer.backend = "torch"
-    torch.testing.assert_close(y, layer(x, group), atol=1e-4, rtol=1e-4)
+    for g, want in zip(got, _outputs_and_grads(layer, x, group), strict=True):
+        torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4)
