@@ -71,43 +71,40 @@ def _bounds(counts_G: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip([0] + ends[:-1], ends, strict=True))
 
 
-def _glu_forward(x_S, w_gate_up, w_down, counts, impl):
-    """Gate and up as two matmuls: [S, h] buffers stay below glibc's mmap threshold (32 MiB)
-    where one [S, 2h] buffer would be mapped fresh, and page-faulted, on every call."""
-    h = w_down.shape[1]
-    gate = grouped_matmul(x_S, w_gate_up[..., :h], counts, impl)
-    up = grouped_matmul(x_S, w_gate_up[..., h:], counts, impl)
+def _glu_forward(x_S, w_gate, w_up, w_down, counts, impl):
+    gate = grouped_matmul(x_S, w_gate, counts, impl)
+    up = grouped_matmul(x_S, w_up, counts, impl)
     silu = F.silu(gate)
     act = silu * up
     return (gate, up, silu, act), grouped_matmul(act, w_down, counts, impl)
 
 
-def _glu_backward(dy_S, x_S, w_gate_up, w_down, counts, saved, impl):
-    """Gradients of down(silu(gate) * up) for the input and both weights."""
+def _glu_backward(dy_S, x_S, w_gate, w_up, w_down, counts, saved, impl):
+    """Gradients of down(silu(gate) * up) for the input and the three weights."""
     gate, up, silu, act = saved
-    h = w_down.shape[1]
     d_down = grouped_weight_grad(act, dy_S, counts, impl)
     d_act = grouped_matmul(dy_S, w_down.transpose(1, 2), counts, impl)
     d_up = d_act * silu
     d_gate = torch.ops.aten.silu_backward.grad_input(d_act.mul_(up), gate, grad_input=d_act)
-    d_gate_up = torch.cat([grouped_weight_grad(x_S, d_gate, counts, impl),
-                           grouped_weight_grad(x_S, d_up, counts, impl)], dim=2)
-    dx_S = grouped_matmul(d_gate, w_gate_up[..., :h].transpose(1, 2), counts, impl)
-    dx_S += grouped_matmul(d_up, w_gate_up[..., h:].transpose(1, 2), counts, impl)
-    return dx_S, d_gate_up, d_down
+    dx_S = grouped_matmul(d_gate, w_gate.transpose(1, 2), counts, impl)
+    dx_S += grouped_matmul(d_up, w_up.transpose(1, 2), counts, impl)
+    return (dx_S, grouped_weight_grad(x_S, d_gate, counts, impl),
+            grouped_weight_grad(x_S, d_up, counts, impl), d_down)
 
 
 class _RoutedGLU(torch.autograd.Function):
     """Dropless experts as one autograd node: gather each assignment's token (rows sorted by
     expert), run its expert's GLU, scale by its routing weight, and sum back per token. The
     backward gathers and scatters with index_select / index_add_ (no index_put accumulation)
-    and folds the routing weight into the output gradient in place."""
+    and folds the routing weight into the output gradient in place. Gate and up are separate
+    [S, h] matmuls: a fused [S, 2h] buffer would exceed glibc's mmap threshold (32 MiB at
+    4096 tokens) and be mapped and page-faulted afresh on every call."""
 
     @staticmethod
-    def forward(ctx, x_ND, tok_S, w_S, counts, w_gate_up, w_down, impl):
+    def forward(ctx, x_ND, tok_S, w_S, counts, w_gate, w_up, w_down, impl):
         x_S = x_ND if tok_S is None else x_ND.index_select(0, tok_S)
-        saved, y_S = _glu_forward(x_S, w_gate_up, w_down, counts, impl)
-        ctx.save_for_backward(x_S, tok_S, w_S, counts, w_gate_up, w_down, *saved,
+        saved, y_S = _glu_forward(x_S, w_gate, w_up, w_down, counts, impl)
+        ctx.save_for_backward(x_S, tok_S, w_S, counts, w_gate, w_up, w_down, *saved,
                               y_S if w_S is not None and w_S.requires_grad else None)
         ctx.impl, ctx.n = impl, x_ND.shape[0]
         if w_S is not None:
@@ -118,7 +115,7 @@ class _RoutedGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout_ND):
-        x_S, tok_S, w_S, counts, w_gate_up, w_down, *saved, y_S = ctx.saved_tensors
+        x_S, tok_S, w_S, counts, w_gate, w_up, w_down, *saved, y_S = ctx.saved_tensors
         dy_S = dout_ND.contiguous() if tok_S is None else dout_ND.index_select(0, tok_S)
         d_w = None
         if y_S is not None:
@@ -126,18 +123,19 @@ class _RoutedGLU(torch.autograd.Function):
         if w_S is not None:  # dy_S is our own buffer when gathered, so scale it in place
             w = w_S[:, None].to(dy_S.dtype)
             dy_S = dy_S * w if tok_S is None else dy_S.mul_(w)
-        dx_S, d_gate_up, d_down = _glu_backward(dy_S, x_S, w_gate_up, w_down, counts, saved, ctx.impl)
+        dx_S, *d_weights = _glu_backward(dy_S, x_S, w_gate, w_up, w_down, counts, saved, ctx.impl)
         dx = dx_S if tok_S is None else dx_S.new_zeros(ctx.n, dx_S.shape[1]).index_add_(0, tok_S, dx_S)
-        return dx, None, d_w, None, d_gate_up, d_down, None
+        return dx, None, d_w, None, *d_weights, None
 
 
 class Experts(nn.Module):
-    """E SwiGLU experts, weights stacked as [E, in, out] (gate and up fused)."""
+    """E SwiGLU experts, each weight stacked over experts as [E, in, out]."""
 
     def __init__(self, num: int, d_model: int, hidden: int, init_std: float, out_std: float) -> None:
         super().__init__()
         self.num, self.hidden = num, hidden
-        self.w_gate_up = nn.Parameter(torch.randn(num, d_model, 2 * hidden) * init_std)
+        self.w_gate = nn.Parameter(torch.randn(num, d_model, hidden) * init_std)
+        self.w_up = nn.Parameter(torch.randn(num, d_model, hidden) * init_std)
         self.w_down = nn.Parameter(torch.randn(num, hidden, d_model) * out_std)
 
     def forward(self, x_ND: torch.Tensor, tok_S: torch.Tensor | None, counts_E: torch.Tensor,
@@ -148,13 +146,12 @@ class Experts(nn.Module):
         token of assignment s (None: the rows of x_ND themselves, already sorted); w_S[s] its
         routing weight (None: 1)."""
         dtype = x_ND.dtype
-        return _RoutedGLU.apply(x_ND, tok_S, w_S, counts_E, self.w_gate_up.to(dtype),
-                                self.w_down.to(dtype), impl)
+        return _RoutedGLU.apply(x_ND, tok_S, w_S, counts_E, self.w_gate.to(dtype),
+                                self.w_up.to(dtype), self.w_down.to(dtype), impl)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e applied to rows x with plain matmuls (for references and export)."""
-        gate, up = (x @ self.w_gate_up[e]).chunk(2, dim=-1)
-        return (F.silu(gate) * up) @ self.w_down[e]
+        return (F.silu(x @ self.w_gate[e]) * (x @ self.w_up[e])) @ self.w_down[e]
 
 
 class SwiGLU(Experts):

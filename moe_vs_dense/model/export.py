@@ -40,8 +40,7 @@ def _attention_and_norms(model: Transformer) -> dict[str, torch.Tensor]:
 
 def _glu(experts, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Expert j's gate, up and down weights in nn.Linear layout ([out, in])."""
-    gate, up = experts.w_gate_up[j].T.chunk(2, dim=0)
-    return gate, up, experts.w_down[j].T
+    return experts.w_gate[j].T, experts.w_up[j].T, experts.w_down[j].T
 
 
 def _load(hf_model, sd: dict[str, torch.Tensor]) -> None:
@@ -90,7 +89,7 @@ def to_hf(model: Transformer, out_dir: Path, max_len: int):
                           else "block_sparse_moe.")
             sd[prefix + "gate.weight"] = b.ffn.router.weight
             if fused:  # transformers >= 5: stacked [E, 2h, d] and [E, d, h]
-                sd[prefix + "experts.gate_up_proj"] = e.w_gate_up.transpose(1, 2)
+                sd[prefix + "experts.gate_up_proj"] = torch.cat([e.w_gate, e.w_up], 2).transpose(1, 2)
                 sd[prefix + "experts.down_proj"] = e.w_down.transpose(1, 2)
             else:
                 for j in range(e.num):

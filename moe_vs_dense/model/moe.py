@@ -103,8 +103,9 @@ class MoE(nn.Module):
             bins = mops.inclusive_cumsum(counts_E, 0).view(-1)
         x = mops.gather(x_ND, indices, bin_ids, bins, k)
         batch_sizes = counts_E.cpu().long()
-        w1 = self.experts.w_gate_up.to(x.dtype)
-        gate, up = gg.ops.gmm(x, w1, batch_sizes).chunk(2, dim=-1)
-        y = gg.ops.gmm(F.silu(gate) * up, self.experts.w_down.to(x.dtype), batch_sizes)
+        e = self.experts
+        gate, up, down = (w.to(x.dtype) for w in (e.w_gate, e.w_up, e.w_down))
+        act = F.silu(gg.ops.gmm(x, gate, batch_sizes)) * gg.ops.gmm(x, up, batch_sizes)
+        y = gg.ops.gmm(act, down, batch_sizes)
         out = mops.scatter(y, indices, bin_ids, r.w_A.to(x.dtype), bins, k)
         return out.view_as(x_ND), counts_E.long()

@@ -69,8 +69,8 @@ def test_mot_with_shared_weights_equals_dense():
                 getattr(bm, name).weight.copy_(getattr(bd, name).weight.expand(2, -1))
             bm.qkv.weight.copy_(bd.qkv.weight.expand(2, -1, -1))
             bm.out.weight.copy_(bd.out.weight.expand(2, -1, -1))
-            bm.ffn.w_gate_up.copy_(bd.ffn.w_gate_up.expand(2, -1, -1))
-            bm.ffn.w_down.copy_(bd.ffn.w_down.expand(2, -1, -1))
+            for name in ("w_gate", "w_up", "w_down"):
+                getattr(bm.ffn, name).copy_(getattr(bd.ffn, name).expand(2, -1, -1))
     tokens, mods = batch()
     tokens, mods = tokens[:, :T], mods[:, :T]
     torch.testing.assert_close(mot(tokens, mods), dense(tokens, mods), atol=1e-5, rtol=1e-5)
