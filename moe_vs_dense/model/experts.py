@@ -32,6 +32,13 @@ def _grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
         return False
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The autocast dtype where autocast is on for x's device, else x's dtype: autocast does
+    not cast the inputs of custom autograd Functions or of grouped_mm."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def can_use_grouped_mm(x: torch.Tensor, w: torch.Tensor) -> bool:
     aligned = all((n * x.element_size()) % 16 == 0 for n in w.shape[1:])
     return aligned and x.dtype == w.dtype and _grouped_mm_works(x.device.type, x.dtype)
@@ -145,8 +152,8 @@ class Experts(nn.Module):
         Assignments s are sorted by expert, counts_E[e] of them for expert e; tok_S[s] is the
         token of assignment s (None: the rows of x_ND themselves, already sorted); w_S[s] its
         routing weight (None: 1)."""
-        dtype = x_ND.dtype
-        return _RoutedGLU.apply(x_ND, tok_S, w_S, counts_E, self.w_gate.to(dtype),
+        dtype = compute_dtype(x_ND)
+        return _RoutedGLU.apply(x_ND.to(dtype), tok_S, w_S, counts_E, self.w_gate.to(dtype),
                                 self.w_up.to(dtype), self.w_down.to(dtype), impl)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:

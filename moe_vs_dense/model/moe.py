@@ -15,7 +15,7 @@ from torch import nn
 
 from moe_vs_dense.config import MoEConfig
 from moe_vs_dense.errors import UserError
-from moe_vs_dense.model.experts import Experts, SwiGLU
+from moe_vs_dense.model.experts import Experts, SwiGLU, compute_dtype
 from moe_vs_dense.model.routers import LearnedRouter, ModalityRouter, Routing
 
 
@@ -95,6 +95,7 @@ class MoE(nn.Module):
         from megablocks import grouped_gemm_util as gg
 
         k = r.top_k
+        x_ND = x_ND.to(compute_dtype(x_ND))
         top_experts = r.exp_A.int()
         end_bit = max(int(self.n_experts - 1).bit_length(), 1)
         with torch.no_grad():

@@ -47,7 +47,8 @@ class LearnedRouter(nn.Module):
         self.register_buffer("bias", torch.zeros(n_experts))
 
     def forward(self, x_ND: torch.Tensor, group_N: torch.Tensor | None = None) -> Routing:
-        logits_NE = F.linear(x_ND.float(), self.weight.float())
+        with torch.autocast(x_ND.device.type, enabled=False):  # routing stays in fp32
+            logits_NE = F.linear(x_ND.float(), self.weight.float())
         mask_NE = None
         if self.expert_group is not None:
             mask_NE = self.expert_group[None, :] != group_N[:, None]

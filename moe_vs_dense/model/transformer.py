@@ -16,7 +16,7 @@ from torch import nn
 
 from moe_vs_dense.config import ModelConfig
 from moe_vs_dense.data.modalities import MODALITIES
-from moe_vs_dense.model.experts import Experts, SwiGLU, grouped_matmul, init_std_out
+from moe_vs_dense.model.experts import Experts, SwiGLU, compute_dtype, grouped_matmul, init_std_out
 from moe_vs_dense.model.layers import Rotary, causal_attention
 from moe_vs_dense.model.moe import MoE
 
@@ -57,10 +57,10 @@ class GroupLinear(nn.Module):
         self.weight = nn.Parameter(torch.randn(groups, d_in, d_out) * std)
 
     def forward(self, x_BTD: torch.Tensor, plan: GroupPlan | None) -> torch.Tensor:
-        w = self.weight.to(x_BTD.dtype)
         if plan is None:
-            return x_BTD @ w[0]
-        x_ND = x_BTD.reshape(-1, x_BTD.shape[-1])
+            return x_BTD @ self.weight[0].to(x_BTD.dtype)
+        dtype = compute_dtype(x_BTD)
+        x_ND, w = x_BTD.reshape(-1, x_BTD.shape[-1]).to(dtype), self.weight.to(dtype)
         y_sorted = grouped_matmul(x_ND.index_select(0, plan.order_N), w, plan.counts_G)
         y = y_sorted.index_select(0, plan.inverse_N)
         return y.view(*x_BTD.shape[:-1], -1)

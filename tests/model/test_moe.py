@@ -105,6 +105,17 @@ def test_modality_group_routes_inside_the_group():
     assert torch.equal(layer.router.expert_group[r.exp_A], group.reshape(-1)[r.tok_A])
 
 
+def test_learned_router_stays_fp32_under_autocast():
+    layer = make(router="learned", num_experts=6, top_k=2)
+    x = torch.randn(200, D)
+    want = layer.router(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer.router(x)
+    assert got.w_A.dtype == torch.float32
+    assert torch.equal(got.exp_A, want.exp_A)
+    torch.testing.assert_close(got.w_A, want.w_A)
+
+
 def test_balance_loss_is_minimal_under_uniform_routing():
     E, N = 8, 4000
     uniform_idx = torch.arange(N).remainder(E)[:, None]

@@ -6,8 +6,9 @@ import torch
 from moe_vs_dense.config import ModelConfig, MoEConfig, load_config
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.model import checkpoint
+from moe_vs_dense.model.experts import Experts
 from moe_vs_dense.model.loss import lm_loss
-from moe_vs_dense.model.transformer import Transformer
+from moe_vs_dense.model.transformer import GroupLinear, Transformer
 from tests.conftest import write_config
 
 V, T = 300, 32
@@ -75,6 +76,28 @@ def test_mot_with_shared_weights_equals_dense():
     tokens, mods = tokens[:, :T], mods[:, :T]
     torch.testing.assert_close(mot(tokens, mods), dense(tokens, mods), atol=1e-5, rtol=1e-5)
     assert mods.unique().tolist() == [0, 2]  # both modalities took their own (equal) weights
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_autocast_runs_ffn_and_projections_in_bf16(family):
+    """autocast does not reach custom autograd Functions or grouped_mm: the experts, the dense
+    FFN and MoT's per-modality projections cast themselves, with fp32 master weights."""
+    torch.manual_seed(0)
+    model = Transformer(FAMILIES[family], V, T, MODS)
+    tokens, mods = batch()
+    want = model(tokens[:, :-1], mods[:, :-1])
+    dtypes = []
+    for m in model.modules():
+        if isinstance(m, (Experts, GroupLinear)):
+            m.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(tokens[:, :-1], mods[:, :-1])
+        loss = lm_loss(logits, tokens[:, 1:], mods[:, 1:])[0] + model.aux_loss
+    loss.backward()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    torch.testing.assert_close(logits.float(), want, atol=0.05, rtol=0.05)
+    for p in model.parameters():
+        assert p.grad is None or (p.grad.dtype == torch.float32 and p.grad.isfinite().all())
 
 
 def test_loss_per_modality_sums_to_total():
