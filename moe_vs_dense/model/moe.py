@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moe_vs_dense.config import MoEConfig
@@ -91,7 +92,6 @@ class MoE(nn.Module):
             raise UserError("model.moe.backend: megablocks needs the same number of experts per "
                             "token; give every modality the same experts_per_modality")
         import megablocks.ops as mops
-        import torch.nn.functional as F
         from megablocks import grouped_gemm_util as gg
 
         k = r.top_k
