@@ -40,7 +40,9 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def can_use_grouped_mm(x: torch.Tensor, w: torch.Tensor) -> bool:
-    aligned = all((n * x.element_size()) % 16 == 0 for n in w.shape[1:])
+    """For x [T, I] times w [G, I, O], or x_g^T times w = dy [T, O]: both I and O must give
+    16-byte-aligned rows (grouped_mm's CUDA kernels require it)."""
+    aligned = all((n * x.element_size()) % 16 == 0 for n in (x.shape[-1], w.shape[-1]))
     return aligned and x.dtype == w.dtype and _grouped_mm_works(x.device.type, x.dtype)
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from moe_vs_dense.config import MoEConfig
 from moe_vs_dense.errors import UserError
+from moe_vs_dense.model.experts import can_use_grouped_mm
 from moe_vs_dense.model.moe import MoE
 from moe_vs_dense.model.routers import switch_balance_loss
 
@@ -83,6 +84,16 @@ def test_matches_naive_reference_outputs_and_gradients(kw, impl):
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_mm_only_on_aligned_rows_of_both_operands():
+    """The weight gradient pairs x [T, I] with dy [T, O]; an unaligned I alone must fall back."""
+    x_aligned, x_odd = torch.randn(8, 64), torch.randn(8, 66)
+    assert can_use_grouped_mm(x_aligned, torch.randn(8, 24)) == can_use_grouped_mm(
+        x_aligned, torch.randn(2, 64, 24))
+    assert not can_use_grouped_mm(x_odd, torch.randn(8, 24))
+    assert not can_use_grouped_mm(x_odd, torch.randn(2, 66, 24))
+    assert not can_use_grouped_mm(x_aligned, torch.randn(2, 64, 26))
 
 
 def test_modality_routing_isolates_experts():
