@@ -171,14 +171,12 @@ class MoEConfig(Strict):
     def _check(self) -> MoEConfig:
         if self.router == "learned" and self.top_k > self.num_experts:
             raise ValueError(f"top_k: must be <= num_experts ({self.num_experts}) (got {self.top_k})")
-        if self.router == "modality_group":
-            per = self.experts_per_modality
-            smallest = min(per.values()) if isinstance(per, dict) and per else per
-            if isinstance(smallest, int) and self.top_k > smallest:
-                raise ValueError(f"top_k: must be <= the experts of each modality ({smallest}) "
-                                 f"(got {self.top_k})")
         per = self.experts_per_modality
-        if any(v < 1 for v in (per.values() if isinstance(per, dict) else [per])):
+        counts = list(per.values()) if isinstance(per, dict) else [per]
+        if self.router == "modality_group" and counts and self.top_k > min(counts):
+            raise ValueError(f"top_k: must be <= the experts of each modality ({min(counts)}) "
+                             f"(got {self.top_k})")
+        if any(v < 1 for v in counts):
             raise ValueError("experts_per_modality: must be >= 1")
         return self
 
