@@ -371,36 +371,38 @@ class Vocab:
         return cls(toks)
 
 
+def _tokenizer(cfg: TokenizersConfig, m: str, offset: int, bpe_specs: dict[str, str]) -> Tokenizer:
+    if m in ("text", "code"):
+        tcfg = getattr(cfg, m)
+        return (BPETokenizer(m, offset, spec=bpe_specs[m]) if tcfg.kind == "bpe"
+                else ByteTokenizer(m, offset))
+    if m == "dna":
+        return DNATokenizer(m, offset, k=cfg.dna.k)
+    if m == "image":
+        return ImageTokenizer(m, offset, levels=cfg.image.levels)
+    if m == "speech":
+        return SpeechTokenizer(m, offset, sample_rate=cfg.speech.sample_rate)
+    return ProteinTokenizer(m, offset)
+
+
 def vocab_size(cfg: TokenizersConfig, modalities: list[str]) -> int:
-    """The shared vocabulary's size, known before any BPE is trained."""
-    sizes = {"text": cfg.text.vocab_size if cfg.text.kind == "bpe" else 256,
-             "code": cfg.code.vocab_size if cfg.code.kind == "bpe" else 256,
-             "dna": DNATokenizer("dna", k=cfg.dna.k).size,
-             "image": cfg.image.levels + 2, "speech": 258, "protein": len(PROTEIN_ALPHABET)}
-    return N_SPECIAL + sum(sizes[m] for m in modalities)
+    """The shared vocabulary's size, known before any BPE is trained: a BPE tokenizer counts as
+    its configured vocab_size (training stops below it only on very little text)."""
+    def size(m: str) -> int:
+        if m in ("text", "code") and getattr(cfg, m).kind == "bpe":
+            return getattr(cfg, m).vocab_size
+        return _tokenizer(cfg, m, 0, {}).size
+
+    return N_SPECIAL + sum(size(m) for m in modalities)
 
 
 def build_vocab(cfg: TokenizersConfig, modalities: list[str],
                 bpe_specs: dict[str, str] | None = None) -> Vocab:
     """Tokenizers for `modalities` in canonical order with consecutive id ranges."""
-    bpe_specs = bpe_specs or {}
     toks: dict[str, Tokenizer] = {}
     offset = N_SPECIAL
     for m in MODALITIES:
-        if m not in modalities:
-            continue
-        if m in ("text", "code"):
-            tcfg = getattr(cfg, m)
-            tok = (BPETokenizer(m, offset, spec=bpe_specs[m]) if tcfg.kind == "bpe"
-                   else ByteTokenizer(m, offset))
-        elif m == "dna":
-            tok = DNATokenizer(m, offset, k=cfg.dna.k)
-        elif m == "image":
-            tok = ImageTokenizer(m, offset, levels=cfg.image.levels)
-        elif m == "speech":
-            tok = SpeechTokenizer(m, offset, sample_rate=cfg.speech.sample_rate)
-        else:
-            tok = ProteinTokenizer(m, offset)
-        toks[m] = tok
-        offset += tok.size
+        if m in modalities:
+            toks[m] = _tokenizer(cfg, m, offset, bpe_specs or {})
+            offset += toks[m].size
     return Vocab(toks)

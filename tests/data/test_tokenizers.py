@@ -20,6 +20,7 @@ from moe_vs_dense.data.tokenizers import (
     mulaw_encode,
     segment,
     train_bpe,
+    vocab_size,
 )
 from tests.conftest import FIXTURES, stdlib_files
 
@@ -105,6 +106,16 @@ def test_protein_round_trip():
     text = (FIXTURES / "uniprot_sample.fasta").read_text().split("\n")[1]
     tok = ProteinTokenizer("protein", offset=9)
     assert tok.decode(tok.encode(segment("protein", text=text))) == text
+
+
+def test_vocab_size_before_training_matches_the_built_vocab():
+    mods = list(MODALITIES)
+    cfg = TokenizersConfig(image={"levels": 64}, dna={"k": 2})
+    assert vocab_size(cfg, mods) == build_vocab(cfg, mods).size
+    assert vocab_size(cfg, ["dna", "protein"]) == build_vocab(cfg, ["dna", "protein"]).size
+    bpe = TokenizersConfig(text={"kind": "bpe", "vocab_size": 300})
+    spec = train_bpe([(FIXTURES / "austen_emma.txt").read_text()], 300)
+    assert vocab_size(bpe, mods) == build_vocab(bpe, mods, {"text": spec}).size
 
 
 def test_vocab_ranges_disjoint_and_modality_ids():
