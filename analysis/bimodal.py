@@ -21,7 +21,7 @@ from scipy.optimize import brentq, minimize
 
 from analysis.chinchilla import batched_lbfgs, fit_chinchilla, huber
 from analysis.errors import AnalysisError
-from analysis.results import LawResult
+from analysis.results import LawResult, group_label
 from analysis.results import bootstrap as bootstrap_draws
 
 NAMES = ["C", "A", "alpha", "B", "beta"]
@@ -77,7 +77,7 @@ class BimodalResult(LawResult):
 
 
 def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int = 0) -> BimodalResult:
-    label = ", ".join(f"{k}={v}" for k, v in group.items())
+    label = group_label(group)
     i, j = group["pair"].split("+")
     unimodal = {}
     for m in (i, j):

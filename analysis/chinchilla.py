@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from analysis.errors import AnalysisError
-from analysis.results import LawResult
+from analysis.results import LawResult, group_label
 from analysis.results import bootstrap as bootstrap_draws
 
 DELTA = 1e-3
@@ -219,13 +219,8 @@ def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int =
                    seed: int = 0, grid: Grid = Grid()) -> ChinchillaResult:
     """Fit one group (columns N, D, loss); bootstrap resamples points with replacement."""
     group = group or {}
-    label = ", ".join(f"{k}={v}" for k, v in group.items()) or "all"
-    check_group(df, label)
+    check_group(df, group_label(group))
     logN, logD, logL = (np.log(df[c].to_numpy(float))[None, :] for c in ("N", "D", "loss"))
-
-    def fun(th):
-        return objective(th, logN, logD, logL)
-
     x, f = multistart(grid.starts(), logN, logD, logL)
     # continue the most promising starts to full convergence, keep the best
     polished = [_polish(x[i], logN, logD, logL) for i in np.argsort(f)[:POLISH]]

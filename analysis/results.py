@@ -40,7 +40,7 @@ class LawResult:
         return pd.DataFrame({"lower": lo, "upper": hi}, index=self.params.index)
 
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.group.items()) or "all"
+        return group_label(self.group)
 
     def summary(self, alpha: float = 0.05) -> str:
         ci = self.conf_int(alpha)
@@ -67,6 +67,11 @@ class LawResult:
 
     def to_json(self, alpha: float = 0.05) -> str:
         return json.dumps(self.to_dict(alpha), indent=2)
+
+
+def group_label(group: dict) -> str:
+    """`family=moe, modality=dna`; "all" for the empty group."""
+    return ", ".join(f"{k}={v}" for k, v in group.items()) or "all"
 
 
 def _num(v) -> float | None:

@@ -15,7 +15,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from analysis.errors import AnalysisError
-from analysis.results import LawResult
+from analysis.results import LawResult, group_label
 from analysis.results import bootstrap as bootstrap_draws
 
 NAMES = ["a", "b", "c", "d", "E_start", "E_max"]
@@ -66,7 +66,7 @@ class RoutedResult(LawResult):
 
 
 def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int = 0) -> RoutedResult:
-    label = ", ".join(f"{k}={v}" for k, v in group.items())
+    label = group_label(group)
     if "E" not in df:
         df = df.assign(E=np.where(df["family"] == "dense", 1, df["n_experts"]).astype(float))
     if df["E"].nunique() < 2:
