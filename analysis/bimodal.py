@@ -17,9 +17,9 @@ import itertools
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import brentq, minimize
+from scipy.optimize import brentq
 
-from analysis.chinchilla import batched_lbfgs, fit_chinchilla, huber
+from analysis.chinchilla import batched_lbfgs, fit_chinchilla, huber, polish
 from analysis.errors import AnalysisError
 from analysis.results import LawResult, group_label
 from analysis.results import bootstrap as bootstrap_draws
@@ -113,20 +113,15 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
                              (dr * t2).sum(1), -(dr * t2 * logD).sum(1)], 1)
         return h.sum(1), grad
 
-    def polish(theta0: np.ndarray, w: np.ndarray):
-        def one(th):
-            f, g = objective(th[None], w)
-            return f[0], g[0]
-
-        return minimize(one, theta0, jac=True, method="L-BFGS-B",
-                        options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-9})
+    def refine(theta0: np.ndarray, w: np.ndarray):
+        return polish(lambda th: objective(th, w), theta0, gtol=1e-9)
 
     ones = np.ones(len(y))
     x, f = batched_lbfgs(lambda th: objective(th, ones), START_GRID, iters=100)
     finite = np.where(np.isfinite(f), f, np.inf)
-    res = min((polish(x[k], ones) for k in np.argsort(finite)[:5]), key=lambda r: r.fun)
+    res = min((refine(x[k], ones) for k in np.argsort(finite)[:5]), key=lambda r: r.fun)
     theta = res.x
-    draws = bootstrap_draws(len(y), bootstrap, seed, lambda w: polish(theta, w).x)
+    draws = bootstrap_draws(len(y), bootstrap, seed, lambda w: refine(theta, w).x)
     boot = None if draws is None else _natural(draws)
     params = pd.Series(_natural(theta[None])[0], index=NAMES)
     result = BimodalResult("bimodal", group, params, boot, len(y), float(res.fun),

@@ -151,13 +151,15 @@ def multistart(starts: np.ndarray, logN, logD, logL, workers: int = 2):
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
-def _polish(theta0, logN, logD, logL, weights=None):
-    def fun(th):
-        f, g = objective(th[None], logN, logD, logL, weights)
+def polish(fun, theta0: np.ndarray, gtol: float = 1e-8):
+    """scipy's L-BFGS-B to convergence from theta0, for a batched objective
+    fun(theta_S5) -> (f_S, grad_S5) like `objective`."""
+    def one(th):
+        f, g = fun(th[None])
         return f[0], g[0]
 
-    return minimize(fun, theta0, jac=True, method="L-BFGS-B",
-                    options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-8})
+    return minimize(one, theta0, jac=True, method="L-BFGS-B",
+                    options={"maxiter": 2000, "ftol": 1e-12, "gtol": gtol})
 
 
 def to_natural(theta: np.ndarray) -> np.ndarray:
@@ -222,12 +224,13 @@ def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int =
     check_group(df, group_label(group))
     logN, logD, logL = (np.log(df[c].to_numpy(float))[None, :] for c in ("N", "D", "loss"))
     x, f = multistart(grid.starts(), logN, logD, logL)
+    def refine(theta0: np.ndarray, weights: np.ndarray | None = None):
+        return polish(lambda th: objective(th, logN, logD, logL, weights), theta0)
+
     # continue the most promising starts to full convergence, keep the best
-    polished = [_polish(x[i], logN, logD, logL) for i in np.argsort(f)[:POLISH]]
-    res = min(polished, key=lambda r: r.fun)
+    res = min((refine(x[i]) for i in np.argsort(f)[:POLISH]), key=lambda r: r.fun)
     theta = res.x
-    draws = bootstrap_draws(logN.shape[1], bootstrap, seed,
-                            lambda w: _polish(theta, logN, logD, logL, w[None, :]).x)
+    draws = bootstrap_draws(logN.shape[1], bootstrap, seed, lambda w: refine(theta, w[None, :]).x)
     boot = None if draws is None else to_natural(draws)
     params = pd.Series(to_natural(theta)[0], index=NAMES)
     result = ChinchillaResult("chinchilla", group, params, boot, len(df), float(res.fun),

@@ -23,10 +23,14 @@ E_START_GRID = np.exp(np.linspace(np.log(1.05), np.log(8.0), 16))
 E_MAX_GRID = np.exp(np.linspace(np.log(8.0), np.log(4096.0), 16))
 
 
+def _with_experts(df: pd.DataFrame) -> pd.DataFrame:
+    """Column E: the run's expert count, 1 for dense runs."""
+    return df.assign(E=np.where(df["family"] == "dense", 1, df["n_experts"]).astype(float))
+
+
 def routed_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     """Per modality: MoE runs with a learned router plus dense runs (E = 1)."""
-    rows = df[(df["family"] == "dense") | ((df["family"] == "moe") & (df["n_experts"] > 0))].copy()
-    rows["E"] = np.where(rows["family"] == "dense", 1, rows["n_experts"]).astype(float)
+    rows = _with_experts(df[(df["family"] == "dense") | ((df["family"] == "moe") & (df["n_experts"] > 0))])
     return [({"modality": m}, g) for m, g in rows.groupby("modality")]
 
 
@@ -68,7 +72,7 @@ class RoutedResult(LawResult):
 def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int = 0) -> RoutedResult:
     label = group_label(group)
     if "E" not in df:
-        df = df.assign(E=np.where(df["family"] == "dense", 1, df["n_experts"]).astype(float))
+        df = _with_experts(df)
     if df["E"].nunique() < 2:
         raise AnalysisError(f"group ({label}): the expert count does not vary; the routed law needs "
                             "runs with at least two expert counts")
@@ -80,6 +84,7 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
     logN, logL = np.log(df["N"].to_numpy(float)), np.log(df["loss"].to_numpy(float))
     E = df["E"].to_numpy(float)
     sse, coef, s, m = _fit(logN, E, logL)
+
     def refit(w: np.ndarray) -> np.ndarray:
         _, c2, s2, m2 = _fit(logN, E, logL, w)
         return np.array([*c2, s2, m2])
