@@ -224,6 +224,7 @@ def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int =
     check_group(df, group_label(group))
     logN, logD, logL = (np.log(df[c].to_numpy(float))[None, :] for c in ("N", "D", "loss"))
     x, f = multistart(grid.starts(), logN, logD, logL)
+
     def refine(theta0: np.ndarray, weights: np.ndarray | None = None):
         return polish(lambda th: objective(th, logN, logD, logL, weights), theta0)
 
