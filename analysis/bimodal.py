@@ -21,7 +21,7 @@ from scipy.optimize import brentq
 
 from analysis.chinchilla import batched_lbfgs, fit_chinchilla, huber, polish
 from analysis.errors import AnalysisError
-from analysis.results import LawResult, group_label
+from analysis.results import LawResult, group_label, interval
 from analysis.results import bootstrap as bootstrap_draws
 
 NAMES = ["C", "A", "alpha", "B", "beta"]
@@ -71,7 +71,7 @@ class BimodalResult(LawResult):
             found = np.isfinite(draws)
             out["bootstrap_with_barrier"] = float(found.mean())
             if found.sum() > 1:
-                lo, hi = np.percentile(draws[found], [100 * alpha_level / 2, 100 * (1 - alpha_level / 2)])
+                lo, hi = interval(draws[found], alpha_level)
                 out.update(N_lower=lo, N_upper=hi, C_lower=6 * r * lo**2, C_upper=6 * r * hi**2)
         return out
 

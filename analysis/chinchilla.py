@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from analysis.errors import AnalysisError
-from analysis.results import LawResult, group_label
+from analysis.results import LawResult, group_label, interval
 from analysis.results import bootstrap as bootstrap_draws
 
 DELTA = 1e-3
@@ -197,9 +197,8 @@ class ChinchillaResult(LawResult):
         out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": loss})
         if self.boot is not None and len(self.boot) > 1:
             draws = np.array([frontier(p, C) for p in self.boot])  # [draws, 3, len(C)]
-            q = [100 * alpha_level / 2, 100 * (1 - alpha_level / 2)]
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
-                out[f"{name}_lower"], out[f"{name}_upper"] = np.nanpercentile(draws[:, j], q, axis=0)
+                out[f"{name}_lower"], out[f"{name}_upper"] = interval(draws[:, j], alpha_level, axis=0)
         al, be = self.params["alpha"], self.params["beta"]
         out.attrs["a"], out.attrs["b"] = be / (al + be), al / (al + be)
         return out

@@ -16,6 +16,7 @@ from statsmodels.stats.weightstats import DescrStatsW
 
 from analysis.chinchilla import ChinchillaResult, frontier
 from analysis.errors import AnalysisError
+from analysis.results import interval
 
 
 def _sig3(x: pd.Series) -> pd.Series:
@@ -57,7 +58,7 @@ def compare_pairs(df: pd.DataFrame, alpha: float = 0.05, bootstrap: int = 2000,
                "lower": np.nan, "upper": np.nan, "t": np.nan, "p": np.nan}
         if len(d) > 1:
             means = d[rng.integers(0, len(d), (bootstrap, len(d)))].mean(1)
-            row["lower"], row["upper"] = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+            row["lower"], row["upper"] = interval(means, alpha)
             if d.std() > 0:
                 t, pv, _ = DescrStatsW(d).ttest_mean(0.0)
                 row["t"], row["p"] = float(t), float(pv)
@@ -88,7 +89,7 @@ def delta_curve(other: ChinchillaResult, dense: ChinchillaResult, C: np.ndarray,
     if other.boot is not None and dense.boot is not None:
         n = min(len(other.boot), len(dense.boot))
         draws = np.array([frontier(other.boot[i], C)[2] - frontier(dense.boot[i], C)[2] for i in range(n)])
-        out["lower"], out["upper"] = np.nanpercentile(draws, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+        out["lower"], out["upper"] = interval(draws, alpha, axis=0)
     return out
 
 

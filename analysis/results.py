@@ -36,7 +36,7 @@ class LawResult:
         if self.boot is None or len(self.boot) < 2:
             lo = hi = np.full(len(self.params), np.nan)
         else:
-            lo, hi = np.nanpercentile(self.boot, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+            lo, hi = interval(self.boot, alpha, axis=0)
         return pd.DataFrame({"lower": lo, "upper": hi}, index=self.params.index)
 
     def label(self) -> str:
@@ -67,6 +67,11 @@ class LawResult:
 
     def to_json(self, alpha: float = 0.05) -> str:
         return json.dumps(self.to_dict(alpha), indent=2)
+
+
+def interval(draws: np.ndarray, alpha: float = 0.05, axis: int | None = None) -> np.ndarray:
+    """The central 1 - alpha percentile interval of bootstrap draws (NaNs ignored): [lower, upper]."""
+    return np.nanpercentile(draws, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=axis)
 
 
 def group_label(group: dict) -> str:
