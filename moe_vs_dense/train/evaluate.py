@@ -34,14 +34,15 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-def ratio_se(sums_R: np.ndarray, counts_R: np.ndarray) -> tuple[float, float]:
-    """Mean loss per token over rows and its standard error, rows as clusters."""
+def ratio_se(sums_R: np.ndarray, counts_R: np.ndarray) -> tuple[float, float | None]:
+    """Mean loss per token over rows and its standard error, rows as clusters (None from a
+    single row)."""
     keep = counts_R > 0
     s, n = sums_R[keep], counts_R[keep]
     loss = float(s.sum() / n.sum())
     r = len(n)
     if r < 2:
-        return loss, float("nan")
+        return loss, None
     var = r / (r - 1) * np.sum((s - loss * n) ** 2) / n.sum() ** 2
     return loss, float(math.sqrt(var))
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -15,7 +16,7 @@ import torch
 
 from moe_vs_dense.config import Config
 from moe_vs_dense.data.loader import MixtureSampler, PreparedData
-from moe_vs_dense.io import write_json
+from moe_vs_dense.io import write_text
 from moe_vs_dense.model.accounting import Accounting
 from moe_vs_dense.train.evaluate import SE_METHOD
 
@@ -98,7 +99,7 @@ def build_record(cfg: Config, run_dir: Path, acc: Accounting, data: PreparedData
             "curve": state["curve"],
             "se_method": SE_METHOD,
             "target_se": cfg.eval.target_se,
-            "se_target_met": bool(final) and all(v["se"] <= cfg.eval.target_se
+            "se_target_met": bool(final) and all(v["se"] is not None and v["se"] <= cfg.eval.target_se
                                                  for v in final["losses"].values()),
             "rows_per_stream": {"curve": cfg.eval.rows, "final": cfg.eval.final_rows},
         },
@@ -121,4 +122,5 @@ def build_record(cfg: Config, run_dir: Path, acc: Accounting, data: PreparedData
 
 
 def write(run_dir: Path, record: dict) -> None:
-    write_json(Path(run_dir) / "record.json", record)
+    """Atomically; strict JSON (a NaN here is a bug, not a value)."""
+    write_text(Path(run_dir) / "record.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
