@@ -34,9 +34,10 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def clean_partial(run_dir: Path) -> None:
-    """Remove temporary files left by a write that was killed."""
-    for p in directory(run_dir).glob(".*.tmp") if directory(run_dir).is_dir() else []:
-        p.unlink(missing_ok=True)
+    """Remove the temporary files of writes that were killed (checkpoints, record, weights)."""
+    for d in (Path(run_dir), directory(run_dir)):
+        for p in d.glob(".*.tmp") if d.is_dir() else []:
+            p.unlink(missing_ok=True)
 
 
 def save(run_dir: Path, step: int, state: dict, keep: int) -> Path:
