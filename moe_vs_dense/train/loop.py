@@ -57,7 +57,12 @@ def _accelerator(cfg: Config, run_dir: Path):
             raise UserError(f"run.trackers: {t} is not installed (pip install {module})")
     kwargs = {"log_with": list(cfg.run.trackers), "project_dir": str(run_dir)} if cfg.run.trackers else {}
     # without cpu=True, `accelerate launch --multi_gpu` on a CPU machine trains independent copies
-    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+    kind = acc.distributed_type.value
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+        raise UserError(f"accelerate launched with {kind}: the trainer supports one process and "
+                        "DDP (--multi_gpu) only; checkpoints of sharded models are not built yet")
+    return acc
 
 
 @contextmanager
