@@ -52,9 +52,9 @@ def _accelerator(cfg: Config, run_dir: Path):
     from accelerate import Accelerator
 
     for t in cfg.run.trackers:
-        module = "wandb" if t == "wandb" else "tensorboard"
-        if importlib.util.find_spec(module) is None and importlib.util.find_spec("tensorboardX") is None:
-            raise UserError(f"run.trackers: {t} is not installed (pip install {module})")
+        modules = ["wandb"] if t == "wandb" else ["tensorboard", "tensorboardX"]
+        if all(importlib.util.find_spec(m) is None for m in modules):
+            raise UserError(f"run.trackers: {t} is not installed (pip install {modules[0]})")
     kwargs = {"log_with": list(cfg.run.trackers), "project_dir": str(run_dir)} if cfg.run.trackers else {}
     # without cpu=True, `accelerate launch --multi_gpu` on a CPU machine trains independent copies
     acc = Accelerator(cpu=not torch.cuda.is_available(), **kwargs)

@@ -153,3 +153,26 @@ def test_short_real_run_learns_every_modality(tmp_path, demo_data):
     losses = {m: v["loss"] for m, v in rec["eval"]["final"].items()}
     assert all(v < uniform - 1.0 for v in losses.values()), f"{uniform=}, {losses=}"
     assert np.isfinite([v["se"] for v in rec["eval"]["final"].values()]).all()
+
+
+def test_runs_leave_no_global_state_and_finished_runs_return_fast(tmp_path, demo_data):
+    import time
+
+    torch.manual_seed(7)
+    rng = torch.get_rng_state()
+    rec = train(tiny("train.threads=2"), tmp_path / "run", data_root=demo_data, progress=False)
+    assert torch.get_num_threads() == 1 and torch.equal(torch.get_rng_state(), rng)
+    assert rec["host"]["threads"] == 2
+    t = time.perf_counter()
+    assert train(tiny(), tmp_path / "run", data_root=demo_data, progress=False) == rec
+    assert time.perf_counter() - t < 1.0
+
+
+def test_missing_tracker_package_is_a_clear_error(tmp_path, demo_data):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed")
+    with pytest.raises(UserError, match="tensorboard is not installed"):
+        train(tiny("run.trackers=[tensorboard]"), tmp_path / "run", data_root=demo_data,
+              progress=False)
