@@ -176,3 +176,15 @@ def test_missing_tracker_package_is_a_clear_error(tmp_path, demo_data):
     with pytest.raises(UserError, match="tensorboard is not installed"):
         train(tiny("run.trackers=[tensorboard]"), tmp_path / "run", data_root=demo_data,
               progress=False)
+
+
+def test_cli_trains_and_reports_user_errors_without_traceback(tmp_path, demo_data, capsys):
+    from tests.train.conftest import SMOKE, TINY
+
+    args = ["train", str(SMOKE), "--out", str(tmp_path / "run"), "--quiet"]
+    args += [a for s in TINY for a in ("--set", s)]
+    assert main(args + ["--data-dir", str(demo_data)]) == 0
+    assert "completed, 8,192 tokens" in capsys.readouterr().out
+    assert main(args + ["--data-dir", str(demo_data), "--set", "train.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr: 0.003 -> 0.1" in err and "Traceback" not in err
