@@ -13,7 +13,7 @@ matmul peak, measured in the same run.
 
 Needs the demo data prepared: `moe-vs-dense data fetch && moe-vs-dense data prepare configs/demo.yaml`.
 
-Usage: python benchmarks/trainer.py [--steps 40] [--reps 3] [--threads 2] [--data-dir DIR]
+Usage: python benchmarks/trainer.py [--steps 40] [--reps 5] [--threads 2] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -63,14 +63,14 @@ def trainer_tokens_per_s(cfg, data_root, tmp: Path) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=40, help="optimizer steps per timed run")
-    ap.add_argument("--reps", type=int, default=3, help="alternating repetitions")
+    ap.add_argument("--reps", type=int, default=5, help="alternating repetitions")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-dir")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sets = [f"train.tokens={args.steps * 16 * 256}", "train.batch_rows=16",
             f"train.threads={args.threads}", "eval.final_rows=1", "eval.every=null",
-            f"run.checkpoint_every={args.steps}", "train.peak_flops=1"]
+            f"run.checkpoint_every={args.steps}"]
     cfgs = {k: load_config(p, sets) for k, p in CONFIGS.items()}
     try:
         data = open_data(cfgs["dense"], args.data_dir, prepare=False)

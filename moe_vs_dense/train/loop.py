@@ -22,6 +22,7 @@ from tqdm import tqdm
 from moe_vs_dense.config import Config
 from moe_vs_dense.data.loader import MixtureLoader
 from moe_vs_dense.errors import UserError
+from moe_vs_dense.io import write_json
 from moe_vs_dense.model import checkpoint as weights
 from moe_vs_dense.model.accounting import account
 from moe_vs_dense.train import checkpoint, metrics, record, rundir
@@ -191,6 +192,7 @@ def _run(cfg: Config, run_dir: Path, data, acc, progress: bool) -> dict:
         bar.close()
         state["final"] = score(cfg.eval.final_rows)
         if main:
+            write_json(run_dir / "eval_docs.json", state["final"]["docs"])
             weights.save(model, run_dir / "model.safetensors", data.seq_len)
             extra["peak_flops"] = tc.peak_flops or matmul_peak(device.type, tc.precision,
                                                                torch.get_num_threads())

@@ -58,6 +58,7 @@ def test_evaluation_is_deterministic_and_independent_of_eval_batch_size(demo_dat
         assert other["losses"][k]["tokens"] == v["tokens"]
     assert first["losses"]["text"]["tokens"] == 6 * 256
     assert "image->text" in first["losses"] and first["losses"]["image"]["rows"] == 6
+    assert 1 <= first["losses"]["text"]["docs"] <= 2  # 6 rows of a 4096-byte document chunk
     assert [s["tokens_per_expert"] for s in other["expert_stats"]] == \
         [s["tokens_per_expert"] for s in first["expert_stats"]]
     assert model.training
@@ -98,3 +99,10 @@ def test_build_does_not_touch_the_global_rng(demo_data):
     b, _, _ = build(cfg, data)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(),
                                                   strict=True))
+
+
+def test_documents_end_at_eod_across_rows():
+    from moe_vs_dense.train.evaluate import doc_ids
+
+    rows = np.array([[5, 6, 1, 7], [8, 1, 9, 9]])  # EOD = 1 ends documents 0 and 1
+    np.testing.assert_array_equal(doc_ids(rows), [[0, 0, 1], [1, 2, 2]])

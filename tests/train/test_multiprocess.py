@@ -48,4 +48,5 @@ def test_two_cpu_processes_match_one_process(tmp_path, demo_data):
     # Adam turns float noise in near-zero gradients (rare tokens' embeddings) into ~1e-5 steps
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == \
-        ["checkpoints", "config.yaml", "metrics.jsonl", "model.safetensors", "record.json"]
+        ["checkpoints", "config.yaml", "eval_docs.json", "metrics.jsonl", "model.safetensors",
+         "record.json"]
