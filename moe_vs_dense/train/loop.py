@@ -127,7 +127,7 @@ def _run(cfg: Config, run_dir: Path, data, acc, progress: bool) -> dict:
         return evaluate(model, data, rows, cfg.eval.batch_rows, tc.precision)
 
     if main and cfg.run.trackers:
-        acc.init_trackers(run_dir.name, config=rundir._flat(rundir.resolved(cfg)))
+        acc.init_trackers(run_dir.name, config=rundir.flat(rundir.resolved(cfg)))
     bar = tqdm(total=steps * step_tokens, initial=state["step"] * step_tokens, unit="tok",
                unit_scale=True, dynamic_ncols=True, mininterval=1.0,
                disable=not (progress and main), desc=run_dir.name)
