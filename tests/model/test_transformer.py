@@ -126,8 +126,8 @@ def test_checkpoint_round_trip(tmp_path, family):
     ModelConfig(d_model=64, n_layers=2, n_heads=2, tie_embeddings=False, d_ff=96),
     ModelConfig(family="moe", d_model=64, n_layers=2, n_heads=4, moe=MoEConfig(num_experts=4, top_k=2)),
     ModelConfig(family="moe", d_model=64, n_layers=2, n_heads=4,
-                moe=MoEConfig(num_experts=3, top_k=1, norm_topk_prob=True)),
-], ids=["llama-tied", "llama-untied", "mixtral-top2", "mixtral-top1"])
+                moe=MoEConfig(num_experts=5, top_k=3, d_expert=48)),
+], ids=["llama-tied", "llama-untied", "mixtral-top2", "mixtral-top3"])
 def test_export_matches_transformers(tmp_path, cfg):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -170,6 +170,22 @@ def test_bad_model_configs_name_the_key(tmp_path, small_config):
     assert "model.moe.experts_per_modality.speech: the data has no speech" in msg
     msg = _config_error(tmp_path, small_config, {"family": "moe", "moe": {"router": "magic"}})
     assert "model.moe.router: must be one of 'learned', 'modality' or 'modality_group'" in msg
+    for router in ("learned", "modality_group"):
+        msg = _config_error(tmp_path, small_config, {"family": "moe", "moe": {
+            "router": router, "top_k": 1, "norm_topk_prob": True}})
+        assert "model.moe.norm_topk_prob: a normalised top-1 router" in msg and "no gradient" in msg
+
+
+def test_top1_router_weights_carry_the_loss_gradient():
+    """Un-normalised top-1 (the default) weights each token by its router probability, so the
+    router learns from the language-model loss alone (no balancing losses here)."""
+    from moe_vs_dense.model.moe import MoE
+
+    torch.manual_seed(0)
+    layer = MoE(MoEConfig(num_experts=4, top_k=1, aux_loss_weight=0, z_loss_weight=0), 32, 16,
+                MODS, init_std=0.3, out_std=0.3)
+    layer(torch.randn(2, 8, 32), torch.zeros(2, 8, dtype=torch.long)).square().sum().backward()
+    assert layer.router.weight.grad.abs().max() > 1e-6
 
 
 def test_demo_configs_build(tmp_path):
