@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from moe_vs_dense.config import ModelConfig, MoEConfig, load_config
+from moe_vs_dense.data.modalities import MODALITIES
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.model import checkpoint
 from moe_vs_dense.model.experts import Experts
@@ -192,3 +193,21 @@ def test_demo_configs_build(tmp_path):
     for path in sorted(Path("configs").glob("*.yaml")):
         cfg = load_config(path)
         assert cfg.model.d_model >= 8
+
+
+def test_a_modality_the_model_was_not_built_with_is_an_error():
+    """Text tokens on a DNA+image model used to get DNA's experts, silently."""
+    cfg = ModelConfig(family="moe", d_model=32, n_layers=1, n_heads=4,
+                      moe=MoEConfig(router="modality"))
+    model = Transformer(cfg, V, T, ["dna", "image"])
+    tokens = torch.randint(2, V, (2, 8))
+    dna, image, text = (MODALITIES.index(m) for m in ("dna", "image", "text"))
+    ok = torch.tensor([[dna] * 4 + [image] * 4] * 2)
+    model.check_modalities(ok.numpy())
+    assert model(tokens, ok).shape == (2, 8, V)
+    bad = ok.clone()
+    bad[1, 5] = text
+    with pytest.raises(UserError, match="holds text tokens, but the model was built for dna, image"):
+        model.check_modalities(bad.numpy())
+    with pytest.raises(RuntimeError, match="modality id is not one the model was built with"):
+        model(tokens, bad)
