@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from moe_vs_dense.data.modalities import BUILTIN_SOURCES, MODALITIES, Modality
 from moe_vs_dense.errors import UserError
+from moe_vs_dense.modalities import BUILTIN_SOURCES, MODALITIES, Modality
 
 FileFormat = Literal["txt", "jsonl", "parquet", "fasta", "idx"]
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from moe_vs_dense.data.modalities import BUILTIN_SOURCES
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.io import atomic_dir, write_json
+from moe_vs_dense.modalities import BUILTIN_SOURCES
 
 DATA_ENV = "MOE_VS_DENSE_DATA"
 
