@@ -440,6 +440,15 @@ def read_manifest(data: Path) -> dict:
         raise UserError(f"{path}:{e.lineno}: corrupt manifest ({e.msg}); delete it and fetch again") from None
 
 
+def stale_reason(name: str, entry: dict) -> str | None:
+    """Why a manifest entry does not hold the pinned release's data (None when it does)."""
+    if "artifact" not in entry:
+        return "was fetched before its package release was pinned"
+    sums = {Path(f["path"]).name: f["sha256"] for f in entry["files"]}
+    changed = [n for n, want in BUILTINS[name].content.items() if sums.get(n) != want]
+    return f"has files other than the pinned release's ({', '.join(changed)})" if changed else None
+
+
 def _check_content(b: Builtin, out: Path, artifact: dict) -> None:
     """The fetched files must be exactly the pinned bytes (the same on every machine)."""
     for name, want in b.content.items():
@@ -471,10 +480,14 @@ def fetch(
     for name in names:
         b = BUILTINS[name]
         target = raw / name
-        if not force and target.exists() and name in read_manifest(data):
-            status[name] = "cached"
-            log(f"{name:14s} cached      {target}")
-            continue
+        entry = read_manifest(data).get(name)
+        if not force and target.exists() and entry:
+            why = stale_reason(name, entry)
+            if why is None:
+                status[name] = "cached"
+                log(f"{name:14s} cached      {target}")
+                continue
+            log(f"{name:14s} {why}: fetching again")
         try:
             with atomic_dir(target) as tmp:
                 artifact = b.fetch(tmp, data, options or {})

