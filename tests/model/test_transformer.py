@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from moe_vs_dense.config import ModelConfig, MoEConfig, load_config
-from moe_vs_dense.data.modalities import MODALITIES
 from moe_vs_dense.errors import UserError
+from moe_vs_dense.modalities import MODALITIES
 from moe_vs_dense.model import checkpoint
 from moe_vs_dense.model.experts import Experts
 from moe_vs_dense.model.loss import lm_loss
