@@ -1,0 +1,307 @@
+"""Efficiency leverage: the compute a dense model needs to reach an MoE's loss, over the MoE's.
+
+    EL(C) = C_dense(L*_moe(C)) / C
+
+L*_f(C) is family f's compute-optimal loss from its Chinchilla law (or a bank law that reduces
+to one, see `law_bank`), along the frontier C = kappa_f N D, where kappa_f (FLOPs per active
+parameter and token) is read from the runs: the median of C / (N D) over the family's runs, so
+the frontier spends compute exactly as the table's compute column counts it. The dense frontier
+is L*(C) = E + K (C / kappa)^-s with s = alpha beta / (alpha + beta), so it is inverted in closed
+form; where the MoE's loss is at or below the dense law's irreducible loss E, no dense compute
+reaches it and EL is infinite (reported as such, never as a number).
+
+Intervals come from one bootstrap of both families together: pairs of runs (a shared pair id,
+or the same seed, compute and tokens) are resampled as units, unpaired runs within their
+family; each draw refits both laws (warm-started, all draws at once) and gives one EL curve.
+The same draws become the laws' `boot`, so their parameter intervals and EL agree.
+
+Verdict at each compute: "experts worth more compute" when the 95% interval lies above 1,
+"experts worth less" when below, else "not resolved".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.chinchilla import ChinchillaResult, batched_lbfgs, fit_chinchilla, objective, to_natural
+from analysis.errors import AnalysisError
+from analysis.results import interval
+
+MORE, LESS, UNRESOLVED = "experts worth more compute", "experts worth less", "not resolved"
+EXTRAPOLATE = (10.0, 100.0)
+
+
+def family_key(df: pd.DataFrame) -> pd.Series:
+    """An MoE family: family, router and expert count, e.g. `moe learned E=8`; `dense` for dense."""
+    router = df["router"].fillna("").astype(str)
+    experts = df["n_experts"].fillna(0).astype(int)
+    label = df["family"].astype(str) + np.where(router != "", " " + router, "") + " E=" + experts.astype(str)
+    return label.where(df["family"] != "dense", "dense")
+
+
+def pair_keys(df: pd.DataFrame) -> pd.Series:
+    """The pairing key of compare.pairs: the pair id, else seed, compute and tokens (3 digits)."""
+    sig3 = lambda x: x.map(lambda v: f"{float(v):.3g}")  # noqa: E731
+    return df["pair"].where(df["pair"].notna(), "s" + df["seed"].astype(str) + "-C" + sig3(df["C"])
+                            + "-D" + sig3(df["D_total"])).astype(str)
+
+
+def paired_weights(keys_dense: np.ndarray, keys_moe: np.ndarray, draws: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap multiplicities [draws, rows] for both families: shared keys are resampled as
+    units (so a pair's two runs enter or leave together), the rest within their own family."""
+    shared = np.intersect1d(keys_dense, keys_moe)
+    out = []
+    for keys in (keys_dense, keys_moe):
+        w = np.zeros((draws, len(keys)))
+        solo = np.flatnonzero(~np.isin(keys, shared))
+        if len(solo):
+            pick = rng.integers(0, len(solo), (draws, len(solo)))
+            np.add.at(w, (np.arange(draws)[:, None], solo[pick]), 1.0)
+        out.append(w)
+    if len(shared):
+        pick = rng.integers(0, len(shared), (draws, len(shared)))
+        counts = np.zeros((draws, len(shared)))
+        np.add.at(counts, (np.arange(draws)[:, None], pick), 1.0)
+        for w, keys in zip(out, (keys_dense, keys_moe), strict=True):
+            idx = np.searchsorted(shared, keys)
+            rows = np.flatnonzero(np.isin(keys, shared))
+            # a key with several runs in one family (several modalities are separate tables,
+            # so this is a repeated run): each of its runs carries the unit's multiplicity
+            w[:, rows] += counts[:, idx[rows]]
+    return out[0], out[1]
+
+
+def refit_draws(result: ChinchillaResult, df: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
+    """Chinchilla refits, one per row of `weights` [draws, rows], all at once from the point
+    estimate; natural parameters (E, A, B, alpha, beta) per draw."""
+    logN, logD, logL = (np.log(df[c].to_numpy(float))[None, :] for c in ("N", "D", "loss"))
+    p = result.params
+    theta = np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
+    x0 = np.repeat(theta[None], len(weights), 0)
+    x = batched_weighted(lambda th, w: objective(th, logN, logD, logL, w), x0, weights)
+    return to_natural(x)
+
+
+def batched_weighted(fun, x0: np.ndarray, weights: np.ndarray, iters: int = 300) -> np.ndarray:
+    """`batched_lbfgs` where start s has its own point weights weights[s]: fun(theta_SP, w_Sn).
+    The optimizer evaluates subsets of the starts, so each carries its row number as an extra
+    coordinate whose gradient is zero (L-BFGS then never moves it)."""
+    S, P = x0.shape
+
+    def tagged(th):
+        f, g = fun(th[:, :P], weights[th[:, P].astype(int)])
+        return f, np.concatenate([g, np.zeros((len(th), 1))], 1)
+
+    x, _ = batched_lbfgs(tagged, np.concatenate([x0, np.arange(S)[:, None]], 1), iters=iters)
+    return x[:, :P]
+
+
+def frontier_loss(p: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """L*(X) for rows p = (E, A, B, alpha, beta) [P, 5] at X = 6 N D [len(X)]: [P, len(X)].
+    NaN where an exponent is not positive (no compute-optimal frontier)."""
+    E, A, B, al, be = (np.atleast_2d(p)[:, i : i + 1] for i in range(5))
+    with np.errstate(all="ignore"):
+        ok = (al > 0) & (be > 0)
+        G = (al * A / (be * B)) ** (1 / (al + be))
+        n = G * (X / 6) ** (be / (al + be))
+        d = X / (6 * n)
+        L = E + A / n**al + B / d**be
+    return np.where(ok, L, np.nan)
+
+
+def frontier_compute(p: np.ndarray, L: np.ndarray) -> np.ndarray:
+    """X = 6 N D at which L*(X) = L (rows p [P, 5], L [P, k]): +inf where L <= E."""
+    E, A, B, al, be = (np.atleast_2d(p)[:, i : i + 1] for i in range(5))
+    with np.errstate(all="ignore"):
+        s = al * be / (al + be)
+        K = frontier_loss(p, np.array([6.0])) - E  # L*(X) - E = K (X / 6)^-s
+        X = 6 * ((L - E) / K) ** (-1 / s)
+    return np.where(L > E, X, np.where(np.isnan(L) | np.isnan(K), np.nan, np.inf))
+
+
+def frontier_params(p: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """N*(X) on the frontier: [P, len(X)]."""
+    E, A, B, al, be = (np.atleast_2d(p)[:, i : i + 1] for i in range(5))
+    with np.errstate(all="ignore"):
+        G = (al * A / (be * B)) ** (1 / (al + be))
+        return G * (X / 6) ** (be / (al + be))
+
+
+def leverage(dense: np.ndarray, moe: np.ndarray, C: np.ndarray, kappa_dense: float = 6.0,
+             kappa_moe: float = 6.0) -> np.ndarray:
+    """EL(C) [P, len(C)] for parameter rows of the dense and MoE laws (broadcast together)."""
+    L = frontier_loss(moe, 6 * C / kappa_moe)
+    return kappa_dense / 6 * frontier_compute(dense, L) / C
+
+
+def interval_with_inf(draws: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """Percentile interval over axis 0 where some draws are +inf (the dense law never reaches
+    the loss): those rank above every finite draw, so a bound among them is +inf."""
+    big = np.finfo(float).max
+    lo, hi = interval(np.where(np.isinf(draws), big, draws), alpha, axis=0)
+    return np.where(lo >= big, np.inf, lo), np.where(hi >= big, np.inf, hi)
+
+
+def verdict(lower: float, upper: float) -> str:
+    """From the interval; NaN bounds (no frontier) leave it unresolved."""
+    if lower > 1:
+        return MORE
+    if upper < 1:
+        return LESS
+    return UNRESOLVED
+
+
+@dataclass
+class LeverageFit:
+    """Dense and MoE laws of one modality, fitted on the same bootstrap draws."""
+
+    modality: str
+    family: str
+    dense: ChinchillaResult
+    moe: ChinchillaResult
+    kappa_dense: float
+    kappa_moe: float
+    total_per_active: float  # MoE total / active params (median over its runs)
+    C_observed: np.ndarray  # the MoE family's compute values
+    paired_units: int
+    law: str = "chinchilla"
+
+    def curve(self, C, alpha: float = 0.05) -> pd.DataFrame:
+        """EL with its interval and verdict at compute C, and the storage side: the MoE's total
+        params on its frontier vs the params of the dense model of equal loss, and both models'
+        inference FLOPs per token (2 x active params, forward pass, attention not counted)."""
+        C = np.atleast_1d(np.asarray(C, float))
+        pd_, pm = self.dense.params.to_numpy()[None], self.moe.params.to_numpy()[None]
+        el = leverage(pd_, pm, C, self.kappa_dense, self.kappa_moe)[0]
+        n_moe = frontier_params(pm, 6 * C / self.kappa_moe)[0]
+        n_dense = frontier_params(pd_, np.where(np.isfinite(el), 6 * el * C / self.kappa_dense, np.nan))[0]
+        out = pd.DataFrame({"C": C, "EL": el, "lower": np.nan, "upper": np.nan})
+        if self.dense.boot is not None and self.moe.boot is not None:
+            draws = leverage(self.dense.boot, self.moe.boot, C, self.kappa_dense, self.kappa_moe)
+            out["lower"], out["upper"] = interval_with_inf(draws, alpha)
+            out["unreachable_share"] = np.isinf(draws).mean(0)
+        out["verdict"] = [verdict(lo, hi) for lo, hi in zip(out["lower"], out["upper"], strict=True)]
+        out["MoE total params"] = n_moe * self.total_per_active
+        out["dense params at equal loss"] = n_dense
+        out["memory ratio"] = out["MoE total params"] / n_dense
+        out["MoE inference FLOPs/token"] = 2 * n_moe
+        out["dense inference FLOPs/token"] = 2 * n_dense
+        return out
+
+    def table(self, alpha: float = 0.05) -> pd.DataFrame:
+        """EL at the smallest, median and largest observed compute and 10x, 100x beyond."""
+        c = self.C_observed
+        points = [("smallest observed", c.min()), ("median observed", float(np.median(c))),
+                  ("largest observed", c.max())]
+        points += [(f"extrapolated {f:g}x beyond the largest", c.max() * f) for f in EXTRAPOLATE]
+        curve = self.curve([v for _, v in points], alpha)
+        curve.insert(0, "where", [w for w, _ in points])
+        curve.insert(0, "family", self.family)
+        curve.insert(0, "modality", self.modality)
+        curve["law"] = self.law
+        curve["note"] = [_note(r, self.dense) for r in curve.itertuples()]
+        return curve
+
+
+def _note(row, dense: ChinchillaResult) -> str:
+    if np.isinf(row.EL):
+        return (f"the dense law cannot reach this loss: it is below the dense fit's irreducible "
+                f"loss E = {dense.params['E']:.4g} nats/token")
+    if np.isnan(row.EL):
+        return "no compute-optimal frontier (a fitted exponent is not positive)"
+    return ""
+
+
+def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 1000,
+                 seed: int = 0) -> LeverageFit:
+    """Dense and one MoE family (a `family_key` label) on one modality, bootstrapped together."""
+    rows = df[df["modality"] == modality].assign(fkey=lambda x: family_key(x))
+    dense_df = rows[rows["fkey"] == "dense"].reset_index(drop=True)
+    moe_df = rows[rows["fkey"] == family].reset_index(drop=True)
+    if dense_df.empty:
+        raise AnalysisError(f"modality {modality}: no dense runs; efficiency leverage needs them")
+    if moe_df.empty:
+        raise AnalysisError(f"modality {modality}: no runs of {family}")
+    dense = fit_chinchilla(dense_df, {"family": "dense", "modality": modality}, bootstrap=0)
+    moe = fit_chinchilla(moe_df, {"family": family, "modality": modality}, bootstrap=0)
+    kd, km = pair_keys(dense_df).to_numpy(), pair_keys(moe_df).to_numpy()
+    if bootstrap:
+        wd, wm = paired_weights(kd, km, bootstrap, np.random.default_rng(seed))
+        dense.boot, moe.boot = refit_draws(dense, dense_df, wd), refit_draws(moe, moe_df, wm)
+    kappa = lambda g: float(np.median(g["C"] / (g["N"] * g["D"])))  # noqa: E731
+    return LeverageFit(modality, family, dense, moe, kappa(dense_df), kappa(moe_df),
+                       float(np.median(moe_df["N_total"] / moe_df["N_active"])),
+                       moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)))
+
+
+def leverage_jobs(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(modality, MoE family) for every modality with dense runs and runs of that family."""
+    keys = df.assign(fkey=family_key(df))
+    jobs = []
+    for m, g in keys.groupby("modality"):
+        if (g["fkey"] == "dense").any():
+            jobs += [(m, f) for f in sorted(set(g["fkey"]) - {"dense"})]
+    return jobs
+
+
+def leverage_table(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
+                   alpha: float = 0.05) -> tuple[pd.DataFrame, list[LeverageFit], list[str]]:
+    """The headline table over every (modality, MoE family); fits that fail become notes."""
+    fits, notes = [], []
+    for m, f in leverage_jobs(df):
+        try:
+            fits.append(fit_leverage(df, m, f, bootstrap, seed))
+        except AnalysisError as e:
+            notes.append(f"efficiency leverage ({m}, {f}): {e}")
+    if not fits:
+        return pd.DataFrame(), fits, notes
+    return pd.concat([f.table(alpha) for f in fits], ignore_index=True), fits, notes
+
+
+def envelope(C: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The runs on the loss-compute Pareto front (each better than every cheaper run), by C."""
+    order = np.argsort(C, kind="stable")
+    keep, best = [], np.inf
+    for i in order:
+        if L[i] < best:
+            keep.append(i)
+            best = L[i]
+    return C[keep], L[keep]
+
+
+def law_free_ratio(dense_C, dense_L, moe_C, moe_L) -> tuple[float, np.ndarray]:
+    """Geometric mean over the MoE's Pareto runs of C_dense / C_moe, where C_dense is the compute
+    at which the dense Pareto front (log-log interpolated) reaches that run's loss; only runs
+    whose loss the dense front brackets count (no extrapolation). (ratio, their compute)."""
+    dc, dl = envelope(np.asarray(dense_C, float), np.asarray(dense_L, float))
+    mc, ml = envelope(np.asarray(moe_C, float), np.asarray(moe_L, float))
+    inside = (ml >= dl.min()) & (ml <= dl.max())
+    if len(dc) < 2 or not inside.any():
+        return np.nan, mc[:0]
+    logc = np.interp(-np.log(ml[inside]), -np.log(dl), np.log(dc))
+    return float(np.exp(np.mean(logc - np.log(mc[inside])))), mc[inside]
+
+
+def law_free_leverage(fit: LeverageFit, df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
+                      alpha: float = 0.05) -> dict:
+    """EL from the runs alone on the observed range, with a bootstrap interval over the same
+    paired resampling as the laws, and the law-based EL at the compared runs' compute."""
+    rows = df[df["modality"] == fit.modality].assign(fkey=lambda x: family_key(x))
+    d, m = rows[rows["fkey"] == "dense"], rows[rows["fkey"] == fit.family]
+    est, compared = law_free_ratio(d["C"], d["loss"], m["C"], m["loss"])
+    law = fit.curve(compared)["EL"].to_numpy() if len(compared) else np.array([np.nan])
+    out = {"modality": fit.modality, "family": fit.family, "EL (runs)": est, "lower": np.nan,
+           "upper": np.nan, "MoE runs compared": len(compared),
+           "EL (law) at the same compute": float(np.exp(np.mean(np.log(law))))}
+    if len(compared) and bootstrap:
+        wd, wm = paired_weights(pair_keys(d).to_numpy(), pair_keys(m).to_numpy(), bootstrap,
+                                np.random.default_rng(seed + 1))
+        dC, dL, mC, mL = (x.to_numpy(float) for x in (d["C"], d["loss"], m["C"], m["loss"]))
+        draws = np.array([law_free_ratio(dC[a > 0], dL[a > 0], mC[b > 0], mL[b > 0])[0]
+                          for a, b in zip(wd, wm, strict=True)])
+        out["lower"], out["upper"] = interval(draws, alpha)
+    return out
