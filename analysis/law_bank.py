@@ -1,0 +1,421 @@
+"""A bank of MoE scaling laws fitted with one robust objective, ranked by out-of-sample error.
+
+Laws whose log-loss is a log-sum-exp of terms linear in their parameters share one fitter (the
+objective of Hoffmann et al. Approach 3: summed Huber, delta = 1e-3, of log residuals; batched
+L-BFGS from a grid of starts, the best polished with scipy; bootstrap refits warm-started, all
+draws at once):
+
+- `joint`, Ludziejewski et al. (2025), "Joint MoE Scaling Laws": dense and MoE runs in one law,
+  the expert count entering both the parameter and the data term,
+
+      L(N, D, E) = E0 + A Ehat^delta / N^(alpha + gamma ln Ehat) + B Ehat^omega / D^(beta + zeta ln Ehat)
+
+  with N active params. The form (coefficients and exponents both depend on ln Ehat) is the
+  paper's as quoted by its summaries (its equation is written with negative exponents; here
+  alpha, beta > 0 and gamma, zeta carry the opposite sign). The transform Ehat we could not
+  check against the paper's text: we use Clark et al.'s saturating transform with E_start = 1,
+  so dense runs (E = 1) have Ehat = 1 and the law is Chinchilla's for them, and E_max = 1000
+  (Ehat ~ E below a few hundred experts).
+- `granularity`, Krajewski et al. (2024), fine-grained MoE at a fixed expansion:
+  L(N, D, G) = E0 + (g / G^gamma + A) / N^alpha + B / D^beta, G = dense FFN width / one
+  expert's width; fitted to MoE runs with a `granularity` column (records need it, see README).
+- `chinchilla`: one Chinchilla law per MoE family (family, router, expert count).
+- `routed`: Clark et al. (2022), analysis/routed.py (no token-count term).
+
+`rank_laws` holds out each modality's largest-compute runs, fits every law that the rest
+supports, and reports on the held-out MoE runs each law's error and 95% prediction-interval
+coverage, beside AIC on the training MoE runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.chinchilla import DELTA, batched_lbfgs, huber, polish
+from analysis.errors import AnalysisError
+from analysis.results import LawResult, group_label, interval
+
+E_MAX = 1000.0
+
+
+def batched_weighted(fun, x0: np.ndarray, weights: np.ndarray, iters: int = 300) -> np.ndarray:
+    """`batched_lbfgs` where start s has its own point weights weights[s]: fun(theta_SP, w_Sn).
+    The optimizer evaluates subsets of the starts, so each carries its row number as an extra
+    coordinate whose gradient is zero (L-BFGS then never moves it)."""
+    S, P = x0.shape
+
+    def tagged(th):
+        f, g = fun(th[:, :P], weights[th[:, P].astype(int)])
+        return f, np.concatenate([g, np.zeros((len(th), 1))], 1)
+
+    x, _ = batched_lbfgs(tagged, np.concatenate([x0, np.arange(S)[:, None]], 1), iters=iters)
+    return x[:, :P]
+
+
+def lse_objective(theta_SP: np.ndarray, X_KnP: np.ndarray, logL: np.ndarray,
+                  w: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Summed Huber loss of LSE_k(X_k theta) - log L and its gradient, for S vectors at once."""
+    t_KSn = np.einsum("knp,sp->ksn", X_KnP, theta_SP)
+    m = t_KSn.max(0)
+    e_KSn = np.exp(t_KSn - m)
+    total = e_KSn.sum(0)
+    h, dr = huber(m + np.log(total) - logL)
+    h, dr = h * w, dr * w
+    grad = np.einsum("ksn,knp->sp", e_KSn / total * dr, X_KnP)
+    return h.sum(1), grad
+
+
+def e_hat(E, e_max: float = E_MAX) -> np.ndarray:
+    """Clark et al.'s saturating expert count with E_start = 1: Ehat(1) = 1, Ehat -> e_max."""
+    E = np.asarray(E, float)
+    return 1.0 / (1.0 / (E - 1.0 + e_max / (e_max - 1.0)) + 1.0 / e_max)
+
+
+def experts(df: pd.DataFrame) -> np.ndarray:
+    """The expert count, 1 for dense runs."""
+    return np.where(df["family"] == "dense", 1.0, df["n_experts"].astype(float).clip(lower=1))
+
+
+@dataclass(frozen=True)
+class Law:
+    """A law log L = LSE_k(X_k(df) theta): its parameters (theta order), which are stored as logs,
+    the design, the rows it is fitted to, the columns it needs varied, and its start grid."""
+
+    name: str
+    formula: str
+    names: tuple[str, ...]
+    logs: tuple[int, ...]
+    design: Callable[[pd.DataFrame], np.ndarray]
+    rows: Callable[[pd.DataFrame], pd.DataFrame]
+    varied: tuple[str, ...]
+    starts: np.ndarray
+
+    def natural(self, theta: np.ndarray) -> np.ndarray:
+        out = np.atleast_2d(theta).copy()
+        out[:, list(self.logs)] = np.exp(out[:, list(self.logs)])
+        return out
+
+    def log_theta(self, params: np.ndarray) -> np.ndarray:
+        out = np.atleast_2d(params).astype(float).copy()
+        with np.errstate(divide="ignore"):  # a draw whose coefficient underflowed to 0
+            out[:, list(self.logs)] = np.log(out[:, list(self.logs)])
+        return out
+
+
+def _joint_design(df: pd.DataFrame) -> np.ndarray:
+    lN, lD = np.log(df["N"].to_numpy(float)), np.log(df["D"].to_numpy(float))
+    le = np.log(e_hat(experts(df)))
+    one, zero = np.ones_like(lN), np.zeros_like(lN)
+    z4 = [zero] * 4
+    # theta: a, delta, alpha, gamma, b, omega, beta, zeta, e
+    return np.stack([np.stack([one, le, -lN, -le * lN, *z4, zero], 1),
+                     np.stack([*z4, one, le, -lD, -le * lD, zero], 1),
+                     np.stack([*z4, *z4, one], 1)])
+
+
+def _granularity_design(df: pd.DataFrame) -> np.ndarray:
+    lN, lD = np.log(df["N"].to_numpy(float)), np.log(df["D"].to_numpy(float))
+    lG = np.log(df["granularity"].to_numpy(float))
+    one, zero = np.ones_like(lN), np.zeros_like(lN)
+    # theta: log g, gamma, alpha, log A, log B, beta, e
+    return np.stack([np.stack([one, -lG, -lN, zero, zero, zero, zero], 1),
+                     np.stack([zero, zero, -lN, one, zero, zero, zero], 1),
+                     np.stack([zero, zero, zero, zero, one, -lD, zero], 1),
+                     np.stack([zero, zero, zero, zero, zero, zero, one], 1)])
+
+
+def _chinchilla_design(df: pd.DataFrame) -> np.ndarray:
+    lN, lD = np.log(df["N"].to_numpy(float)), np.log(df["D"].to_numpy(float))
+    one, zero = np.ones_like(lN), np.zeros_like(lN)
+    # theta: e, a, b, alpha, beta
+    return np.stack([np.stack([zero, one, zero, -lN, zero], 1),
+                     np.stack([zero, zero, one, zero, -lD], 1),
+                     np.stack([one, zero, zero, zero, zero], 1)])
+
+
+def _moe_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["family"] != "dense"]
+
+
+def _grid(*axes) -> np.ndarray:
+    return np.array(list(itertools.product(*axes)), float)
+
+
+AB, EXP, E0 = (0.0, 5.0, 10.0), (0.2, 0.6), (-1.0, 0.0, 0.5)
+JOINT = Law(
+    "joint", "E + A Ehat^delta / N^(alpha + gamma ln Ehat) + B Ehat^omega / D^(beta + zeta ln Ehat)",
+    ("A", "delta", "alpha", "gamma", "B", "omega", "beta", "zeta", "E"), (0, 4, 8),
+    _joint_design, lambda df: df, ("N", "D", "n_experts"),
+    _grid(AB, (0.0,), EXP, (0.0,), AB, (0.0,), EXP, (0.0,), E0))
+GRANULARITY = Law(
+    "granularity", "E + (g / G^gamma + A) / N^alpha + B / D^beta",
+    ("g", "gamma", "alpha", "A", "B", "beta", "E"), (0, 3, 4, 6),
+    _granularity_design, _moe_rows, ("N", "D", "granularity"),
+    _grid(AB, (0.5,), EXP, AB, AB, EXP, E0))
+CHINCHILLA = Law(
+    "chinchilla", "E + A / N^alpha + B / D^beta", ("E", "A", "B", "alpha", "beta"), (0, 1, 2),
+    _chinchilla_design, lambda df: df, ("N", "D"), _grid(E0, AB, AB, EXP, EXP))
+LAWS = {law.name: law for law in (JOINT, GRANULARITY, CHINCHILLA)}
+
+
+@dataclass
+class BankResult(LawResult):
+    """A fitted bank law; `residuals` are the training log residuals (for prediction intervals)."""
+
+    spec: Law | None = None
+    residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        """Loss (nats/token) at the rows of df (the columns the law uses)."""
+        return _lse_predict(self.spec, self.spec.log_theta(self.params.to_numpy())[0], df)
+
+    def predict_interval(self, df: pd.DataFrame, alpha: float = 0.05, seed: int = 0) -> np.ndarray:
+        """[2, rows] 1 - alpha prediction interval for new runs: each bootstrap draw's prediction
+        times a training residual drawn at random (parameter and run-to-run error together)."""
+        if self.boot is None or len(self.boot) < 2:
+            return np.full((2, len(df)), np.nan)
+        logp = np.array([np.log(_lse_predict(self.spec, th, df))
+                         for th in self.spec.log_theta(self.boot)])
+        rng = np.random.default_rng(seed)
+        logp += rng.choice(self.residuals, size=logp.shape)
+        return np.exp(interval(logp, alpha, axis=0))
+
+    def chinchilla_at(self, **at) -> np.ndarray:
+        """(E, A, B, alpha, beta) rows (point estimate first, then every draw) of the Chinchilla
+        law this law reduces to at a fixed expert count (joint: n_experts=...) or granularity
+        (granularity: granularity=...)."""
+        rows = np.vstack([self.params.to_numpy()[None]] + ([self.boot] if self.boot is not None else []))
+        return reduce_to_chinchilla(self.law, rows, **at)
+
+
+def reduce_to_chinchilla(law: str, p: np.ndarray, n_experts: float = 1.0,
+                         granularity: float = 1.0) -> np.ndarray:
+    if law == "chinchilla":
+        return p
+    if law == "joint":
+        A, de, al, ga, B, om, be, ze, E = p.T
+        le = float(np.log(e_hat(n_experts)))
+        return np.stack([E, A * np.exp(de * le), B * np.exp(om * le), al + ga * le, be + ze * le], 1)
+    if law == "granularity":
+        g, ga, al, A, B, be, E = p.T
+        return np.stack([E, g / granularity**ga + A, B, al, be], 1)
+    raise AnalysisError(f"the {law} law has no Chinchilla form at fixed settings")
+
+
+def _lse_predict(law: Law, theta: np.ndarray, df: pd.DataFrame) -> np.ndarray:
+    t = np.einsum("knp,p->kn", law.design(df), theta)
+    m = t.max(0)
+    return np.exp(m + np.log(np.exp(t - m).sum(0)))
+
+
+def check_rows(law: Law, df: pd.DataFrame, label: str) -> None:
+    if len(df) < len(law.names):
+        raise AnalysisError(f"group ({label}): {len(df)} runs, fewer than the {len(law.names)} "
+                            f"parameters of the {law.name} law")
+    for col in law.varied:
+        if col not in df or df[col].isna().any():
+            raise AnalysisError(f"group ({label}): the {law.name} law needs a '{col}' for every run")
+        if df[col].nunique() < 2:
+            raise AnalysisError(f"group ({label}): '{col}' does not vary; the {law.name} law cannot "
+                                "be fitted")
+
+
+def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstrap: int = 200,
+            seed: int = 0, weights: np.ndarray | None = None) -> BankResult:
+    """Fit one bank law to the rows it uses; bootstrap resamples runs (or takes `weights`,
+    [draws, rows of df], for resampling shared with other fits)."""
+    law = LAWS[law] if isinstance(law, str) else law
+    group = group or {}
+    label = group_label(group)
+    keep = law.rows(df)
+    check_rows(law, keep, label)
+    X = law.design(keep)
+    logL = np.log(keep["loss"].to_numpy(float))[None]
+
+    def fun(th, w=1.0):
+        return lse_objective(th, X, logL, w)
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        x, f = batched_lbfgs(fun, law.starts, iters=100)
+    finite = np.where(np.isfinite(f), f, np.inf)
+    res = min((polish(fun, x[k]) for k in np.argsort(finite)[:5]), key=lambda r: r.fun)
+    theta = res.x
+    if weights is not None:
+        weights = weights[:, np.flatnonzero(df.index.isin(keep.index))]
+    elif bootstrap:
+        rng = np.random.default_rng(seed)
+        weights = np.stack([np.bincount(rng.integers(0, len(keep), len(keep)), minlength=len(keep))
+                            for _ in range(bootstrap)]).astype(float)
+    boot = None
+    if weights is not None and len(weights):
+        with np.errstate(over="ignore", invalid="ignore"):
+            boot = law.natural(batched_weighted(fun, np.repeat(theta[None], len(weights), 0), weights))
+    params = pd.Series(law.natural(theta)[0], index=list(law.names))
+    out = BankResult(law.name, group, params, boot, len(keep), float(res.fun), bool(res.success),
+                     str(res.message), spec=law)
+    out.residuals = logL[0] - np.log(_lse_predict(law, theta, keep))
+    if not res.success:
+        out.warnings.append(f"the optimizer did not converge: {res.message}")
+    out.warnings += _edge_warnings(law, theta)
+    return out
+
+
+def _edge_warnings(law: Law, theta: np.ndarray) -> list[str]:
+    out = []
+    for i, name in enumerate(law.names):
+        lo, hi = law.starts[:, i].min(), law.starts[:, i].max()
+        if hi > lo and not (lo - 5 * (hi - lo) < theta[i] < hi + 5 * (hi - lo)):
+            out.append(f"{name} ({'log ' if i in law.logs else ''}{theta[i]:.4g}) lies far outside "
+                       f"its start range [{lo:g}, {hi:g}]; the fit may have run off")
+    return out
+
+
+def aic(residuals: np.ndarray, k: int) -> float:
+    """AIC under a Laplace likelihood of log residuals (the Huber objective with delta = 1e-3 is
+    the L1 loss at these residual sizes): 2k + 2n (log(2 mean|r|) + 1)."""
+    n = len(residuals)
+    b = max(float(np.mean(np.abs(residuals))), DELTA * 1e-3)
+    return 2 * k + 2 * n * (np.log(2 * b) + 1)
+
+
+def holdout(df: pd.DataFrame, frac: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test): runs at or above the compute of the largest `frac` of MoE runs are held
+    out, dense and MoE alike, so every law is judged on extrapolation in compute."""
+    moe_C = df.loc[df["family"] != "dense", "C"]
+    if moe_C.empty:
+        raise AnalysisError("no MoE runs to hold out")
+    cut = np.quantile(moe_C, 1 - frac)
+    test = df["C"] >= cut
+    return df[~test], df[test]
+
+
+@dataclass
+class Scored:
+    """One law's fit on the training runs and its predictions for the held-out MoE runs."""
+
+    law: str
+    n_params: int
+    train_residuals: np.ndarray  # log residuals on the training MoE runs
+    predicted: np.ndarray
+    pi: np.ndarray  # [2, held-out runs]
+    fits: list = field(default_factory=list)
+
+
+def _score_bank_law(name: str, train: pd.DataFrame, test_moe: pd.DataFrame, group: dict,
+                    bootstrap: int, seed: int) -> Scored:
+    r = fit_law(name, train, group, bootstrap, seed)
+    moe = train[train["family"] != "dense"]
+    res = np.log(moe["loss"].to_numpy(float) / r.predict(moe))
+    return Scored(name, len(r.params), res, r.predict(test_moe), r.predict_interval(test_moe, seed=seed), [r])
+
+
+def _score_chinchilla(train: pd.DataFrame, test_moe: pd.DataFrame, group: dict, bootstrap: int,
+                      seed: int) -> Scored:
+    from analysis.leverage import family_key
+
+    tr = train[train["family"] != "dense"].assign(fkey=lambda x: family_key(x))
+    te = test_moe.assign(fkey=family_key(test_moe))
+    pred, pi = np.full(len(te), np.nan), np.full((2, len(te)), np.nan)
+    res, fits = [], []
+    for fam, g in tr.groupby("fkey"):
+        r = fit_law(CHINCHILLA, g, {**group, "family": fam}, bootstrap, seed)
+        fits.append(r)
+        res.append(np.log(g["loss"].to_numpy(float) / r.predict(g)))
+        at = (te["fkey"] == fam).to_numpy()
+        if at.any():
+            pred[at] = r.predict(te[at])
+            pi[:, at] = r.predict_interval(te[at], seed=seed)
+    if np.isnan(pred).any():
+        missing = ", ".join(sorted(set(te.loc[np.isnan(pred), "fkey"])))
+        raise AnalysisError(f"group ({group_label(group)}): no training runs of {missing} for the "
+                            "per-family Chinchilla law")
+    return Scored("chinchilla", 5 * len(fits), np.concatenate(res), pred, pi, fits)
+
+
+def _score_routed(train: pd.DataFrame, test_moe: pd.DataFrame, group: dict, bootstrap: int,
+                  seed: int) -> Scored:
+    from analysis.routed import e_hat as clark_e_hat
+    from analysis.routed import fit_routed
+
+    def predict(p, df):
+        a, b, c, d, es, em = p
+        logN = np.log(df["N"].to_numpy(float))
+        le = np.log(clark_e_hat(experts(df), es, em))
+        return np.exp(a * logN + b * le + c * logN * le + d)
+
+    rows = train.assign(E=experts(train))
+    r = fit_routed(rows, group, bootstrap, seed)
+    moe = train[train["family"] != "dense"]
+    res = np.log(moe["loss"].to_numpy(float) / predict(r.params.to_numpy(), moe))
+    pi = np.full((2, len(test_moe)), np.nan)
+    if r.boot is not None and len(r.boot) > 1:
+        rng = np.random.default_rng(seed)
+        all_res = np.log(rows["loss"].to_numpy(float) / predict(r.params.to_numpy(), rows))
+        logp = np.log(np.array([predict(p, test_moe) for p in r.boot]))
+        pi = np.exp(interval(logp + rng.choice(all_res, size=logp.shape), 0.05, axis=0))
+    return Scored("routed", len(r.params), res, predict(r.params.to_numpy(), test_moe), pi, [r])
+
+
+BANK = ("chinchilla", "routed", "joint", "granularity")
+
+
+def rank_laws(df: pd.DataFrame, modality: str, frac: float = 0.2, bootstrap: int = 200, seed: int = 0,
+              laws: tuple[str, ...] = BANK) -> tuple[pd.DataFrame, dict[str, Scored], list[str]]:
+    """Fit every law of the bank that the runs support to one modality's runs below the held-out
+    compute, and score each on the held-out MoE runs: RMS and mean absolute error of log loss
+    (as %), share inside its 95% prediction interval, AIC on the training MoE runs. Sorted best
+    first (lowest RMS error); the notes say which laws could not be fitted and why."""
+    rows = df[df["modality"] == modality]
+    train, test = holdout(rows, frac)
+    test_moe = test[test["family"] != "dense"]
+    group = {"modality": modality}
+    score = {"chinchilla": lambda: _score_chinchilla(train, test_moe, group, bootstrap, seed),
+             "routed": lambda: _score_routed(train, test_moe, group, bootstrap, seed)}
+    out, notes, table, sq = {}, [], [], {}
+    observed = test_moe["loss"].to_numpy(float)
+    for name in laws:
+        try:
+            s = score[name]() if name in score else _score_bank_law(name, train, test_moe, group,
+                                                                    bootstrap, seed)
+        except AnalysisError as e:
+            notes.append(f"{name} law: {e}")
+            continue
+        err = np.log(observed / s.predicted)
+        inside = (observed >= s.pi[0]) & (observed <= s.pi[1])
+        out[name], sq[name] = s, err**2
+        table.append({"modality": modality, "law": name, "parameters": s.n_params,
+                      "training MoE runs": len(s.train_residuals), "held-out MoE runs": len(err),
+                      "RMS error (%)": 100 * float(np.sqrt(np.mean(err**2))),
+                      "mean abs error (%)": 100 * float(np.mean(np.abs(err))),
+                      "95% PI coverage": float(inside.mean()) if np.isfinite(s.pi).all() else np.nan,
+                      "AIC (training)": aic(s.train_residuals, s.n_params)})
+    if not table:
+        raise AnalysisError(f"modality {modality}: no law of the bank could be fitted: " + "; ".join(notes))
+    t = pd.DataFrame(table)
+    t["within 1 SE of the best"] = one_se(t["law"].tolist(), [sq[k] for k in t["law"]])
+    t = t.sort_values(["within 1 SE of the best", "parameters", "RMS error (%)"],
+                      ascending=[False, True, True], ignore_index=True)
+    t.loc[~t["within 1 SE of the best"]] = t.loc[~t["within 1 SE of the best"]].sort_values(
+        "RMS error (%)").to_numpy()
+    t.insert(2, "rank", np.arange(1, len(t) + 1))
+    t["error / best's"] = t["RMS error (%)"] / t["RMS error (%)"].min()
+    return t, out, notes
+
+
+def one_se(laws: list[str], sq_errors: list[np.ndarray]) -> list[bool]:
+    """Which laws predict the held-out runs as well as the best up to one standard error of the
+    paired difference in squared log error (the one-standard-error rule, Hastie et al. 7.10):
+    among those the simplest is preferred, since the data cannot tell them apart."""
+    mse = [float(np.mean(e)) for e in sq_errors]
+    best = sq_errors[int(np.argmin(mse))]
+    out = []
+    for e in sq_errors:
+        d = e - best
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        out.append(bool(np.mean(d) <= se))
+    return out
