@@ -26,12 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.chinchilla import ChinchillaResult, batched_lbfgs, fit_chinchilla, objective, to_natural
+from analysis.chinchilla import ChinchillaResult, Grid, fit_chinchilla, objective, to_natural
 from analysis.errors import AnalysisError
+from analysis.law_bank import batched_weighted
 from analysis.results import interval
 
 MORE, LESS, UNRESOLVED = "experts worth more compute", "experts worth less", "not resolved"
 EXTRAPOLATE = (10.0, 100.0)
+FULL_GRID = Grid()
 
 
 def family_key(df: pd.DataFrame) -> pd.Series:
@@ -84,20 +86,6 @@ def refit_draws(result: ChinchillaResult, df: pd.DataFrame, weights: np.ndarray)
     x0 = np.repeat(theta[None], len(weights), 0)
     x = batched_weighted(lambda th, w: objective(th, logN, logD, logL, w), x0, weights)
     return to_natural(x)
-
-
-def batched_weighted(fun, x0: np.ndarray, weights: np.ndarray, iters: int = 300) -> np.ndarray:
-    """`batched_lbfgs` where start s has its own point weights weights[s]: fun(theta_SP, w_Sn).
-    The optimizer evaluates subsets of the starts, so each carries its row number as an extra
-    coordinate whose gradient is zero (L-BFGS then never moves it)."""
-    S, P = x0.shape
-
-    def tagged(th):
-        f, g = fun(th[:, :P], weights[th[:, P].astype(int)])
-        return f, np.concatenate([g, np.zeros((len(th), 1))], 1)
-
-    x, _ = batched_lbfgs(tagged, np.concatenate([x0, np.arange(S)[:, None]], 1), iters=iters)
-    return x[:, :P]
 
 
 def frontier_loss(p: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -217,7 +205,7 @@ def _note(row, dense: ChinchillaResult) -> str:
 
 
 def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 1000,
-                 seed: int = 0) -> LeverageFit:
+                 seed: int = 0, grid: Grid = FULL_GRID) -> LeverageFit:
     """Dense and one MoE family (a `family_key` label) on one modality, bootstrapped together."""
     rows = df[df["modality"] == modality].assign(fkey=lambda x: family_key(x))
     dense_df = rows[rows["fkey"] == "dense"].reset_index(drop=True)
@@ -226,8 +214,8 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
         raise AnalysisError(f"modality {modality}: no dense runs; efficiency leverage needs them")
     if moe_df.empty:
         raise AnalysisError(f"modality {modality}: no runs of {family}")
-    dense = fit_chinchilla(dense_df, {"family": "dense", "modality": modality}, bootstrap=0)
-    moe = fit_chinchilla(moe_df, {"family": family, "modality": modality}, bootstrap=0)
+    dense = fit_chinchilla(dense_df, {"family": "dense", "modality": modality}, bootstrap=0, grid=grid)
+    moe = fit_chinchilla(moe_df, {"family": family, "modality": modality}, bootstrap=0, grid=grid)
     kd, km = pair_keys(dense_df).to_numpy(), pair_keys(moe_df).to_numpy()
     if bootstrap:
         wd, wm = paired_weights(kd, km, bootstrap, np.random.default_rng(seed))
@@ -248,13 +236,13 @@ def leverage_jobs(df: pd.DataFrame) -> list[tuple[str, str]]:
     return jobs
 
 
-def leverage_table(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
-                   alpha: float = 0.05) -> tuple[pd.DataFrame, list[LeverageFit], list[str]]:
+def leverage_table(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
+                   grid: Grid = FULL_GRID) -> tuple[pd.DataFrame, list[LeverageFit], list[str]]:
     """The headline table over every (modality, MoE family); fits that fail become notes."""
     fits, notes = [], []
     for m, f in leverage_jobs(df):
         try:
-            fits.append(fit_leverage(df, m, f, bootstrap, seed))
+            fits.append(fit_leverage(df, m, f, bootstrap, seed, grid))
         except AnalysisError as e:
             notes.append(f"efficiency leverage ({m}, {f}): {e}")
     if not fits:
