@@ -2,16 +2,17 @@
 
     EL(C) = C_dense(L*_moe(C)) / C
 
-L*_f(C) is family f's compute-optimal loss from its Chinchilla law (or a bank law that reduces
-to one, see `law_bank`), along the frontier C = kappa_f N D, where kappa_f (FLOPs per active
-parameter and token) is read from the runs: the median of C / (N D) over the family's runs, so
-the frontier spends compute exactly as the table's compute column counts it. The dense frontier
-is L*(C) = E + K (C / kappa)^-s with s = alpha beta / (alpha + beta), so it is inverted in closed
-form; where the MoE's loss is at or below the dense law's irreducible loss E, no dense compute
-reaches it and EL is infinite (reported as such, never as a number).
+C is the tidy table's compute column: training FLOPs spent on this modality's tokens
+(FLOPs per token x tokens of the modality; analysis/compute.py). L*_f(C) is family f's
+compute-optimal loss from its Chinchilla law (or a bank law that reduces to one, see
+`law_bank`) along the frontier flops_f(N) D = C, with FLOPs per token k N^s fitted to the
+family's runs, as compute.py does. The dense frontier is L*(C) = E + K (6 C / k)^-r with
+r = (alpha/s) beta / (alpha/s + beta), so it is inverted in closed form; where the MoE's loss is
+at or below the dense law's irreducible loss E, no dense compute reaches it and EL is infinite
+(reported as such, never as a number).
 
-Intervals come from one bootstrap of both families together: pairs of runs (a shared pair id,
-or the same seed, compute and tokens) are resampled as units, unpaired runs within their
+Intervals come from one bootstrap of both families together: pairs of runs (as
+compare.match_runs pairs them) are resampled as units, unpaired runs within their
 family; each draw refits both laws (warm-started, all draws at once) and gives one EL curve.
 The same draws become the laws' `boot`, so their parameter intervals and EL agree.
 
@@ -27,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.chinchilla import ChinchillaResult, Grid, fit_chinchilla, objective, to_natural
+from analysis.compare import match_runs
+from analysis.compute import FlopsPerToken, fit_flops_per_token
 from analysis.errors import AnalysisError
 from analysis.law_bank import batched_weighted
 from analysis.results import interval
@@ -45,10 +48,11 @@ def family_key(df: pd.DataFrame) -> pd.Series:
 
 
 def pair_keys(df: pd.DataFrame) -> pd.Series:
-    """The pairing key of compare.pairs: the pair id, else seed, compute and tokens (3 digits)."""
-    sig3 = lambda x: x.map(lambda v: f"{float(v):.3g}")  # noqa: E731
-    return df["pair"].where(df["pair"].notna(), "s" + df["seed"].astype(str) + "-C" + sig3(df["C"])
-                            + "-D" + sig3(df["D_total"])).astype(str)
+    """A run's bootstrap unit: a dense run's own name, and for an MoE run the name of the dense
+    partner compare.match_runs finds for it (its own name when it has none)."""
+    match, _ = match_runs(df)
+    partner = dict(zip(match["run"], match["run_dense"], strict=True))
+    return df["run"].map(lambda r: partner.get(r, r)).astype(str)
 
 
 def paired_weights(keys_dense: np.ndarray, keys_moe: np.ndarray, draws: int,
@@ -119,11 +123,27 @@ def frontier_params(p: np.ndarray, X: np.ndarray) -> np.ndarray:
         return G * (X / 6) ** (be / (al + be))
 
 
-def leverage(dense: np.ndarray, moe: np.ndarray, C: np.ndarray, kappa_dense: float = 6.0,
-             kappa_moe: float = 6.0) -> np.ndarray:
+CHINCHILLA_FLOPS = FlopsPerToken(6.0, 1.0)
+
+
+def _per_flop(p: np.ndarray, flops: FlopsPerToken) -> np.ndarray:
+    """With M = N^s, flops(N) D = C is Chinchilla's 6 M D = 6 C / k for (E, A, B, alpha/s, beta)."""
+    q = np.atleast_2d(p).astype(float).copy()
+    q[:, 3] /= flops.s
+    return q
+
+
+def leverage(dense: np.ndarray, moe: np.ndarray, C: np.ndarray,
+             flops_dense: FlopsPerToken = CHINCHILLA_FLOPS,
+             flops_moe: FlopsPerToken = CHINCHILLA_FLOPS) -> np.ndarray:
     """EL(C) [P, len(C)] for parameter rows of the dense and MoE laws (broadcast together)."""
-    L = frontier_loss(moe, 6 * C / kappa_moe)
-    return kappa_dense / 6 * frontier_compute(dense, L) / C
+    L = frontier_loss(_per_flop(moe, flops_moe), 6 * C / flops_moe.k)
+    return flops_dense.k / 6 * frontier_compute(_per_flop(dense, flops_dense), L) / C
+
+
+def optimal_params(p: np.ndarray, C: np.ndarray, flops: FlopsPerToken) -> np.ndarray:
+    """N*(C) on the frontier flops(N) D = C: [P, len(C)]."""
+    return frontier_params(_per_flop(p, flops), 6 * C / flops.k) ** (1 / flops.s)
 
 
 def interval_with_inf(draws: np.ndarray, alpha: float = 0.05) -> np.ndarray:
@@ -151,8 +171,8 @@ class LeverageFit:
     family: str
     dense: ChinchillaResult
     moe: ChinchillaResult
-    kappa_dense: float
-    kappa_moe: float
+    flops_dense: FlopsPerToken
+    flops_moe: FlopsPerToken
     total_per_active: float  # MoE total / active params (median over its runs)
     C_observed: np.ndarray  # the MoE family's compute values
     paired_units: int
@@ -161,23 +181,23 @@ class LeverageFit:
     def curve(self, C, alpha: float = 0.05) -> pd.DataFrame:
         """EL with its interval and verdict at compute C, and the storage side: the MoE's total
         params on its frontier vs the params of the dense model of equal loss, and both models'
-        inference FLOPs per token (2 x active params, forward pass, attention not counted)."""
+        inference FLOPs per token (a forward pass: a third of the training FLOPs per token)."""
         C = np.atleast_1d(np.asarray(C, float))
         pd_, pm = self.dense.params.to_numpy()[None], self.moe.params.to_numpy()[None]
-        el = leverage(pd_, pm, C, self.kappa_dense, self.kappa_moe)[0]
-        n_moe = frontier_params(pm, 6 * C / self.kappa_moe)[0]
-        n_dense = frontier_params(pd_, np.where(np.isfinite(el), 6 * el * C / self.kappa_dense, np.nan))[0]
+        el = leverage(pd_, pm, C, self.flops_dense, self.flops_moe)[0]
+        n_moe = optimal_params(pm, C, self.flops_moe)[0]
+        n_dense = optimal_params(pd_, np.where(np.isfinite(el), el * C, np.nan), self.flops_dense)[0]
         out = pd.DataFrame({"C": C, "EL": el, "lower": np.nan, "upper": np.nan})
         if self.dense.boot is not None and self.moe.boot is not None:
-            draws = leverage(self.dense.boot, self.moe.boot, C, self.kappa_dense, self.kappa_moe)
+            draws = leverage(self.dense.boot, self.moe.boot, C, self.flops_dense, self.flops_moe)
             out["lower"], out["upper"] = interval_with_inf(draws, alpha)
             out["unreachable_share"] = np.isinf(draws).mean(0)
         out["verdict"] = [verdict(lo, hi) for lo, hi in zip(out["lower"], out["upper"], strict=True)]
         out["MoE total params"] = n_moe * self.total_per_active
         out["dense params at equal loss"] = n_dense
         out["memory ratio"] = out["MoE total params"] / n_dense
-        out["MoE inference FLOPs/token"] = 2 * n_moe
-        out["dense inference FLOPs/token"] = 2 * n_dense
+        out["MoE inference FLOPs/token"] = self.flops_moe(n_moe) / 3
+        out["dense inference FLOPs/token"] = self.flops_dense(n_dense) / 3
         return out
 
     def table(self, alpha: float = 0.05) -> pd.DataFrame:
@@ -216,12 +236,13 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
         raise AnalysisError(f"modality {modality}: no runs of {family}")
     dense = fit_chinchilla(dense_df, {"family": "dense", "modality": modality}, bootstrap=0, grid=grid)
     moe = fit_chinchilla(moe_df, {"family": family, "modality": modality}, bootstrap=0, grid=grid)
-    kd, km = pair_keys(dense_df).to_numpy(), pair_keys(moe_df).to_numpy()
+    keys = pair_keys(rows)
+    kd, km = keys[rows["fkey"] == "dense"].to_numpy(), keys[rows["fkey"] == family].to_numpy()
     if bootstrap:
         wd, wm = paired_weights(kd, km, bootstrap, np.random.default_rng(seed))
         dense.boot, moe.boot = refit_draws(dense, dense_df, wd), refit_draws(moe, moe_df, wm)
-    kappa = lambda g: float(np.median(g["C"] / (g["N"] * g["D"])))  # noqa: E731
-    return LeverageFit(modality, family, dense, moe, kappa(dense_df), kappa(moe_df),
+    flops = lambda g: fit_flops_per_token(g["N"], g["flops_per_token"])  # noqa: E731
+    return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
                        float(np.median(moe_df["N_total"] / moe_df["N_active"])),
                        moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)))
 
@@ -279,6 +300,7 @@ def law_free_leverage(fit: LeverageFit, df: pd.DataFrame, bootstrap: int = 1000,
     """EL from the runs alone on the observed range, with a bootstrap interval over the same
     paired resampling as the laws, and the law-based EL at the compared runs' compute."""
     rows = df[df["modality"] == fit.modality].assign(fkey=lambda x: family_key(x))
+    rows = rows.assign(key=pair_keys(rows))
     d, m = rows[rows["fkey"] == "dense"], rows[rows["fkey"] == fit.family]
     est, compared = law_free_ratio(d["C"], d["loss"], m["C"], m["loss"])
     law = fit.curve(compared)["EL"].to_numpy() if len(compared) else np.array([np.nan])
@@ -286,7 +308,7 @@ def law_free_leverage(fit: LeverageFit, df: pd.DataFrame, bootstrap: int = 1000,
            "upper": np.nan, "MoE runs compared": len(compared),
            "EL (law) at the same compute": float(np.exp(np.mean(np.log(law))))}
     if len(compared) and bootstrap:
-        wd, wm = paired_weights(pair_keys(d).to_numpy(), pair_keys(m).to_numpy(), bootstrap,
+        wd, wm = paired_weights(d["key"].to_numpy(), m["key"].to_numpy(), bootstrap,
                                 np.random.default_rng(seed + 1))
         dC, dL, mC, mL = (x.to_numpy(float) for x in (d["C"], d["loss"], m["C"], m["loss"]))
         draws = np.array([law_free_ratio(dC[a > 0], dL[a > 0], mC[b > 0], mL[b > 0])[0]

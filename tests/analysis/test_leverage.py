@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from analysis.chinchilla import Grid
+from analysis.compute import FlopsPerToken
 from analysis.leverage import (
     LESS,
     MORE,
@@ -31,9 +32,13 @@ def test_frontier_inverts_and_unreachable_losses_are_infinite():
     # the MoE's law is the dense law with 1.5 x the params: its frontier is the dense one at 1.5 x C
     moe = TEXT.copy()
     moe[1] /= 1.5 ** TEXT[3]
-    np.testing.assert_allclose(leverage(TEXT, moe, X, 12.0, 12.0), 1.5, rtol=1e-9)
+    twelve, six = FlopsPerToken(12.0, 1.0), FlopsPerToken(6.0, 1.0)
+    np.testing.assert_allclose(leverage(TEXT, moe, X, twelve, twelve), 1.5, rtol=1e-9)
     # a dense model that spends twice the FLOPs per parameter and token needs twice the compute
-    np.testing.assert_allclose(leverage(TEXT, moe, X, 12.0, 6.0), 3.0, rtol=1e-9)
+    np.testing.assert_allclose(leverage(TEXT, moe, X, twelve, six), 3.0, rtol=1e-9)
+    # FLOPs per token k N^s: params 1.5 x as useful are worth 1.5^s x the compute
+    steep = FlopsPerToken(9.0, 1.05)
+    np.testing.assert_allclose(leverage(TEXT, moe, X, steep, steep), 1.5**1.05, rtol=1e-9)
 
 
 def test_verdicts_and_intervals_with_infinite_draws():
