@@ -313,10 +313,12 @@ def _internal(r: ChinchillaResult) -> np.ndarray:
 def shared_test(df: pd.DataFrame, families: tuple[str, str] = ("dense", "moe"),
                 group: dict | None = None, shared: tuple[str, ...] = EXPONENTS,
                 bootstrap: int = 1000, draws: int = 999, level: float = 0.05, seed: int = 0,
-                offsets: bool = True) -> SharedTestResult:
+                offsets: bool = True, separate: dict[str, ChinchillaResult] | None = None
+                ) -> SharedTestResult:
     """Test on one modality's runs (columns family, N, D, loss) whether `families` share the
     parameters `shared` (default the exponents), and (`offsets`) whether they share the whole
-    law, which the verdict needs."""
+    law, which the verdict needs. `separate`: the families' Chinchilla fits to these runs, if
+    already made (else fitted here with `bootstrap` refits)."""
     group = group or {}
     bad = [s for s in shared if s not in IDX]
     if bad or not shared or len(set(shared)) == 5:
@@ -328,7 +330,7 @@ def shared_test(df: pd.DataFrame, families: tuple[str, str] = ("dense", "moe"),
             raise AnalysisError(f"no {fam} runs{' for ' + str(group) if group else ''} to test")
         parts.append(g)
     grid = Grid()
-    separate = {fam: fit_chinchilla(g, {**group, "family": fam}, bootstrap, seed)
+    separate = {fam: (separate or {}).get(fam) or fit_chinchilla(g, {**group, "family": fam}, bootstrap, seed)
                 for fam, g in zip(families, parts, strict=True)}
     data = [_data(g) for g in parts]
     thetas = np.stack([_internal(separate[f]) for f in families])
@@ -383,15 +385,18 @@ def _words(names: tuple[str, ...]) -> str:
 
 
 def shared_tests(df: pd.DataFrame, shared: tuple[str, ...] = EXPONENTS, bootstrap: int = 1000,
-                 draws: int = 999, level: float = 0.05, seed: int = 0) -> list[SharedTestResult]:
-    """One test per modality and non-dense family that has dense runs of the same modality."""
+                 draws: int = 999, level: float = 0.05, seed: int = 0,
+                 fits: dict[tuple[str, str], ChinchillaResult] | None = None) -> list[SharedTestResult]:
+    """One test per modality and non-dense family that has dense runs of the same modality;
+    `fits`: Chinchilla fits by (family, modality) already made to these runs."""
     out = []
     for modality, g in df.groupby("modality"):
         if "dense" not in set(g["family"]):
             continue
         for fam in sorted(set(g["family"]) - {"dense"}):
+            known = {f: fits[(f, modality)] for f in ("dense", fam) if fits and (f, modality) in fits}
             out.append(shared_test(g, ("dense", fam), {"modality": modality}, shared, bootstrap,
-                                   draws, level, seed))
+                                   draws, level, seed, separate=known))
     if not out:
         raise AnalysisError("no modality has both dense and MoE/MoT runs to test for shared exponents")
     return out

@@ -29,7 +29,7 @@ from analysis.synthetic import CHINCHILLA, chinchilla_points  # noqa: E402
 
 DENSE = CHINCHILLA
 MOE = dict(CHINCHILLA, E=1.60, A=350.0)  # a lower start, the same exponents
-DESIGN = {"n": 30, "noise": 0.01, "n_range": (1e6, 1e9), "d_range": (1e8, 1e11)}
+DESIGN = {"n": 40, "noise": 0.005, "n_range": (1e6, 1e9), "d_range": (1e8, 1e11)}
 
 
 def two_families(seed: int, d_alpha: float = 0.0, design: dict = DESIGN) -> pd.DataFrame:
