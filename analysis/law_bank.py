@@ -22,9 +22,10 @@ draws at once):
 - `chinchilla`: one Chinchilla law per MoE family (family, router, expert count).
 - `routed`: Clark et al. (2022), analysis/routed.py (no token-count term).
 
-`rank_laws` holds out each modality's largest-compute runs, fits every law that the rest
-supports, and reports on the held-out MoE runs each law's error and 95% prediction-interval
-coverage, beside AIC on the training MoE runs.
+`rank_laws` holds out each modality's largest-compute MoE runs (analysis.backtest's split),
+fits every law that the rest supports, and reports on the held-out MoE runs each law's error
+and 95% prediction-interval coverage (analysis.prediction's intervals), beside AIC on the
+training MoE runs.
 """
 
 from __future__ import annotations
@@ -36,9 +37,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis import prediction
+from analysis.backtest import split_largest
 from analysis.chinchilla import DELTA, batched_lbfgs, huber, polish
 from analysis.errors import AnalysisError
-from analysis.results import LawResult, group_label, interval
+from analysis.results import LawResult, group_label
+from analysis.routed import e_hat as clark_e_hat
+from analysis.routed import fit_routed, routed_jobs
 
 E_MAX = 1000.0
 
@@ -165,25 +170,15 @@ LAWS = {law.name: law for law in (JOINT, GRANULARITY, CHINCHILLA)}
 
 @dataclass
 class BankResult(LawResult):
-    """A fitted bank law; `residuals` are the training log residuals (for prediction intervals)."""
+    """A fitted bank law, with its training runs and their log residuals."""
 
     spec: Law | None = None
     residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rows: pd.DataFrame | None = None  # the runs it was fitted to
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Loss (nats/token) at the rows of df (the columns the law uses)."""
-        return _lse_predict(self.spec, self.spec.log_theta(self.params.to_numpy())[0], df)
-
-    def predict_interval(self, df: pd.DataFrame, alpha: float = 0.05, seed: int = 0) -> np.ndarray:
-        """[2, rows] 1 - alpha prediction interval for new runs: each bootstrap draw's prediction
-        times a training residual drawn at random (parameter and run-to-run error together)."""
-        if self.boot is None or len(self.boot) < 2:
-            return np.full((2, len(df)), np.nan)
-        logp = np.array([np.log(_lse_predict(self.spec, th, df))
-                         for th in self.spec.log_theta(self.boot)])
-        rng = np.random.default_rng(seed)
-        logp += rng.choice(self.residuals, size=logp.shape)
-        return np.exp(interval(logp, alpha, axis=0))
+        return predict_natural(self.spec, self.params.to_numpy(), df)
 
     def chinchilla_at(self, **at) -> np.ndarray:
         """(E, A, B, alpha, beta) rows (point estimate first, then every draw) of the Chinchilla
@@ -208,9 +203,17 @@ def reduce_to_chinchilla(law: str, p: np.ndarray, n_experts: float = 1.0,
 
 
 def _lse_predict(law: Law, theta: np.ndarray, df: pd.DataFrame) -> np.ndarray:
-    t = np.einsum("knp,p->kn", law.design(df), theta)
+    """Loss at theta [P] -> [rows], or [S, P] -> [S, rows]."""
+    t = np.einsum("knp,...p->k...n", law.design(df), theta)
     m = t.max(0)
     return np.exp(m + np.log(np.exp(t - m).sum(0)))
+
+
+def predict_natural(law: Law, params: np.ndarray, df: pd.DataFrame) -> np.ndarray:
+    """Loss at natural parameters [P] -> [rows] or [S, P] -> [S, rows] (prediction.Law's predict)."""
+    params = np.asarray(params, float)
+    theta = law.log_theta(params)
+    return _lse_predict(law, theta[0] if params.ndim == 1 else theta, df)
 
 
 def check_rows(law: Law, df: pd.DataFrame, label: str) -> None:
@@ -259,6 +262,7 @@ def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstr
     out = BankResult(law.name, group, params, boot, len(keep), float(res.fun), bool(res.success),
                      str(res.message), spec=law)
     out.residuals = logL[0] - np.log(_lse_predict(law, theta, keep))
+    out.rows = keep
     if not res.success:
         out.warnings.append(f"the optimizer did not converge: {res.message}")
     out.warnings += _edge_warnings(law, theta)
@@ -283,125 +287,131 @@ def aic(residuals: np.ndarray, k: int) -> float:
     return 2 * k + 2 * n * (np.log(2 * b) + 1)
 
 
-def holdout(df: pd.DataFrame, frac: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test): runs at or above the compute of the largest `frac` of MoE runs are held
-    out, dense and MoE alike, so every law is judged on extrapolation in compute."""
-    moe_C = df.loc[df["family"] != "dense", "C"]
-    if moe_C.empty:
+def adapter(law: Law) -> prediction.Law:
+    """The law as analysis.prediction and analysis.backtest see one."""
+    def jobs(df):
+        return [({"modality": m}, g) for m, g in df.groupby("modality")]
+
+    return prediction.Law(law.name, jobs,
+                          lambda rows, group, bootstrap, seed: fit_law(law, rows, group, bootstrap, seed),
+                          lambda params, rows: predict_natural(law, params, rows))
+
+
+def _routed_predict(params: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
+    p = np.asarray(params, float)
+    a, b, c, d, es, em = (p[..., i, None] for i in range(6))
+    logN = np.log(rows["N"].to_numpy(float))
+    le = np.log(clark_e_hat(experts(rows), es, em))
+    return np.exp(a * logN + b * le + c * logN * le + d)
+
+
+def _routed_fit(rows: pd.DataFrame, group: dict, bootstrap: int, seed: int) -> LawResult:
+    return fit_routed(rows.assign(E=experts(rows)), group, bootstrap, seed)
+
+
+ROUTED = prediction.Law("routed", routed_jobs, _routed_fit, _routed_predict)
+
+
+def split(rows: pd.DataFrame, holdout_largest: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out MoE runs) of one modality: the `holdout_largest` largest-compute runs of
+    each MoE family (backtest.split_largest over all MoE runs, ties held out too), and every
+    run, dense or MoE, at or above the smallest held-out compute stays out of training."""
+    from analysis.leverage import family_key
+
+    moe = rows[rows["family"] != "dense"]
+    if moe.empty:
         raise AnalysisError("no MoE runs to hold out")
-    cut = np.quantile(moe_C, 1 - frac)
-    test = df["C"] >= cut
-    return df[~test], df[test]
+    _, held = split_largest(moe, holdout_largest * family_key(moe).nunique())
+    return rows[rows["C"] < held["C"].min()], held
 
 
 @dataclass
 class Scored:
-    """One law's fit on the training runs and its predictions for the held-out MoE runs."""
+    """One law's fits on the training runs and its predictions for the held-out MoE runs."""
 
     law: str
     n_params: int
     train_residuals: np.ndarray  # log residuals on the training MoE runs
-    predicted: np.ndarray
-    pi: np.ndarray  # [2, held-out runs]
+    predicted: pd.DataFrame  # prediction.prediction_interval's columns, one row per held-out run
     fits: list = field(default_factory=list)
 
 
-def _score_bank_law(name: str, train: pd.DataFrame, test_moe: pd.DataFrame, group: dict,
-                    bootstrap: int, seed: int) -> Scored:
-    r = fit_law(name, train, group, bootstrap, seed)
-    moe = train[train["family"] != "dense"]
-    res = np.log(moe["loss"].to_numpy(float) / r.predict(moe))
-    return Scored(name, len(r.params), res, r.predict(test_moe), r.predict_interval(test_moe, seed=seed), [r])
+def _score(law: prediction.Law, fits: list[tuple[LawResult, pd.DataFrame, pd.DataFrame]]) -> Scored:
+    """From (result, its training rows, the held-out rows it predicts) per fit."""
+    res, pred = [], []
+    for r, train, held in fits:
+        moe = train[train["family"] != "dense"]
+        res.append(np.log(moe["loss"].to_numpy(float) / law.predict(r.params.to_numpy(float), moe)))
+        if len(held):
+            pred.append(prediction.prediction_interval(r, law, train, held))
+    return Scored(law.name, sum(len(r.params) for r, _, _ in fits), np.concatenate(res),
+                  pd.concat(pred), [r for r, _, _ in fits])
 
 
-def _score_chinchilla(train: pd.DataFrame, test_moe: pd.DataFrame, group: dict, bootstrap: int,
-                      seed: int) -> Scored:
-    from analysis.leverage import family_key
+def score_law(name: str, train: pd.DataFrame, held: pd.DataFrame, group: dict, bootstrap: int = 200,
+              seed: int = 0) -> Scored:
+    """Fit one law of the bank to the training runs and predict the held-out MoE runs."""
+    if name == "chinchilla":  # one law per MoE family
+        from analysis.leverage import family_key
 
-    tr = train[train["family"] != "dense"].assign(fkey=lambda x: family_key(x))
-    te = test_moe.assign(fkey=family_key(test_moe))
-    pred, pi = np.full(len(te), np.nan), np.full((2, len(te)), np.nan)
-    res, fits = [], []
-    for fam, g in tr.groupby("fkey"):
-        r = fit_law(CHINCHILLA, g, {**group, "family": fam}, bootstrap, seed)
-        fits.append(r)
-        res.append(np.log(g["loss"].to_numpy(float) / r.predict(g)))
-        at = (te["fkey"] == fam).to_numpy()
-        if at.any():
-            pred[at] = r.predict(te[at])
-            pi[:, at] = r.predict_interval(te[at], seed=seed)
-    if np.isnan(pred).any():
-        missing = ", ".join(sorted(set(te.loc[np.isnan(pred), "fkey"])))
-        raise AnalysisError(f"group ({group_label(group)}): no training runs of {missing} for the "
-                            "per-family Chinchilla law")
-    return Scored("chinchilla", 5 * len(fits), np.concatenate(res), pred, pi, fits)
-
-
-def _score_routed(train: pd.DataFrame, test_moe: pd.DataFrame, group: dict, bootstrap: int,
-                  seed: int) -> Scored:
-    from analysis.routed import e_hat as clark_e_hat
-    from analysis.routed import fit_routed
-
-    def predict(p, df):
-        a, b, c, d, es, em = p
-        logN = np.log(df["N"].to_numpy(float))
-        le = np.log(clark_e_hat(experts(df), es, em))
-        return np.exp(a * logN + b * le + c * logN * le + d)
-
-    rows = train.assign(E=experts(train))
-    r = fit_routed(rows, group, bootstrap, seed)
-    moe = train[train["family"] != "dense"]
-    res = np.log(moe["loss"].to_numpy(float) / predict(r.params.to_numpy(), moe))
-    pi = np.full((2, len(test_moe)), np.nan)
-    if r.boot is not None and len(r.boot) > 1:
-        rng = np.random.default_rng(seed)
-        all_res = np.log(rows["loss"].to_numpy(float) / predict(r.params.to_numpy(), rows))
-        logp = np.log(np.array([predict(p, test_moe) for p in r.boot]))
-        pi = np.exp(interval(logp + rng.choice(all_res, size=logp.shape), 0.05, axis=0))
-    return Scored("routed", len(r.params), res, predict(r.params.to_numpy(), test_moe), pi, [r])
+        law, fits = adapter(CHINCHILLA), []
+        tr = train[train["family"] != "dense"]
+        keys_tr, keys_held = family_key(tr), family_key(held)
+        for fam in sorted(set(keys_held)):
+            rows = tr[keys_tr == fam]
+            if rows.empty:
+                raise AnalysisError(f"group ({group_label(group)}): no training runs of {fam}")
+            fits.append((law.fit(rows, {**group, "family": fam}, bootstrap, seed), rows,
+                         held[keys_held == fam]))
+        return _score(law, fits)
+    if name == "routed":
+        return _score(ROUTED, [(ROUTED.fit(train, group, bootstrap, seed), train, held)])
+    rows = LAWS[name].rows(train)
+    law = adapter(LAWS[name])
+    return _score(law, [(law.fit(rows, group, bootstrap, seed), rows, held)])
 
 
 BANK = ("chinchilla", "routed", "joint", "granularity")
 
 
-def rank_laws(df: pd.DataFrame, modality: str, frac: float = 0.2, bootstrap: int = 200, seed: int = 0,
-              laws: tuple[str, ...] = BANK) -> tuple[pd.DataFrame, dict[str, Scored], list[str]]:
+def rank_laws(df: pd.DataFrame, modality: str, holdout_largest: int = 3, bootstrap: int = 200,
+              seed: int = 0, laws: tuple[str, ...] = BANK
+              ) -> tuple[pd.DataFrame, dict[str, Scored], list[str]]:
     """Fit every law of the bank that the runs support to one modality's runs below the held-out
-    compute, and score each on the held-out MoE runs: RMS and mean absolute error of log loss
-    (as %), share inside its 95% prediction interval, AIC on the training MoE runs. Sorted best
-    first (lowest RMS error); the notes say which laws could not be fitted and why."""
+    compute (`split`), and score each on the held-out MoE runs: RMS and mean absolute error of
+    log loss (as %), share inside its 95% prediction interval (analysis.prediction), AIC on the
+    training MoE runs. Ranked by RMS error, except that laws within one standard error of the
+    best come first, simplest first (`one_se`); the notes say which laws could not be fitted
+    and why."""
     rows = df[df["modality"] == modality]
-    train, test = holdout(rows, frac)
-    test_moe = test[test["family"] != "dense"]
+    train, held = split(rows, holdout_largest)
     group = {"modality": modality}
-    score = {"chinchilla": lambda: _score_chinchilla(train, test_moe, group, bootstrap, seed),
-             "routed": lambda: _score_routed(train, test_moe, group, bootstrap, seed)}
     out, notes, table, sq = {}, [], [], {}
-    observed = test_moe["loss"].to_numpy(float)
     for name in laws:
         try:
-            s = score[name]() if name in score else _score_bank_law(name, train, test_moe, group,
-                                                                    bootstrap, seed)
+            s = score_law(name, train, held, group, bootstrap, seed)
         except AnalysisError as e:
             notes.append(f"{name} law: {e}")
             continue
-        err = np.log(observed / s.predicted)
-        inside = (observed >= s.pi[0]) & (observed <= s.pi[1])
+        p = s.predicted.loc[held.index]
+        obs = held["loss"].to_numpy(float)
+        err = np.log(obs / p["predicted"].to_numpy())
+        covered = (p["lower"].to_numpy() <= obs) & (obs <= p["upper"].to_numpy())
         out[name], sq[name] = s, err**2
         table.append({"modality": modality, "law": name, "parameters": s.n_params,
                       "training MoE runs": len(s.train_residuals), "held-out MoE runs": len(err),
+                      "beyond (x compute)": held["C"].max() / train["C"].max(),
                       "RMS error (%)": 100 * float(np.sqrt(np.mean(err**2))),
                       "mean abs error (%)": 100 * float(np.mean(np.abs(err))),
-                      "95% PI coverage": float(inside.mean()) if np.isfinite(s.pi).all() else np.nan,
+                      "95% PI coverage": float(covered.mean()),
                       "AIC (training)": aic(s.train_residuals, s.n_params)})
     if not table:
         raise AnalysisError(f"modality {modality}: no law of the bank could be fitted: " + "; ".join(notes))
     t = pd.DataFrame(table)
     t["within 1 SE of the best"] = one_se(t["law"].tolist(), [sq[k] for k in t["law"]])
-    t = t.sort_values(["within 1 SE of the best", "parameters", "RMS error (%)"],
-                      ascending=[False, True, True], ignore_index=True)
-    t.loc[~t["within 1 SE of the best"]] = t.loc[~t["within 1 SE of the best"]].sort_values(
-        "RMS error (%)").to_numpy()
+    tied = t[t["within 1 SE of the best"]].sort_values(["parameters", "RMS error (%)"])
+    rest = t[~t["within 1 SE of the best"]].sort_values("RMS error (%)")
+    t = pd.concat([tied, rest], ignore_index=True)
     t.insert(2, "rank", np.arange(1, len(t) + 1))
     t["error / best's"] = t["RMS error (%)"] / t["RMS error (%)"].min()
     return t, out, notes

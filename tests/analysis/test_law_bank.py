@@ -8,11 +8,11 @@ from analysis.law_bank import (
     JOINT,
     e_hat,
     fit_law,
-    holdout,
     lse_objective,
     one_se,
     rank_laws,
     reduce_to_chinchilla,
+    split,
 )
 from analysis.synthetic_moe import GRANULARITY_TRUTH, JOINT_TRUTH, bank_runs
 
@@ -47,8 +47,9 @@ def test_joint_law_is_chinchilla_for_dense_and_at_each_expert_count():
 
 def test_holdout_keeps_the_largest_compute_out_and_laws_say_what_they_lack():
     df = bank_runs("joint", seed=0)
-    train, test = holdout(df, 0.2)
-    assert train["C"].max() < test["C"].min() and len(test) >= 0.15 * len(df)
+    train, held = split(df, holdout_largest=2)
+    assert train["C"].max() < held["C"].min() and (held["family"] == "moe").all()
+    assert held.groupby("n_experts").size().min() >= 2  # every MoE family is judged
     with pytest.raises(AnalysisError, match="needs a 'granularity'"):
         fit_law(GRANULARITY, df, {"modality": "text"}, bootstrap=0)
     with pytest.raises(AnalysisError, match="'n_experts' does not vary"):
