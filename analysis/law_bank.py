@@ -2,8 +2,8 @@
 
 Laws whose log-loss is a log-sum-exp of terms linear in their parameters share one fitter (the
 objective of Hoffmann et al. Approach 3: summed Huber, delta = 1e-3, of log residuals; batched
-L-BFGS from a grid of starts, the best polished with scipy; bootstrap refits warm-started, all
-draws at once):
+L-BFGS from a grid of starts, the best polished with scipy; residual-bootstrap refits
+warm-started, all draws at once, as analysis/chinchilla.py does):
 
 - `joint`, Ludziejewski et al. (2025), "Joint MoE Scaling Laws": dense and MoE runs in one law,
   the expert count entering both the parameter and the data term,
@@ -39,27 +39,13 @@ import pandas as pd
 
 from analysis import prediction
 from analysis.backtest import split_largest
-from analysis.chinchilla import DELTA, batched_lbfgs, huber, polish
+from analysis.chinchilla import DELTA, REFIT_ITERS, batched_lbfgs, huber, polish
 from analysis.errors import AnalysisError
-from analysis.results import LawResult, group_label
+from analysis.results import LawResult, group_label, resample_residuals
 from analysis.routed import e_hat as clark_e_hat
 from analysis.routed import fit_routed, routed_jobs
 
 E_MAX = 1000.0
-
-
-def batched_weighted(fun, x0: np.ndarray, weights: np.ndarray, iters: int = 300) -> np.ndarray:
-    """`batched_lbfgs` where start s has its own point weights weights[s]: fun(theta_SP, w_Sn).
-    The optimizer evaluates subsets of the starts, so each carries its row number as an extra
-    coordinate whose gradient is zero (L-BFGS then never moves it)."""
-    S, P = x0.shape
-
-    def tagged(th):
-        f, g = fun(th[:, :P], weights[th[:, P].astype(int)])
-        return f, np.concatenate([g, np.zeros((len(th), 1))], 1)
-
-    x, _ = batched_lbfgs(tagged, np.concatenate([x0, np.arange(S)[:, None]], 1), iters=iters)
-    return x[:, :P]
 
 
 def lse_objective(theta_SP: np.ndarray, X_KnP: np.ndarray, logL: np.ndarray,
@@ -229,40 +215,39 @@ def check_rows(law: Law, df: pd.DataFrame, label: str) -> None:
 
 
 def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstrap: int = 200,
-            seed: int = 0, weights: np.ndarray | None = None) -> BankResult:
-    """Fit one bank law to the rows it uses; bootstrap resamples runs (or takes `weights`,
-    [draws, rows of df], for resampling shared with other fits)."""
+            seed: int = 0, noise: np.ndarray | None = None) -> BankResult:
+    """Fit one bank law to the rows it uses. Intervals: a residual bootstrap as for the other
+    laws (analysis.results.resample_residuals): each draw refits the fitted log losses plus
+    resampled log residuals; `noise` [draws, rows it uses] gives those residuals instead."""
     law = LAWS[law] if isinstance(law, str) else law
     group = group or {}
-    label = group_label(group)
     keep = law.rows(df)
-    check_rows(law, keep, label)
+    check_rows(law, keep, group_label(group))
     X = law.design(keep)
     logL = np.log(keep["loss"].to_numpy(float))[None]
 
-    def fun(th, w=1.0):
-        return lse_objective(th, X, logL, w)
+    def fun(th, y=logL):
+        return lse_objective(th, X, y)
 
     with np.errstate(over="ignore", invalid="ignore"):
-        x, f = batched_lbfgs(fun, law.starts, iters=100)
+        x, f = batched_lbfgs(lambda th, _: fun(th), law.starts, iters=100)
     finite = np.where(np.isfinite(f), f, np.inf)
     res = min((polish(fun, x[k]) for k in np.argsort(finite)[:5]), key=lambda r: r.fun)
     theta = res.x
-    if weights is not None:
-        weights = weights[:, np.flatnonzero(df.index.isin(keep.index))]
-    elif bootstrap:
-        rng = np.random.default_rng(seed)
-        weights = np.stack([np.bincount(rng.integers(0, len(keep), len(keep)), minlength=len(keep))
-                            for _ in range(bootstrap)]).astype(float)
+    fitted = np.log(_lse_predict(law, theta, keep))
+    resid = logL[0] - fitted
+    if noise is None and bootstrap:
+        noise = resample_residuals(resid, len(law.names), bootstrap, np.random.default_rng(seed))
     boot = None
-    if weights is not None and len(weights):
+    if noise is not None and len(noise):
+        y_BN = fitted + noise
         with np.errstate(over="ignore", invalid="ignore"):
-            boot = law.natural(batched_weighted(fun, np.repeat(theta[None], len(weights), 0), weights))
+            draws, _ = batched_lbfgs(lambda th, rows: fun(th, y_BN[rows]),
+                                     np.tile(theta, (len(y_BN), 1)), iters=REFIT_ITERS)
+        boot = law.natural(draws)
     params = pd.Series(law.natural(theta)[0], index=list(law.names))
     out = BankResult(law.name, group, params, boot, len(keep), float(res.fun), bool(res.success),
-                     str(res.message), spec=law)
-    out.residuals = logL[0] - np.log(_lse_predict(law, theta, keep))
-    out.rows = keep
+                     str(res.message), spec=law, residuals=resid, rows=keep)
     if not res.success:
         out.warnings.append(f"the optimizer did not converge: {res.message}")
     out.warnings += _edge_warnings(law, theta)
