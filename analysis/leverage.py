@@ -24,6 +24,7 @@ Verdict at each compute: "experts worth more compute" when the 95% interval lies
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -247,8 +248,12 @@ def _note(row, dense: ChinchillaResult) -> str:
 
 
 def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 1000,
-                 seed: int = 0, grid: Grid = FULL_GRID) -> LeverageFit:
-    """Dense and one MoE family (a `family_key` label) on one modality, bootstrapped together."""
+                 seed: int = 0, grid: Grid = FULL_GRID,
+                 fits: dict[tuple[str, str], ChinchillaResult] | None = None) -> LeverageFit:
+    """Dense and one MoE family (a `family_key` label) on one modality, bootstrapped together.
+    `fits`: Chinchilla fits already made per (family, modality) (analysis.fit.chinchilla_by_group);
+    their estimates are reused where their group holds exactly these runs (their draws are not:
+    the joint draws replace them, on copies)."""
     rows = df[df["modality"] == modality].assign(fkey=lambda x: family_key(x))
     dense_df = rows[rows["fkey"] == "dense"].reset_index(drop=True)
     moe_df = rows[rows["fkey"] == family].reset_index(drop=True)
@@ -256,8 +261,12 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
         raise AnalysisError(f"modality {modality}: no dense runs; efficiency leverage needs them")
     if moe_df.empty:
         raise AnalysisError(f"modality {modality}: no runs of {family}")
-    dense = fit_chinchilla(dense_df, {"family": "dense", "modality": modality}, bootstrap=0, grid=grid)
-    moe = fit_chinchilla(moe_df, {"family": family, "modality": modality}, bootstrap=0, grid=grid)
+    dense = _reuse(fits, "dense", modality, dense_df, rows)
+    if dense is None:
+        dense = fit_chinchilla(dense_df, {"family": "dense", "modality": modality}, bootstrap=0, grid=grid)
+    moe = _reuse(fits, str(moe_df["family"].iloc[0]), modality, moe_df, rows)
+    if moe is None:
+        moe = fit_chinchilla(moe_df, {"family": family, "modality": modality}, bootstrap=0, grid=grid)
     keys = pair_keys(rows)
     kd, km = keys[rows["fkey"] == "dense"].to_numpy(), keys[rows["fkey"] == family].to_numpy()
     if bootstrap:
@@ -267,6 +276,16 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
     return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
                        float(np.median(moe_df["N_total"] / moe_df["N_active"])),
                        moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)))
+
+
+def _reuse(fits, family: str, modality: str, runs: pd.DataFrame, rows: pd.DataFrame):
+    """A copy of fits[(family, modality)] when that group is exactly `runs`, else None."""
+    fit = (fits or {}).get((family, modality))
+    if fit is None or getattr(fit, "theta", None) is None:
+        return None
+    if len(rows[rows["family"] == family]) != len(runs):  # the group mixes routers or expert counts
+        return None
+    return copy.copy(fit)
 
 
 def leverage_jobs(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -280,12 +299,14 @@ def leverage_jobs(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def leverage_table(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
-                   grid: Grid = FULL_GRID) -> tuple[pd.DataFrame, list[LeverageFit], list[str]]:
-    """The headline table over every (modality, MoE family); fits that fail become notes."""
+                   grid: Grid = FULL_GRID, chinchilla: dict | None = None
+                   ) -> tuple[pd.DataFrame, list[LeverageFit], list[str]]:
+    """The headline table over every (modality, MoE family); fits that fail become notes.
+    `chinchilla`: fits already made per (family, modality), reused (see fit_leverage)."""
     fits, notes = [], []
     for m, f in leverage_jobs(df):
         try:
-            fits.append(fit_leverage(df, m, f, bootstrap, seed, grid))
+            fits.append(fit_leverage(df, m, f, bootstrap, seed, grid, chinchilla))
         except AnalysisError as e:
             notes.append(f"efficiency leverage ({m}, {f}): {e}")
     if not fits:
