@@ -4,7 +4,8 @@ Columns: run, family, router, seed, status, pair, modality, modalities (the run'
 '+'), N (the params the laws use), N_active, N_total, D (tokens of this modality, else all),
 D_total, flops_per_token, C (training FLOPs on this modality's tokens: flops_per_token x D),
 C_total (on all tokens: flops_per_token x D_total), loss (nats/token), bits_per_unit,
-n_experts. analysis/compute.py says why compute is defined so.
+n_experts, granularity (dense FFN width / one expert's width: from a CSV only, records do not
+carry it yet). analysis/compute.py says why compute is defined so.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from analysis.errors import AnalysisError
 SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
            "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
-           "bits_per_unit", "n_experts"]
+           "bits_per_unit", "n_experts", "granularity"]
 
 
 @cache
@@ -47,6 +48,7 @@ def record_rows(record: dict) -> list[dict]:
             "C": fpt * D, "C_total": fpt * record["tokens"]["total"], "loss": ev["loss"],
             "bits_per_unit": ev.get("bits_per_unit"),
             "n_experts": (record.get("model") or {}).get("n_experts", 0) or 0,
+            "granularity": float("nan"),
         })
     return rows
 
@@ -90,14 +92,14 @@ def load_runs(paths: list[str | Path], params: str = "active") -> tuple[pd.DataF
 def load_csv(path: str | Path, columns: dict[str, str] | None = None,
              params: str = "active") -> pd.DataFrame:
     """A CSV with columns params, tokens, loss and optionally family, modality, flops (training
-    FLOPs, else 6 x params x tokens), seed, n_experts, run; `columns` maps those names to the
-    CSV's own."""
+    FLOPs, else 6 x params x tokens), seed, n_experts, router, granularity, run; `columns` maps
+    those names to the CSV's own."""
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"{path}: no such file")
     names = {"params": "params", "tokens": "tokens", "loss": "loss", "family": "family",
              "modality": "modality", "flops": "flops", "seed": "seed", "n_experts": "n_experts",
-             "run": "run"} | (columns or {})
+             "router": "router", "granularity": "granularity", "run": "run"} | (columns or {})
     try:
         raw = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -109,12 +111,13 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
     get = lambda k, default: raw[names[k]] if names[k] in raw.columns else default  # noqa: E731
     df = pd.DataFrame({
         "run": get("run", pd.Series([f"row{i + 2}" for i in range(len(raw))])),
-        "family": get("family", "dense"), "router": None, "seed": get("seed", 0),
+        "family": get("family", "dense"), "router": get("router", None), "seed": get("seed", 0),
         "status": "completed", "pair": None, "modality": get("modality", "all"),
         "N_active": raw[names["params"]], "N_total": raw[names["params"]],
         "D": raw[names["tokens"]], "D_total": raw[names["tokens"]],
         "C": get("flops", 6.0 * raw[names["params"]] * raw[names["tokens"]]),
         "loss": raw[names["loss"]], "bits_per_unit": None, "n_experts": get("n_experts", 0),
+        "granularity": get("granularity", float("nan")),
     })
     df["modalities"] = df["modality"]
     bad = ~df[["N_active", "D", "loss", "C"]].map(_positive_finite).all(axis=1)
