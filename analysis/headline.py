@@ -14,7 +14,15 @@ from analysis.chinchilla import NAMES, ChinchillaResult, Grid
 from analysis.compute import fit_flops_per_token
 from analysis.errors import AnalysisError
 from analysis.law_bank import fit_law, rank_laws, reduce_to_chinchilla
-from analysis.leverage import FULL_GRID, LeverageFit, family_key, law_free_leverage, leverage_table
+from analysis.leverage import (
+    FULL_GRID,
+    LeverageFit,
+    family_key,
+    law_free_leverage,
+    leverage_table,
+    pair_keys,
+    unit_weights,
+)
 
 COMPUTE = ("C is training FLOPs on the modality's tokens (FLOPs per token x its tokens, "
            "analysis/compute.py); EL(C) = C_dense(L*_MoE(C)) / C along both families' "
@@ -43,11 +51,13 @@ def _as_chinchilla(p: np.ndarray, group: dict, law: str, nobs: int) -> Chinchill
 
 def best_law_fits(df: pd.DataFrame, modality: str, law: str, chinchilla_fits: list[LeverageFit],
                   bootstrap: int, seed: int) -> list[LeverageFit]:
-    """The modality's leverage from a bank law fitted to all its runs: the joint law gives both
-    families (dense at one expert); the granularity law the MoE family at its granularity, beside
-    the dense Chinchilla fit."""
+    """The modality's leverage from a bank law fitted to all its runs (bootstrap: runs resampled,
+    a dense run and its MoE partners as one unit): the joint law gives both families (dense at
+    one expert); the granularity law the MoE family at its granularity, beside the dense
+    Chinchilla fit."""
     rows = df[df["modality"] == modality]
-    r = fit_law(law, rows, {"modality": modality}, bootstrap, seed)
+    weights = unit_weights(pair_keys(rows).to_numpy(), bootstrap, np.random.default_rng(seed))
+    r = fit_law(law, rows, {"modality": modality}, bootstrap, seed, weights if bootstrap else None)
     p = np.vstack([r.params.to_numpy()[None]] + ([r.boot] if r.boot is not None else []))
     keys = family_key(rows)
     out = []

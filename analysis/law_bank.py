@@ -215,10 +215,11 @@ def check_rows(law: Law, df: pd.DataFrame, label: str) -> None:
 
 
 def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstrap: int = 200,
-            seed: int = 0, noise: np.ndarray | None = None) -> BankResult:
+            seed: int = 0, weights: np.ndarray | None = None) -> BankResult:
     """Fit one bank law to the rows it uses. Intervals: a residual bootstrap as for the other
     laws (analysis.results.resample_residuals): each draw refits the fitted log losses plus
-    resampled log residuals; `noise` [draws, rows it uses] gives those residuals instead."""
+    resampled log residuals; or, given `weights` [draws, rows of df], refits with those run
+    multiplicities (resampled runs, as analysis/leverage.py does)."""
     law = LAWS[law] if isinstance(law, str) else law
     group = group or {}
     keep = law.rows(df)
@@ -236,11 +237,15 @@ def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstr
     theta = res.x
     fitted = np.log(_lse_predict(law, theta, keep))
     resid = logL[0] - fitted
-    if noise is None and bootstrap:
-        noise = resample_residuals(resid, len(law.names), bootstrap, np.random.default_rng(seed))
     boot = None
-    if noise is not None and len(noise):
-        y_BN = fitted + noise
+    if weights is not None:
+        w = weights[:, np.flatnonzero(df.index.isin(keep.index))]
+        with np.errstate(over="ignore", invalid="ignore"):
+            draws, _ = batched_lbfgs(lambda th, rows: lse_objective(th, X, logL, w[rows]),
+                                     np.tile(theta, (len(w), 1)), iters=REFIT_ITERS)
+        boot = law.natural(draws)
+    elif bootstrap:
+        y_BN = fitted + resample_residuals(resid, len(law.names), bootstrap, np.random.default_rng(seed))
         with np.errstate(over="ignore", invalid="ignore"):
             draws, _ = batched_lbfgs(lambda th, rows: fun(th, y_BN[rows]),
                                      np.tile(theta, (len(y_BN), 1)), iters=REFIT_ITERS)
