@@ -12,11 +12,12 @@ and refits everything, grid included). The grid search bends the law towards the
 than a linear fit with 6 parameters would, so the residuals understate the noise by more than
 sqrt(1 - 6/n): a first round of refits measures the share of a known noise's sum of squares a
 refit leaves in its residuals, and the residuals are scaled up by one over its square root.
-Parameters get expanded percentile intervals of the draws (`LawResult.expanded`). The quantities a reader uses, the loss at a
-point and the gain of E experts, are linear in (a, b, c, d) given the grid point, so theirs are
-studentized (bootstrap-t): the draws of (q* - q) / se*, with se* OLS's standard error in that
-draw, scaled by the fit's own se. With few runs per parameter a percentile interval of them is
-too short (it ignores that the noise level itself is estimated); bootstrap-t is not.
+Parameters get expanded percentile intervals of the draws (`LawResult.expanded`). The
+quantities a reader uses, the loss at a point and the gain of E experts, are linear in
+(a, b, c, d) given the grid point, so theirs are studentized (bootstrap-t): the draws of
+(q* - q) / se*, with se* OLS's standard error in that draw, scaled by the fit's own se. With
+few runs per parameter a percentile interval of them is too short (it ignores that the noise
+level itself is estimated); bootstrap-t is not.
 """
 
 from __future__ import annotations
