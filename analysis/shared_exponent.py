@@ -400,3 +400,9 @@ def shared_tests(df: pd.DataFrame, shared: tuple[str, ...] = EXPONENTS, bootstra
     if not out:
         raise AnalysisError("no modality has both dense and MoE/MoT runs to test for shared exponents")
     return out
+
+
+def shared_table(results: list[SharedTestResult]) -> pd.DataFrame:
+    """One row per test: modality, family, verdict, p-values, and the differences in alpha,
+    beta and E with their intervals."""
+    return pd.DataFrame([r.row() for r in results])

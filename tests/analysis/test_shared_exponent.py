@@ -112,3 +112,22 @@ def test_rejection_rates_near_nominal_and_power():
            for s in range(5)]
     assert sum(r.exponents.p < 0.05 for r in null) <= 2
     assert sum(r.exponents.p < 0.05 for r in alt) >= 3
+
+
+def test_cli_fit_shared_prints_the_test_and_writes_json(tmp_path, capsys):
+    import json
+
+    from moe_vs_dense.cli import main
+
+    path = tmp_path / "runs.csv"
+    df = two_families(3, 0.10)
+    df.rename(columns={"N": "params", "D": "tokens"}).assign(modality="text").to_csv(path, index=False)
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(path), "--shared", "alpha,beta", "--bootstrap", "20", "--format", "csv",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "parametric bootstrap" in printed and "text,moe,exponents differ" in printed
+    body = json.loads(out.read_text())
+    assert len(body["fits"]) == 2 and body["shared"][0]["verdict"] == "exponents differ"
+    assert main(["fit", str(path), "--shared", "alpha,gamma"]) == 2
+    assert "--shared alpha,gamma" in capsys.readouterr().err
