@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,17 +83,14 @@ def _num(v) -> float | None:
     return v if np.isfinite(v) else None
 
 
-def bootstrap(n_points: int, draws: int, seed: int,
-              refit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
-    """Refits on resampled points, one row per draw; each resample is passed to `refit` as
-    per-point multiplicities (weights), so refits can warm-start and reuse arrays."""
-    if not draws:
-        return None
-    from tqdm import tqdm
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in tqdm(range(draws), desc="bootstrap", unit="fit", leave=False, disable=None):
-        weights = np.bincount(rng.integers(0, n_points, n_points), minlength=n_points)
-        out.append(refit(weights.astype(float)))
-    return np.array(out)
+def resample_residuals(resid: np.ndarray, n_params: int, draws: int, rng: np.random.Generator,
+                       size: int | None = None) -> np.ndarray:
+    """[draws, size] residuals (size defaults to n) drawn with replacement from a fit's n
+    residuals, for a residual bootstrap (new data = fitted values + these). They are scaled by sqrt(n / (n - n_params)):
+    a fit bends towards its points, so its residuals are smaller than the noise by about that
+    factor. Not re-centred: the laws' fits leave residuals with median (Huber) or mean (OLS)
+    about zero already."""
+    resid = np.asarray(resid, float)
+    n = len(resid)
+    scale = np.sqrt(n / max(n - n_params, 1))
+    return scale * resid[rng.integers(0, n, (draws, size or n))]
