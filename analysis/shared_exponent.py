@@ -71,14 +71,14 @@ def layout(shared: tuple[str, ...], families: int) -> np.ndarray:
     return idx
 
 
-def joint_objective(theta_SP: np.ndarray, idx: np.ndarray, data: list[tuple[np.ndarray, ...]],
-                    weights: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def joint_objective(theta_SP: np.ndarray, idx: np.ndarray,
+                    data: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray]:
     """Summed Huber objective over families and its gradient, for S joint vectors at once.
     data[k] = (logN [1, n], logD [1, n], logL [1 or S, n]) of family k."""
     f = np.zeros(len(theta_SP))
     grad = np.zeros_like(theta_SP)
     for k, (logN, logD, logL) in enumerate(data):
-        fk, gk = objective(theta_SP[:, idx[k]], logN, logD, logL, None if weights is None else weights[k])
+        fk, gk = objective(theta_SP[:, idx[k]], logN, logD, logL)
         f += fk
         grad[:, idx[k]] += gk
     return f, grad
@@ -118,7 +118,7 @@ def fit_joint(data, shared: tuple[str, ...], starts: np.ndarray) -> tuple[np.nda
     """Best joint vector and objective: batched L-BFGS from every start, the best few polished."""
     idx = layout(shared, len(data))
     fun = lambda th: joint_objective(th, idx, data)  # noqa: E731
-    x, f = batched_lbfgs(fun, starts, iters=BATCH_ITERS)
+    x, f = batched_lbfgs(lambda th, _: fun(th), starts, iters=BATCH_ITERS)
     res = min((polish(fun, x[i]) for i in np.argsort(f)[:3]), key=lambda r: r.fun)
     return res.x, float(res.fun)
 
@@ -144,16 +144,9 @@ def simulate_null(theta0: np.ndarray, idx0: np.ndarray, data, sigma: list[float]
     return out
 
 
-def _per_set(idx: np.ndarray, sims) -> callable:
-    """Objective over joint vectors that carry, as a last frozen coordinate (its gradient is
-    zero, so L-BFGS never moves it), the row of the simulated data set each one is fitted to:
-    the batched line search evaluates subsets of rows."""
-    def fun(th_SP1):
-        rows = th_SP1[:, -1].astype(int)
-        f, g = joint_objective(th_SP1[:, :-1], idx, [(n, d, l[rows]) for n, d, l in sims])
-        return f, np.hstack([g, np.zeros((len(g), 1))])
-
-    return fun
+def _per_set(idx: np.ndarray, sims):
+    """Objective of joint vectors, each fitted to its own simulated data set (rows of logL)."""
+    return lambda th, rows: joint_objective(th, idx, [(n, d, l[rows]) for n, d, l in sims])
 
 
 def bootstrap_restriction(theta0: np.ndarray, null: tuple[str, ...], alt: tuple[str, ...], data,
@@ -164,12 +157,9 @@ def bootstrap_restriction(theta0: np.ndarray, null: tuple[str, ...], alt: tuple[
     the null refit, so T* >= 0 up to rounding."""
     idx0, idx1 = layout(null, len(data)), layout(alt, len(data))
     sims = simulate_null(theta0, idx0, data, sigma, draws, np.random.default_rng(seed))
-    rows = np.arange(draws, dtype=float)[:, None]
-    x0, f0 = batched_lbfgs(_per_set(idx0, sims), np.hstack([np.repeat(theta0[None], draws, 0), rows]),
-                           iters=iters)
-    x0 = x0[:, :-1]
+    x0, f0 = batched_lbfgs(_per_set(idx0, sims), np.repeat(theta0[None], draws, 0), iters=iters)
     start1 = np.stack([_pack(_unpack(x, idx0), idx1) for x in x0])
-    _, f1 = batched_lbfgs(_per_set(idx1, sims), np.hstack([start1, rows]), iters=iters)
+    _, f1 = batched_lbfgs(_per_set(idx1, sims), start1, iters=iters)
     return np.maximum(f0 - np.minimum(f1, f0), 0.0), x0
 
 
