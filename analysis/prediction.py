@@ -54,6 +54,7 @@ def chinchilla_predict(params: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
 
 
 CHINCHILLA = Law("chinchilla", chinchilla_jobs, fit_chinchilla, chinchilla_predict)
+LAWS = {"chinchilla": CHINCHILLA}  # the laws `fit --holdout-largest` can backtest, by name
 
 
 def residuals(result: LawResult, law: Law, rows: pd.DataFrame) -> np.ndarray:

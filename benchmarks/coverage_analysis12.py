@@ -42,12 +42,14 @@ def two_families(seed: int, d_alpha: float = 0.0, design: dict = DESIGN) -> pd.D
 
 
 def shared_exponent_rates(trials: int, d_alpha: float, draws: int = 199, level: float = 0.05,
-                          seed0: int = 0, verbose: bool = False) -> dict:
-    """Share of trials whose exponent test rejects at `level`, and the p-values."""
+                          seed0: int = 0, verbose: bool = False, first: int = 0) -> dict:
+    """Share of trials (numbers first, ..., first + trials - 1) whose exponent test rejects at
+    `level`, and the p-values."""
     from analysis.shared_exponent import shared_test
 
     ps = []
-    for s in tqdm(range(trials), desc=f"shared exponents, d_alpha={d_alpha:g}", leave=False):
+    for s in tqdm(range(first, first + trials), desc=f"shared exponents, d_alpha={d_alpha:g}",
+                  leave=False):
         r = shared_test(two_families(seed0 + s, d_alpha), bootstrap=0, draws=draws, level=level,
                         seed=s, offsets=False)
         ps.append(r.exponents.p)
@@ -92,16 +94,19 @@ def main() -> None:
     ap.add_argument("--parts", default="size,power,backtest")
     ap.add_argument("--out", help="also write the results as JSON here")
     ap.add_argument("--verbose", action="store_true", help="print every trial's result")
+    ap.add_argument("--first", type=int, default=0,
+                    help="number of the first shared-exponent trial (to split a run over processes)")
     args = ap.parse_args()
     parts = args.parts.split(",")
     out, rows = {}, []
     t = time.perf_counter()
     if "size" in parts:
-        size = shared_exponent_rates(args.trials, 0.0, verbose=args.verbose)
+        size = shared_exponent_rates(args.trials, 0.0, verbose=args.verbose, first=args.first)
         out["shared_exponent_size"] = size["rate"]
         rows.append(("shared_exponent_size", size["rate"], "about 0.05", args.trials))
     if "power" in parts:
-        power = shared_exponent_rates(args.trials, 0.05, seed0=10_000, verbose=args.verbose)
+        power = shared_exponent_rates(args.trials, 0.05, seed0=10_000, verbose=args.verbose,
+                                      first=args.first)
         out["shared_exponent_power"] = power["rate"]
         rows.append(("shared_exponent_power", power["rate"], ">= 0.5 (most trials)", args.trials))
     if "backtest" in parts:

@@ -115,3 +115,21 @@ def test_backtest_coverage_near_nominal():
     expected)."""
     bt = pd.concat([backtest(runs(40, 10 + s), 3, bootstrap=100, seed=s) for s in range(6)])
     assert len(bt) == 18 and bt["covered"].sum() >= 14
+
+
+def test_cli_holdout_largest(tmp_path, capsys):
+    import json
+
+    from moe_vs_dense.cli import main
+
+    path = tmp_path / "runs.csv"
+    runs(30, 6).rename(columns={"N": "params", "D": "tokens"}).to_csv(path, index=False)
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(path), "--holdout-largest", "2", "--bootstrap", "20", "--format", "csv",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Backtest: fitted without the 2 largest-compute run(s)" in printed
+    rows = json.loads(out.read_text())["backtest"]
+    assert len(rows) == 2 and all(r["lower"] < r["predicted"] < r["upper"] for r in rows)
+    assert main(["fit", str(path), "--law", "routed", "--holdout-largest", "2"]) == 2
+    assert "--holdout-largest backtests chinchilla" in capsys.readouterr().err

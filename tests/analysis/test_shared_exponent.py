@@ -8,7 +8,6 @@ from analysis.shared_exponent import (
     bootstrap_restriction,
     joint_objective,
     layout,
-    scaled_residuals,
     shared_test,
 )
 from analysis.synthetic import CHINCHILLA, chinchilla_points
@@ -62,8 +61,7 @@ def test_bootstrap_statistics_are_nonnegative_and_null_refits_near_the_truth():
         mu = np.logaddexp(np.logaddexp(truth[0] - 0.34 * logN, truth[1] - 0.28 * logD), truth[2] + shift)
         data.append((logN, logD, mu + rng.normal(0, 0.01, mu.shape)))
     theta0 = np.array([0.34, 0.28, *truth, *truth[:2], truth[2] - 0.1])
-    resid = [scaled_residuals(d[2], d[2] + rng.normal(0, 0.01, d[2].shape)) for d in data]
-    t_star, boot = bootstrap_restriction(theta0, ("alpha", "beta"), (), data, resid, 20, seed=0)
+    t_star, boot = bootstrap_restriction(theta0, ("alpha", "beta"), (), data, [0.01, 0.01], 20, seed=0)
     assert t_star.shape == (20,) and (t_star >= 0).all() and t_star.max() > 0
     assert np.median(np.abs(boot[:, 0] - 0.34)) < 0.05  # alpha refits centre on the truth
 
@@ -112,3 +110,22 @@ def test_rejection_rates_near_nominal_and_power():
            for s in range(5)]
     assert sum(r.exponents.p < 0.05 for r in null) <= 2
     assert sum(r.exponents.p < 0.05 for r in alt) >= 3
+
+
+def test_cli_fit_shared_prints_the_test_and_writes_json(tmp_path, capsys):
+    import json
+
+    from moe_vs_dense.cli import main
+
+    path = tmp_path / "runs.csv"
+    df = two_families(3, 0.10)
+    df.rename(columns={"N": "params", "D": "tokens"}).assign(modality="text").to_csv(path, index=False)
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(path), "--shared", "alpha,beta", "--bootstrap", "20", "--format", "csv",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "parametric bootstrap" in printed and "text,moe,exponents differ" in printed
+    body = json.loads(out.read_text())
+    assert len(body["fits"]) == 2 and body["shared"][0]["verdict"] == "exponents differ"
+    assert main(["fit", str(path), "--shared", "alpha,gamma"]) == 2
+    assert "--shared alpha,gamma" in capsys.readouterr().err
