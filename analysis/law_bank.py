@@ -245,7 +245,8 @@ def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstr
                                      np.tile(theta, (len(w), 1)), iters=REFIT_ITERS)
         boot = law.natural(draws)
     elif bootstrap:
-        y_BN = fitted + resample_residuals(resid, len(law.names), bootstrap, np.random.default_rng(seed))
+        y_BN = fitted + resample_residuals(resid, len(law.names), bootstrap, np.random.default_rng(seed),
+                                           robust=True)
         with np.errstate(over="ignore", invalid="ignore"):
             draws, _ = batched_lbfgs(lambda th, rows: fun(th, y_BN[rows]),
                                      np.tile(theta, (len(y_BN), 1)), iters=REFIT_ITERS)
