@@ -46,10 +46,13 @@ FULL_GRID = Grid()
 
 
 def family_key(df: pd.DataFrame) -> pd.Series:
-    """An MoE family: family, router and expert count, e.g. `moe learned E=8`; `dense` for dense."""
+    """An MoE family: family, router, expert count and (above 1) experts per token, e.g.
+    `moe learned E=8`, `moe learned E=16 k=2`; `dense` for dense runs."""
     router = df["router"].fillna("").astype(str)
-    experts = df["n_experts"].fillna(0).astype(int)
-    label = df["family"].astype(str) + np.where(router != "", " " + router, "") + " E=" + experts.astype(str)
+    experts = df["n_experts"].fillna(0).astype(int).astype(str)
+    k = df["top_k"].fillna(0).astype(int) if "top_k" in df else pd.Series(0, index=df.index)
+    label = (df["family"].astype(str) + np.where(router != "", " " + router, "") + " E=" + experts
+             + np.where(k > 1, " k=" + k.astype(str), ""))
     return label.where(df["family"] != "dense", "dense")
 
 

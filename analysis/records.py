@@ -4,8 +4,8 @@ Columns: run, family, router, seed, status, pair, modality, modalities (the run'
 '+'), N (the params the laws use), N_active, N_total, D (tokens of this modality, else all),
 D_total, flops_per_token, C (training FLOPs on this modality's tokens: flops_per_token x D),
 C_total (on all tokens: flops_per_token x D_total), loss (nats/token), bits_per_unit,
-n_experts, granularity (dense FFN width / one expert's width: from a CSV only, records do not
-carry it yet). analysis/compute.py says why compute is defined so.
+n_experts, top_k (experts per token), granularity (dense FFN width / one expert's width: from a
+CSV only, records do not carry it yet). analysis/compute.py says why compute is defined so.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from analysis.errors import AnalysisError
 SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
            "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
-           "bits_per_unit", "n_experts", "granularity"]
+           "bits_per_unit", "n_experts", "top_k", "granularity"]
 
 
 @cache
@@ -48,6 +48,7 @@ def record_rows(record: dict) -> list[dict]:
             "C": fpt * D, "C_total": fpt * record["tokens"]["total"], "loss": ev["loss"],
             "bits_per_unit": ev.get("bits_per_unit"),
             "n_experts": (record.get("model") or {}).get("n_experts", 0) or 0,
+            "top_k": (record.get("model") or {}).get("top_k") or 0,
             "granularity": float("nan"),
         })
     return rows
@@ -92,14 +93,15 @@ def load_runs(paths: list[str | Path], params: str = "active") -> tuple[pd.DataF
 def load_csv(path: str | Path, columns: dict[str, str] | None = None,
              params: str = "active") -> pd.DataFrame:
     """A CSV with columns params, tokens, loss and optionally family, modality, flops (training
-    FLOPs, else 6 x params x tokens), seed, n_experts, router, granularity, run; `columns` maps
-    those names to the CSV's own."""
+    FLOPs, else 6 x params x tokens), seed, n_experts, top_k, router, granularity, run; `columns`
+    maps those names to the CSV's own."""
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"{path}: no such file")
     names = {"params": "params", "tokens": "tokens", "loss": "loss", "family": "family",
              "modality": "modality", "flops": "flops", "seed": "seed", "n_experts": "n_experts",
-             "router": "router", "granularity": "granularity", "run": "run"} | (columns or {})
+             "top_k": "top_k", "router": "router", "granularity": "granularity",
+             "run": "run"} | (columns or {})
     try:
         raw = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -117,7 +119,7 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
         "D": raw[names["tokens"]], "D_total": raw[names["tokens"]],
         "C": get("flops", 6.0 * raw[names["params"]] * raw[names["tokens"]]),
         "loss": raw[names["loss"]], "bits_per_unit": None, "n_experts": get("n_experts", 0),
-        "granularity": get("granularity", float("nan")),
+        "top_k": get("top_k", 0), "granularity": get("granularity", float("nan")),
     })
     df["modalities"] = df["modality"]
     bad = ~df[["N_active", "D", "loss", "C"]].map(_positive_finite).all(axis=1)

@@ -32,7 +32,8 @@ def rows(family: str, N, D, loss, modality: str, seed: int = 0, n_experts: int =
         "modalities": modality, "N": N, "N_active": N, "N_total": N * total_per_active, "D": D,
         "D_total": D, "flops_per_token": flops_per_param * N, "C": flops_per_param * N * D,
         "C_total": flops_per_param * N * D, "loss": np.asarray(loss, float),
-        "bits_per_unit": np.nan, "n_experts": n_experts, "granularity": np.nan, **extra})
+        "bits_per_unit": np.nan, "n_experts": n_experts, "top_k": 1 if n_experts else 0,
+        "granularity": np.nan, **extra})
     return out[COLUMNS]
 
 
