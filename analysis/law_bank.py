@@ -11,15 +11,17 @@ warm-started, all draws at once, as analysis/chinchilla.py does):
       L(N, D, E) = E0 + A Ehat^delta / N^(alpha + gamma ln Ehat) + B Ehat^omega / D^(beta + zeta ln Ehat)
 
   with N active params. The form (coefficients and exponents both depend on ln Ehat) is the
-  paper's as quoted by its summaries (its equation is written with negative exponents; here
-  alpha, beta > 0 and gamma, zeta carry the opposite sign). The transform Ehat we could not
+  paper's as its public summaries quote it, with fitted values (a = 35.91, delta = 0.2285, ...);
+  its equation writes the exponents negative, here alpha, beta > 0 and gamma, zeta carry the
+  opposite sign. The transform Ehat we could not
   check against the paper's text: we use Clark et al.'s saturating transform with E_start = 1,
   so dense runs (E = 1) have Ehat = 1 and the law is Chinchilla's for them, and E_max = 1000
   (Ehat ~ E below a few hundred experts).
 - `granularity`, Krajewski et al. (2024), fine-grained MoE at a fixed expansion:
   L(N, D, G) = E0 + (g / G^gamma + A) / N^alpha + B / D^beta, G = dense FFN width / one
-  expert's width; fitted to MoE runs with a `granularity` column (records need it, see README).
-- `chinchilla`: one Chinchilla law per MoE family (family, router, expert count).
+  expert's width (the form as the issue states it; we found no copy of the paper's text to check
+  it against); fitted to MoE runs with a `granularity` column (records need it, see README).
+- `chinchilla`: one Chinchilla law per MoE family (family, router, expert count, top-k).
 - `routed`: Clark et al. (2022), analysis/routed.py (no token-count term).
 
 `rank_laws` holds out each modality's largest-compute MoE runs (analysis.backtest's split),
