@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from analysis.chinchilla import NAMES, ChinchillaResult, Grid
-from analysis.compute import fit_flops_per_token
 from analysis.errors import AnalysisError
 from analysis.law_bank import fit_law, rank_laws, reduce_to_chinchilla
 from analysis.leverage import (
@@ -126,13 +125,6 @@ def headline(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, holdout_lar
     return Headline(lev[[c for c in SHOWN if c in lev]], free,
                     pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame(),
                     fits, best_fits, notes)
-
-
-def flops_note(df: pd.DataFrame) -> str:
-    """How well FLOPs per token = k N^s describes each family's runs (worst relative error)."""
-    worst = max(fit_flops_per_token(g["N"], g["flops_per_token"]).max_error
-                for _, g in df.groupby(["family", "modality"]))
-    return f"FLOPs per token = k N^s per family, largest error on the runs {worst:.2%}"
 
 
 def sections(h: Headline, fmt: str = "md") -> list[tuple[str, str, str]]:
