@@ -3,9 +3,15 @@ Approach 3: minimize the sum of Huber losses (delta = 1e-3) of the log-space res
 LSE(a - alpha log N, b - beta log D, e) - log L over (a, b, e, alpha, beta), with L-BFGS from
 every start of a grid, keeping the best; A = exp(a), B = exp(b), E = exp(e).
 
+Intervals: a residual bootstrap. Each draw adds log-space residuals of the fit, resampled with
+replacement (the robust pool of `resample_residuals`), to the fitted log losses and refits;
+expanded percentile intervals of the draws (`LawResult.expanded`) are confidence intervals for
+the parameters and for what is derived from them (the law's loss at a point, N*(C), the
+frontier exponents); `predict_interval(kind="observation")` is a prediction interval.
+
 Speed: the objective and its gradient are vectorized over points and over all grid starts at
-once (a batched L-BFGS), the best start is polished with scipy's L-BFGS-B, and bootstrap
-refits warm-start from the point estimate.
+once (a batched L-BFGS), the best start is polished with scipy's L-BFGS-B, and all bootstrap
+refits run as one batched L-BFGS warm-started from the point estimate (`refit_draws`).
 """
 
 from __future__ import annotations
@@ -18,8 +24,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from analysis.errors import AnalysisError
-from analysis.results import LawResult, group_label, interval
-from analysis.results import bootstrap as bootstrap_draws
+from analysis.results import LawResult, group_label, interval, resample_residuals
 
 DELTA = 1e-3
 NAMES = ["E", "A", "B", "alpha", "beta"]
@@ -46,9 +51,10 @@ def huber(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ar <= DELTA, 0.5 * r * r, DELTA * (ar - 0.5 * DELTA)), np.clip(r, -DELTA, DELTA)
 
 
-def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
-              weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Summed Huber loss and its gradient, for S parameter vectors at once."""
+def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray,
+              logL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Summed Huber loss and its gradient, for S parameter vectors at once; logN, logD are
+    [1, n], logL is [1, n] or [S, n] (one data set per parameter vector)."""
     a, b, e, alpha, beta = (theta_S5[:, i : i + 1] for i in range(5))
     t1 = a - alpha * logN
     t2 = b - beta * logD
@@ -57,8 +63,6 @@ def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np
     w1, w2, w3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(t3 - m)
     total = w1 + w2 + w3
     h, dr = huber(m + np.log(total) - logL)
-    if weights is not None:
-        h, dr = h * weights, dr * weights
     w1, w2, w3 = dr * w1 / total, dr * w2 / total, dr * w3 / total
     grad = np.stack([w1.sum(1), w2.sum(1), w3.sum(1), -(w1 * logN).sum(1), -(w2 * logD).sum(1)], 1)
     return h.sum(1), grad
@@ -66,10 +70,12 @@ def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np
 
 def batched_lbfgs(fun, x0: np.ndarray, iters: int = 300, memory: int = 10,
                   gtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
-    """L-BFGS run from every row of x0 at once (Armijo backtracking); returns (x, f)."""
+    """L-BFGS run from every row of x0 at once (Armijo backtracking); returns (x, f).
+    fun(x_K, rows_K) -> (f_K, grad_K): the objective of rows `rows` of x0 (each row may be a
+    different problem, e.g. one bootstrap data set) at the parameters x_K."""
     x = x0.copy()
-    f, g = fun(x)
     S, P = x.shape
+    f, g = fun(x, np.arange(S))
     s_hist = np.zeros((memory, S, P))
     y_hist = np.zeros((memory, S, P))
     rho = np.zeros((memory, S))
@@ -104,10 +110,10 @@ def batched_lbfgs(fun, x0: np.ndarray, iters: int = 300, memory: int = 10,
         for _ in range(40):
             if not pending.any():
                 break
-            cand = x[pending] + t[pending, None] * p[pending]
-            fc, gc = fun(cand)
-            ok = fc <= f[pending] + 1e-4 * t[pending] * slope[pending]
             idx = np.flatnonzero(pending)
+            cand = x[pending] + t[pending, None] * p[pending]
+            fc, gc = fun(cand, idx)
+            ok = fc <= f[pending] + 1e-4 * t[pending] * slope[pending]
             x_new[idx[ok]], f_new[idx[ok]], g_new[idx[ok]] = cand[ok], fc[ok], gc[ok]
             pending[idx[ok]] = False
             t[idx[~ok]] *= 0.5
@@ -130,11 +136,12 @@ def batched_lbfgs(fun, x0: np.ndarray, iters: int = 300, memory: int = 10,
 
 POLISH = 8  # starts continued to convergence after the batched phase
 BATCH_ITERS = 60
+REFIT_ITERS = 500
 
 
 def _batched(args):
     starts, logN, logD, logL = args
-    return batched_lbfgs(lambda th: objective(th, logN, logD, logL), starts, iters=BATCH_ITERS)
+    return batched_lbfgs(lambda th, _: objective(th, logN, logD, logL), starts, iters=BATCH_ITERS)
 
 
 def multistart(starts: np.ndarray, logN, logD, logL, workers: int = 2):
@@ -162,6 +169,22 @@ def polish(fun, theta0: np.ndarray, gtol: float = 1e-8):
                     options={"maxiter": 2000, "ftol": 1e-12, "gtol": gtol})
 
 
+def log_law(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray) -> np.ndarray:
+    """log L = LSE(a - alpha log N, b - beta log D, e), [S, n]."""
+    a, b, e, alpha, beta = (theta_S5[:, i : i + 1] for i in range(5))
+    t1, t2 = a - alpha * logN, b - beta * logD
+    return np.logaddexp(np.logaddexp(t1, t2), np.broadcast_to(e, t1.shape))
+
+
+def refit_draws(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray,
+                logL_BN: np.ndarray) -> np.ndarray:
+    """Fits to B data sets at once (rows of logL_BN, at the same [1, n] logN and logD), each by
+    batched L-BFGS warm-started from theta (a, b, e, alpha, beta): [B, 5] in that order."""
+    x, _ = batched_lbfgs(lambda th, rows: objective(th, logN, logD, logL_BN[rows]),
+                         np.tile(theta, (len(logL_BN), 1)), iters=REFIT_ITERS)
+    return x
+
+
 def to_natural(theta: np.ndarray) -> np.ndarray:
     """(a, b, e, alpha, beta) -> (E, A, B, alpha, beta), row-wise."""
     theta = np.atleast_2d(theta)
@@ -184,23 +207,52 @@ def frontier(p: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 class ChinchillaResult(LawResult):
+    theta: np.ndarray  # (a, b, e, alpha, beta) of the estimate
+    resid: np.ndarray  # log-space residuals of the fit, one per point
+
     def predict(self, N, D) -> np.ndarray:
         """Loss (nats/token) at N params and D tokens."""
         E, A, B, alpha, beta = self.params[NAMES]
         return E + A / np.asarray(N, float) ** alpha + B / np.asarray(D, float) ** beta
 
+    def predict_interval(self, N, D, alpha: float = 0.05, kind: str = "mean",
+                         seed: int = 0) -> pd.DataFrame:
+        """Loss (nats/token) at N params and D tokens with a 1 - alpha bootstrap percentile
+        interval: kind="mean" is a confidence interval for the law's loss there; kind=
+        "observation" a prediction interval for one new run there (adds the run-to-run scatter
+        of the fit's residuals). Columns loss, lower, upper."""
+        N, D = np.atleast_1d(np.asarray(N, float)), np.atleast_1d(np.asarray(D, float))
+        out = pd.DataFrame({"loss": self.predict(N, D), "lower": np.nan, "upper": np.nan})
+        if self.boot is None or len(self.boot) < 2:
+            return out
+        E, A, B, al, be = (self.boot[:, k : k + 1] for k in range(5))
+        draws = E + A / N**al + B / D**be
+        if kind == "observation":
+            rng = np.random.default_rng(seed)
+            draws = draws * np.exp(resample_residuals(self.resid, 5, len(draws), rng, len(N)))
+        elif kind != "mean":
+            raise AnalysisError(f"unknown interval kind {kind!r}; use mean or observation")
+        out["lower"], out["upper"] = interval(draws, self.expanded(alpha), axis=0)
+        return out
+
     def compute_optimal(self, C, alpha_level: float = 0.05) -> pd.DataFrame:
         """N*(C) and D*(C) minimizing the law at C = 6 N D, with bootstrap intervals, and the
-        exponents a = beta/(alpha+beta), b = alpha/(alpha+beta)."""
+        exponents a = beta/(alpha+beta), b = alpha/(alpha+beta) (attrs, with their intervals
+        `a_lower`, `a_upper`, `b_lower`, `b_upper`)."""
         C = np.atleast_1d(np.asarray(C, float))
         n, d, loss = frontier(self.params[NAMES].to_numpy(), C)
         out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": loss})
         if self.boot is not None and len(self.boot) > 1:
             draws = np.array([frontier(p, C) for p in self.boot])  # [draws, 3, len(C)]
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
-                out[f"{name}_lower"], out[f"{name}_upper"] = interval(draws[:, j], alpha_level, axis=0)
+                out[f"{name}_lower"], out[f"{name}_upper"] = interval(
+                    draws[:, j], self.expanded(alpha_level), axis=0)
         al, be = self.params["alpha"], self.params["beta"]
         out.attrs["a"], out.attrs["b"] = be / (al + be), al / (al + be)
+        if self.boot is not None and len(self.boot) > 1:
+            lo, hi = interval(self.boot[:, 4] / (self.boot[:, 3] + self.boot[:, 4]),
+                              self.expanded(alpha_level))
+            out.attrs.update(a_lower=lo, a_upper=hi, b_lower=1 - hi, b_upper=1 - lo)
         return out
 
 
@@ -217,24 +269,27 @@ def check_group(df: pd.DataFrame, label: str, n_params: int = 5) -> None:
 
 
 def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int = 1000,
-                   seed: int = 0, grid: Grid = Grid()) -> ChinchillaResult:
-    """Fit one group (columns N, D, loss); bootstrap resamples points with replacement."""
+                   seed: int = 0, grid: Grid = Grid(), workers: int = 2) -> ChinchillaResult:
+    """Fit one group (columns N, D, loss) from every start of `grid` (split over `workers`
+    processes); `bootstrap` residual-bootstrap refits give the intervals."""
     group = group or {}
     check_group(df, group_label(group))
     logN, logD, logL = (np.log(df[c].to_numpy(float))[None, :] for c in ("N", "D", "loss"))
-    x, f = multistart(grid.starts(), logN, logD, logL)
-
-    def refine(theta0: np.ndarray, weights: np.ndarray | None = None):
-        return polish(lambda th: objective(th, logN, logD, logL, weights), theta0)
-
+    x, f = multistart(grid.starts(), logN, logD, logL, workers)
     # continue the most promising starts to full convergence, keep the best
-    res = min((refine(x[i]) for i in np.argsort(f)[:POLISH]), key=lambda r: r.fun)
+    res = min((polish(lambda th: objective(th, logN, logD, logL), x[i])
+               for i in np.argsort(f)[:POLISH]), key=lambda r: r.fun)
     theta = res.x
-    draws = bootstrap_draws(logN.shape[1], bootstrap, seed, lambda w: refine(theta, w[None, :]).x)
-    boot = None if draws is None else to_natural(draws)
+    fitted = log_law(theta[None], logN, logD)
     params = pd.Series(to_natural(theta)[0], index=NAMES)
-    result = ChinchillaResult("chinchilla", group, params, boot, len(df), float(res.fun),
+    result = ChinchillaResult("chinchilla", group, params, None, len(df), float(res.fun),
                               bool(res.success), str(res.message))
+    result.theta, result.resid = theta, (logL - fitted)[0]
+    result.df_resid = len(df) - 5
+    if bootstrap:
+        noise = resample_residuals(result.resid, 5, bootstrap, np.random.default_rng(seed),
+                                   robust=True)
+        result.boot = to_natural(refit_draws(theta, logN, logD, fitted + noise))
     result.warnings += _edge_warnings(theta, grid)
     if not res.success:
         result.warnings.append(f"the optimizer did not converge: {res.message}")

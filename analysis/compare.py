@@ -10,7 +10,10 @@ with bootstrap bands and the compute where the sign flips. C is compute as analy
 defines it, the same in pairs, frontiers, ranges and crossovers.
 
 Public: match_runs, pairs, compare_pairs (observed pairs); delta_curve, crossovers,
-compare_laws (from the laws).
+crossover_interval, compare_laws, law_points (from the laws). From the laws, every number
+comes with its interval: dL with its bootstrap band and a verdict, each family's loss with a
+prediction interval, crossovers with an interval or "none resolved", and points beyond the
+largest run marked with how far.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from statsmodels.stats.weightstats import DescrStatsW
 
 from analysis.compute import Frontier
 from analysis.errors import AnalysisError
+from analysis.prediction import CHINCHILLA, prediction_interval
 from analysis.results import interval
 
 TOLERANCE = 0.01  # moe_vs_dense/model/pairing.py matches partners to within 1%
@@ -154,19 +158,94 @@ def crossovers(curve: pd.DataFrame) -> list[float]:
     return out
 
 
+def crossover_interval(other: Frontier, dense: Frontier, C: np.ndarray,
+                       alpha: float = 0.05) -> dict:
+    """The first crossover of dL(C) over the grid C with a percentile interval over the bootstrap
+    draws' first crossovers. Resolved only when the band excludes 0 on both sides of it with
+    opposite signs and at least 1 - alpha of the draws cross in the range too."""
+    curve = delta_curve(other, dense, C, alpha)
+    x = crossovers(curve)
+    out = {"crossover_C": ", ".join(f"{v:.3g}" for v in x) if x else "no crossover in the range",
+           "crossover_lower": np.nan, "crossover_upper": np.nan}
+    if not x:
+        out["crossover"] = "none in the range"
+        return out
+    if "lower" not in curve:
+        out["crossover"] = "none resolved (no bootstrap refits to bound it)"
+        return out
+    below, above = curve["C"] < x[0], curve["C"] > x[0]
+    sign = np.sign(curve["dL"].iloc[0])
+    sure = lambda side, s: bool((((curve["upper"] < 0) if s < 0 else (curve["lower"] > 0)) & side).any())  # noqa: E731
+    a, b = other.draws(C), dense.draws(C)
+    n = min(len(a), len(b))
+    firsts = np.array([(crossovers(pd.DataFrame({"C": C, "dL": d})) or [np.nan])[0]
+                       for d in a[:n, 2] - b[:n, 2]])
+    if not (sure(below, sign) and sure(above, -sign)) or np.mean(np.isfinite(firsts)) < 1 - alpha:
+        out["crossover"] = "none resolved (the band includes 0 on one side of it)"
+        return out
+    lo, hi = interval(firsts, alpha)
+    out["crossover_lower"], out["crossover_upper"] = float(lo), float(hi)
+    out["crossover"] = f"{x[0]:.3g} FLOPs ({1 - alpha:.0%}: {lo:.3g} to {hi:.3g})"
+    return out
+
+
 def compare_laws(frontiers: dict[tuple[str, str], Frontier], c_min: float, c_max: float,
-                 points: int = 200) -> pd.DataFrame:
-    """Per (family, modality) with a dense frontier too: dL at the ends of the compute range
-    and the crossovers (C as analysis/compute.py defines it)."""
+                 points: int = 200, alpha: float = 0.05) -> pd.DataFrame:
+    """Per (family, modality) with a dense frontier too: where dL(C) changes sign between
+    c_min and c_max, with its interval or why none is resolved (C as analysis/compute.py
+    defines it). The values of dL at given computes: `law_points`."""
     C = np.exp(np.linspace(np.log(c_min), np.log(c_max), points))
     rows = []
     for (family, modality), f in sorted(frontiers.items()):
         if family == "dense" or ("dense", modality) not in frontiers:
             continue
-        curve = delta_curve(f, frontiers[("dense", modality)], C)
-        x = crossovers(curve)
-        rows.append({"family": family, "modality": modality, "C_min": c_min,
-                     "dL_at_C_min": curve["dL"].iloc[0], "C_max": c_max,
-                     "dL_at_C_max": curve["dL"].iloc[-1],
-                     "crossover_C": ", ".join(f"{v:.3g}" for v in x) if x else "no crossover in the range"})
+        rows.append({"family": family, "modality": modality, "C_min": c_min, "C_max": c_max,
+                     **crossover_interval(f, frontiers[("dense", modality)], C, alpha)})
+    return pd.DataFrame(rows)
+
+
+def _computes(observed: np.ndarray, extrapolate: float) -> list[tuple[float, str]]:
+    """The smallest, median and largest observed compute, then 10x, 100x, ... up to
+    `extrapolate` times the largest, each with where it lies."""
+    lo, mid, hi = np.min(observed), np.median(observed), np.max(observed)
+    out = [(lo, "smallest run"), (mid, "median run"), (hi, "largest run")]
+    factors = [10.0**k for k in range(1, int(np.floor(np.log10(extrapolate) + 1e-9)) + 1)]
+    if extrapolate > 1 and (not factors or extrapolate > factors[-1] * (1 + 1e-9)):
+        factors.append(extrapolate)
+    return out + [(hi * k, f"{k:.3g}x beyond largest run (extrapolated)") for k in factors]
+
+
+def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
+               extrapolate: float = 100.0, alpha: float = 0.05) -> pd.DataFrame:
+    """Per (family, modality) with a dense frontier too, at the smallest, median and largest
+    observed compute of the modality and 10x, 100x ... beyond: each family's compute-optimal
+    loss with its 1 - alpha prediction interval (a new run at that N*, D*), dL with its
+    bootstrap band, and a verdict ("<family> better", "dense better" or "not resolved")."""
+    rows = []
+    for (family, modality), f in sorted(frontiers.items()):
+        if family == "dense" or ("dense", modality) not in frontiers:
+            continue
+        dense = frontiers[("dense", modality)]
+        runs = df[(df["modality"] == modality) & df["family"].isin(["dense", family])]
+        where = _computes(runs["C"].to_numpy(float), extrapolate)
+        C = np.array([c for c, _ in where])
+        curve = delta_curve(f, dense, C, alpha)
+        pis = {}
+        for fam, fr in (("dense", dense), (family, f)):
+            at = fr.at(C)
+            train = runs[runs["family"] == fam]
+            pis[fam] = prediction_interval(fr.fit, CHINCHILLA, train,
+                                           at.rename(columns={"N_opt": "N", "D_opt": "D"}), alpha)
+        for i, (c, label) in enumerate(where):
+            row = {"family": family, "modality": modality, "C": c, "where": label}
+            for fam in ("dense", family):
+                p = pis[fam].iloc[i]
+                row[f"L_{fam}"], row[f"L_{fam} lower"], row[f"L_{fam} upper"] = \
+                    p["predicted"], p["lower"], p["upper"]
+            d = curve.iloc[i]
+            row["dL"] = d["dL"]
+            row["dL lower"], row["dL upper"] = d.get("lower", np.nan), d.get("upper", np.nan)
+            row["verdict"] = (f"{family} better" if row["dL upper"] < 0 else
+                              "dense better" if row["dL lower"] > 0 else "not resolved")
+            rows.append(row)
     return pd.DataFrame(rows)

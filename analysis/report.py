@@ -9,13 +9,17 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.compare import compare_laws, compare_pairs, pairs
+from analysis.backtest import backtest, summarize
+from analysis.compare import compare_laws, compare_pairs, law_points, pairs
 from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups
 from analysis.isoflop import isoflop
 from analysis.records import load_runs
+from analysis.shared_exponent import shared_table, shared_tests
 from analysis.tables import fits_table, render
+
+HOLDOUT = 3  # largest-compute runs per group the report's backtest predicts
 
 
 def _regime(df: pd.DataFrame) -> str:
@@ -34,6 +38,30 @@ def _try(what: str, fn, notes: list[str]):
     except AnalysisError as e:
         notes.append(f"{what}: {e}")
         return None
+
+
+def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
+              notes: list[str]) -> list[str]:
+    """The efficiency-leverage section: tables (also as CSV and LaTeX) and its figure."""
+    from analysis.headline import headline, sections
+    from analysis.plots_leverage import leverage_vs_compute
+
+    h = _try("efficiency leverage", lambda: headline(df, bootstrap, chinchilla=chinchilla), notes)
+    if h is None:
+        return []
+    notes += h.notes
+    lines = ["", "## Efficiency leverage: the dense compute that separate experts are worth", ""]
+    frames = {"leverage": h.leverage, "leverage_from_runs": h.law_free, "law_bank": h.ranking}
+    for (name, frame), (title, why, table), (_, _, tex) in zip(
+            frames.items(), sections(h), sections(h, "latex"), strict=True):
+        frame.to_csv(out / f"{name}.csv", index=False)
+        (out / f"{name}.tex").write_text(tex)
+        lines += [f"### {title}", "", why, f"([{name}.csv]({name}.csv), [{name}.tex]({name}.tex))",
+                  "", table, ""]
+    fig = leverage_vs_compute(h.fits, h.best_fits, h.law_free, out / "leverage_vs_compute.png")
+    if fig is not None:
+        lines += [f"![{fig.stem}]({fig.name})", ""]
+    return lines
 
 
 def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
@@ -55,6 +83,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  best_loss=("loss", "min")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
     chin = _try("Chinchilla fits", lambda: fit_groups(df, "chinchilla", bootstrap), notes) or []
+    lines += _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
     fronts = frontiers(df, chinchilla_by_group(chin))
     if chin:
         lines += ["", "## Fitted laws: L = E + A/N^alpha + B/D^beta", "",
@@ -89,13 +118,42 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "bootstrap; p: paired t-test (0 when every pair differs by the same non-zero "
                   "amount), Holm-corrected across modalities.", "", render(table)]
     c_min, c_max = df["C"].min(), df["C"].max() * 100
-    law_table = compare_laws(fronts, c_min, c_max) if fronts else pd.DataFrame()
-    if len(law_table):
+    points = law_points(fronts, df, 100.0) if fronts else pd.DataFrame()
+    if len(points):
         lines += ["", "## From the fitted laws, along compute-optimal frontiers", "",
-                  f"From the smallest observed compute to 100x the largest ({c_min:.3g} to "
-                  f"{c_max:.3g} FLOPs).", "", render(law_table)]
+                  "At the smallest, median and largest observed compute of each modality and 10x "
+                  "and 100x beyond the largest run (extrapolated, marked so). L: each family's "
+                  "compute-optimal loss with the 95% prediction interval of a new run at that "
+                  "N*, D* (bootstrap refits x resampled residuals); dL = L_moe - L_dense with "
+                  "its 95% bootstrap band; verdict: which is lower where the band excludes 0, "
+                  "else not resolved.", "", render(points), "", "Where dL changes sign, from "
+                  f"{c_min:.3g} to {c_max:.3g} FLOPs:", "",
+                  render(compare_laws(fronts, c_min, c_max))]
         figs.append(plots.delta_vs_compute(fronts, pair_rows, c_min, c_max,
                                            out / "delta_vs_compute.png"))
+    tests = _try("shared-exponent test", lambda: shared_tests(
+        df, bootstrap=bootstrap, draws=max(bootstrap, 99), fits=chinchilla_by_group(chin)), notes)
+    if tests:
+        lines += ["", "## Exponent or offset: do dense and MoE/MoT share alpha and beta?", "",
+                  "Per modality, dense and the other family fitted jointly with shared exponents "
+                  "(separate E, A, B), with one law for both, and separately, on the same "
+                  "summed-Huber objective. The Huber objective is not a likelihood, so each "
+                  "restriction is tested by a parametric bootstrap of the objective difference "
+                  f"({max(bootstrap, 99)} simulated data sets from the restricted fit with the "
+                  "separate fits' residuals as noise). Closed testing at 5%: \"exponents "
+                  "differ\" needs both restrictions rejected; \"offsets differ\" only one law "
+                  "for both. p_exponents is closed-test adjusted. Differences: separate fits, "
+                  "95% bootstrap intervals.", "", render(shared_table(tests))]
+    bt = _try("backtest", lambda: backtest(df, HOLDOUT, bootstrap=bootstrap), notes)
+    if bt is not None:
+        s = summarize(bt)
+        lines += ["", f"## Backtest: predicting the {HOLDOUT} largest-compute runs", "",
+                  f"Each (family, modality) refitted without its {HOLDOUT} largest-compute runs "
+                  "(and any tied with them), which are then predicted with 95% prediction "
+                  "intervals (parameter uncertainty and residual scatter). `beyond`: the run's "
+                  f"compute over the largest training run's. {int(s['covered'].sum())} of "
+                  f"{int(s['held_out'].sum())} held-out runs were covered.", "",
+                  render(bt.drop(columns=["law"])), "", render(s)]
     bimodal = _try("bimodal law", lambda: fit_groups(df, "bimodal", bootstrap), notes)
     if bimodal:
         lines += ["", "## Competition and synergy (Aghajanyan et al. 2023)", "",

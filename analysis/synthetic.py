@@ -8,6 +8,12 @@ import pandas as pd
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 
+def chinchilla_law(N, D, t: dict) -> np.ndarray:
+    """E + A / N^alpha + B / D^beta (nats/token) for the parameters in t."""
+    N, D = np.asarray(N, float), np.asarray(D, float)
+    return t["E"] + t["A"] / N ** t["alpha"] + t["B"] / D ** t["beta"]
+
+
 def chinchilla_points(n: int, truth: dict | None = None, noise: float = 0.01, seed: int = 0,
                       n_range=(1e6, 1e9), d_range=(1e8, 1e11)) -> pd.DataFrame:
     """n runs with log-uniform N and D, loss from the law times lognormal noise."""
@@ -15,8 +21,51 @@ def chinchilla_points(n: int, truth: dict | None = None, noise: float = 0.01, se
     rng = np.random.default_rng(seed)
     N = np.exp(rng.uniform(*np.log(n_range), n))
     D = np.exp(rng.uniform(*np.log(d_range), n))
-    loss = (t["E"] + t["A"] / N ** t["alpha"] + t["B"] / D ** t["beta"]) * np.exp(rng.normal(0, noise, n))
+    loss = chinchilla_law(N, D, t) * np.exp(rng.normal(0, noise, n))
     return pd.DataFrame({"N": N, "D": D, "loss": loss})
+
+
+def interaction_law(N, D, q: dict) -> np.ndarray:
+    """The bimodal interaction -C + A / N^alpha + B / D^beta (nats/token), D = Di + Dj."""
+    N, D = np.asarray(N, float), np.asarray(D, float)
+    return -q["C"] + q["A"] / N ** q["alpha"] + q["B"] / D ** q["beta"]
+
+
+def bimodal_runs(unimodal: dict[str, dict], interaction: dict, design: list[tuple[float, float]],
+                 noise: float = 0.003, seed: int = 0) -> pd.DataFrame:
+    """Tidy rows (run, family, modality, modalities, N, D, loss) of dense runs: for every
+    (N, D) of the design a joint run on both modalities with D / 2 tokens of each, and a
+    unimodal run of each modality at (N, D / 2). Every loss carries lognormal noise `noise`."""
+    rng = np.random.default_rng(seed)
+    (i, ti), (j, tj) = unimodal.items()
+    rows = []
+    for k, (N, D) in enumerate(design):
+        joint = interaction_law(N, D, interaction)
+        for m, t in ((i, ti), (j, tj)):
+            base = float(chinchilla_law(N, D / 2, t))
+            rows.append({"run": f"{m}-{k}", "modalities": m, "modality": m, "N": N, "D": D / 2,
+                         "loss": base * np.exp(rng.normal(0, noise))})
+            rows.append({"run": f"joint-{k}", "modalities": f"{i}+{j}", "modality": m, "N": N,
+                         "D": D / 2, "loss": (base + joint) * np.exp(rng.normal(0, noise))})
+    return pd.DataFrame(rows).assign(family="dense")
+
+
+def routed_law(N, E, t: dict) -> np.ndarray:
+    """Clark et al.'s routed law: exp(a log N + b log E_hat + c log N log E_hat + d)."""
+    from analysis.routed import e_hat
+
+    logN = np.log(np.asarray(N, float))
+    le = np.log(e_hat(E, t["E_start"], t["E_max"]))
+    return np.exp(t["a"] * logN + t["b"] * le + t["c"] * logN * le + t["d"])
+
+
+def routed_points(truth: dict, sizes, experts, noise: float = 0.003, seed: int = 0) -> pd.DataFrame:
+    """One run per (N, E) of sizes x experts (E = 1: dense), lognormal noise `noise`."""
+    rng = np.random.default_rng(seed)
+    N, E = (a.ravel() for a in np.meshgrid(np.asarray(sizes, float), np.asarray(experts, float)))
+    loss = routed_law(N, E, truth) * np.exp(rng.normal(0, noise, len(N)))
+    return pd.DataFrame({"N": N, "E": E, "loss": loss, "family": np.where(E > 1, "moe", "dense"),
+                         "n_experts": np.where(E > 1, E, 0).astype(int)})
 
 
 def record(run_id: str, family: str, modalities: list[str], n_active: int, tokens: dict[str, int],

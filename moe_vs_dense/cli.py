@@ -121,42 +121,134 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     import json
 
     from analysis.fit import fit_groups
+    from analysis.prediction import LAWS
     from analysis.records import load
     from analysis.tables import fits_table, render
 
     df = load(args.inputs, args.params, _columns(args.col))
+    shared = _shared_names(args.shared)
+    if args.law != "chinchilla" and shared:
+        raise UserError(f"--shared tests the chinchilla law; not --law {args.law}")
+    if args.holdout_largest and args.law not in LAWS:
+        raise UserError(f"--holdout-largest backtests {', '.join(LAWS)}; not --law {args.law}")
     results = fit_groups(df, args.law, args.bootstrap, args.seed)
     for r in results:
         print(r.summary(), end="\n\n")
     print(render(fits_table(results), args.format))
+    out: dict = {"fits": [r.to_dict() for r in results]}
+    if shared:
+        from analysis.fit import chinchilla_by_group
+        from analysis.shared_exponent import shared_table, shared_tests
+
+        tests = shared_tests(df, shared, args.bootstrap, draws=max(args.bootstrap, 99),
+                             seed=args.seed, fits=chinchilla_by_group(results))
+        for t in tests:
+            print("\n" + t.summary())
+        print(f"\nShared {','.join(shared)}: one row per modality and family against dense:\n")
+        print(render(shared_table(tests), args.format))
+        out["shared"] = [t.to_dict() for t in tests]
+    if args.holdout_largest:
+        out["backtest"] = _backtest(df, args).to_dict("records")
     if args.json:
         from moe_vs_dense.io import write_text
 
-        write_text(Path(args.json), json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        body = out if len(out) > 1 else out["fits"]
+        write_text(Path(args.json), json.dumps(body, indent=2, default=_jsonable) + "\n")
         print(f"wrote {args.json}")
     return 0
 
 
+def _jsonable(v):
+    import numpy as np
+
+    return v.item() if isinstance(v, np.generic) else str(v)
+
+
+def _shared_names(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in ("E", "A", "B", "alpha", "beta")]
+    if bad or len(set(names)) in (0, 5):
+        raise UserError(f"--shared {text}: name some but not all of E, A, B, alpha, beta "
+                        "(e.g. --shared alpha,beta)")
+    return names
+
+
+def _backtest(df, args: argparse.Namespace):
+    from analysis.backtest import backtest, summarize
+    from analysis.prediction import LAWS
+    from analysis.tables import render
+
+    table = backtest(df, args.holdout_largest, LAWS[args.law], args.bootstrap, seed=args.seed)
+    print(f"\nBacktest: fitted without the {args.holdout_largest} largest-compute run(s) of each "
+          "group (and any tied with them), then predicted; losses in nats/token, 95% prediction "
+          "intervals (bootstrap refits x resampled residuals), `beyond`: compute over the "
+          "largest training run's.\n")
+    print(render(table, args.format))
+    print("\n" + render(summarize(table), args.format))
+    return table
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from analysis.compare import compare_laws, compare_pairs
+    from analysis.compare import compare_laws, compare_pairs, law_points
     from analysis.compute import frontiers
     from analysis.fit import chinchilla_by_group, fit_groups
     from analysis.records import load
     from analysis.tables import render
 
     df = load(args.inputs, args.params)
-    print("MoE/MoT minus dense on matched pairs (nats/token):\n")
-    print(render(compare_pairs(df), args.format))
+    fits, why = {}, None
     try:
         fits = chinchilla_by_group(fit_groups(df, "chinchilla", args.bootstrap))
     except AnalysisError as e:
-        print(f"\nno law-based comparison: {e}")
+        why = e
+    _print_headline(df, args, fits)
+    print("MoE/MoT minus dense on matched pairs (nats/token):\n")
+    print(render(compare_pairs(df), args.format))
+    if why is not None:
+        print(f"\nno law-based comparison: {why}")
         return 0
-    laws = compare_laws(frontiers(df, fits), df["C"].min(), df["C"].max() * args.extrapolate)
-    if len(laws):
-        print("\nFrom the fitted laws, along compute-optimal frontiers:\n")
+    fronts = frontiers(df, fits)
+    points = law_points(fronts, df, args.extrapolate)
+    if len(points):
+        print("\nFrom the fitted laws, along compute-optimal frontiers (nats/token; L: 95% "
+              "prediction interval of a run at N*, D*; dL: 95% bootstrap band):\n")
+        print(render(points, args.format))
+        laws = compare_laws(fronts, df["C"].min(), df["C"].max() * args.extrapolate)
+        print("\nWhere dL changes sign:\n")
         print(render(laws, args.format))
+    _print_shared(df, fits, args)
     return 0
+
+
+def _print_headline(df, args: argparse.Namespace, fits: dict) -> None:
+    from analysis.headline import headline, sections
+
+    try:
+        h = headline(df, args.bootstrap, chinchilla=fits)
+    except AnalysisError as e:
+        print(f"no efficiency leverage: {e}\n")
+        return
+    for title, why, table in sections(h, args.format):
+        print(f"{title}:\n{why}\n\n{table}\n")
+    for note in h.notes:
+        print(f"note: {note}")
+    print()
+
+
+def _print_shared(df, fits, args: argparse.Namespace) -> None:
+    from analysis.shared_exponent import shared_table, shared_tests
+    from analysis.tables import render
+
+    try:
+        tests = shared_tests(df, bootstrap=args.bootstrap, draws=max(args.bootstrap, 99), fits=fits)
+    except AnalysisError as e:
+        print(f"\nno shared-exponent test: {e}")
+        return
+    print("\nExponent or offset: dense and MoE/MoT fitted jointly with shared alpha, beta; p from a "
+          "parametric bootstrap of the Huber-objective difference, closed testing at 5%:\n")
+    print(render(shared_table(tests), args.format))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -220,11 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit scaling laws to runs or a CSV")
     _analysis_inputs(p)
     p.add_argument("--law", choices=["chinchilla", "bimodal", "routed"], default="chinchilla")
-    p.add_argument("--json", metavar="OUT", help="write the fits as JSON")
+    p.add_argument("--json", metavar="OUT", help="write the fits as JSON (with --shared or "
+                   "--holdout-largest: an object with keys fits, shared, backtest)")
     p.add_argument("--format", choices=["md", "csv", "latex"], default="md")
     p.add_argument("--col", action="append", default=[], metavar="KEY=COLUMN",
                    help="CSV column for params, tokens, loss, family, modality, flops, seed")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--shared", metavar="NAMES", help="also fit each modality's dense and MoE/MoT "
+                   "runs jointly with these parameters shared (e.g. alpha,beta) and test that "
+                   "restriction and one law for both (parametric bootstrap, --bootstrap draws)")
+    p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
+                   help="also backtest: fit without the K largest-compute runs of each group, "
+                   "predict them with 95%% prediction intervals, say which were covered")
     p.set_defaults(func=_cmd_fit)
     p = sub.add_parser("compare", help="MoE/MoT minus dense per modality, with tests")
     _analysis_inputs(p, csv=False)

@@ -1,3 +1,4 @@
+import io
 import json
 import warnings
 
@@ -6,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis.chinchilla import NAMES, ChinchillaResult
-from analysis.compare import compare_laws, compare_pairs, crossovers, match_runs, pairs
+from analysis.compare import compare_laws, compare_pairs, crossovers, law_points, match_runs, pairs
 from analysis.compute import FlopsPerToken, Frontier, frontiers
 from analysis.fit import chinchilla_by_group, fit_groups
 from analysis.records import load_runs
@@ -39,8 +40,27 @@ def test_paired_comparison_verdicts_and_holm(df):
 
 def test_law_comparison_and_crossover(df):
     fits = chinchilla_by_group(fit_groups(df, "chinchilla", bootstrap=50))
-    table = compare_laws(frontiers(df, fits), df["C"].min(), df["C"].max()).set_index("modality")
-    assert table.loc["text", "dL_at_C_min"] < 0 < table.loc["image", "dL_at_C_min"]
+    fronts = frontiers(df, fits)
+    pts = law_points(fronts, df, extrapolate=100)
+    first = pts.groupby("modality").first()
+    assert first.loc["text", "dL"] < 0 < first.loc["image", "dL"]
+    assert list(pts[pts["modality"] == "dna"]["where"]) == [
+        "smallest run", "median run", "largest run", "10x beyond largest run (extrapolated)",
+        "100x beyond largest run (extrapolated)"]
+    for fam in ("dense", "moe"):  # every loss the table prints comes with its interval
+        assert (pts[f"L_{fam} lower"] < pts[f"L_{fam}"]).all()
+        assert (pts[f"L_{fam}"] < pts[f"L_{fam} upper"]).all()
+    assert ((pts["dL lower"] <= pts["dL"]) & (pts["dL"] <= pts["dL upper"])).all()
+    assert (pts["verdict"] == np.where(pts["dL upper"] < 0, "moe better", np.where(
+        pts["dL lower"] > 0, "dense better", "not resolved"))).all()
+    # the MoE equals dense on dna: beyond the runs, no verdict
+    dna = pts[pts["modality"] == "dna"]
+    assert (dna[dna["where"].str.contains("extrapolated")]["verdict"] == "not resolved").all()
+    # the band widens with extrapolation
+    assert (dna["dL upper"] - dna["dL lower"]).iloc[-1] > (dna["dL upper"] - dna["dL lower"]).iloc[2]
+    laws = compare_laws(fronts, df["C"].min(), df["C"].max() * 100).set_index("modality")
+    assert laws.loc["text", "crossover"] in ("none in the range",) or \
+        laws.loc["text", "crossover"].startswith("none resolved")
     curve = pd.DataFrame({"C": [1e10, 1e11, 1e12, 1e13], "dL": [-0.2, -0.1, 0.1, 0.3]})
     (x,) = crossovers(curve)
     assert 1e11 < x < 1e12 and x == pytest.approx(10 ** 11.5, rel=0.01)
@@ -66,10 +86,18 @@ def test_cli_fit_json_compare_and_report(paired_runs, tmp_path, capsys):
         assert {"estimate", "lower", "upper"} <= set(f["params"]["alpha"])
         assert f["n_points"] == 24 and isinstance(f["converged"], bool)
     assert main(["compare", str(paired_runs), "--bootstrap", "20", "--format", "csv"]) == 0
-    assert "moe,text" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "moe,text" in printed and "100x beyond largest run (extrapolated)" in printed
+    # the exponent-or-offset rows: MoE = dense + a constant on text and image, equal on dna
+    shared = pd.read_csv(io.StringIO(printed.split("closed testing at 5%:")[1].strip()))
+    verdicts = dict(zip(shared["modality"], shared["verdict"], strict=True))
+    assert verdicts["text"] == "offsets differ" and verdicts["dna"] == "no difference detected"
+    assert verdicts["image"] != "exponents differ" and (shared["p_offsets"] <= 1).all()
     assert main(["report", str(paired_runs), "--out", str(tmp_path / "rep"),
                  "--bootstrap", "20"]) == 0
     report = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Exponent or offset" in report and "## Backtest: predicting the 3 largest" in report
+    assert "prediction interval" in report and "not resolved" in report
     assert "## MoE/MoT minus dense on matched pairs" in report and "moe better" in report
     assert "C is training FLOPs spent on a modality's tokens" in report
     assert "FLOPs per token ~ 6 N^1.000 (within 0.0% of every run)" in report

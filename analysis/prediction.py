@@ -1,0 +1,92 @@
+"""Prediction intervals for the loss of a new run, from any fitted law.
+
+A new run's log loss is the law's log prediction plus the run's own scatter. The interval
+carries both: the fit's bootstrap refits give the spread of the prediction (parameter
+uncertainty), and each refit's prediction is paired with residuals of the fit resampled in
+log space (median-centred, rescaled by sqrt(n / (n - p)) for the p fitted parameters); the
+percentiles of the sum are the interval. Without bootstrap refits the interval holds residual
+scatter only and says so.
+
+`Law` is what this needs from a law, so that any law (Chinchilla here; others elsewhere) can be
+backtested and ranked the same way: how its runs are grouped, how a group is fitted, and the
+loss its parameters predict for given rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.chinchilla import NAMES, fit_chinchilla
+from analysis.results import LawResult
+
+MIN_SAMPLES = 4000  # draws of (refit, residual) pairs behind each interval
+
+
+@dataclass(frozen=True)
+class Law:
+    """A law as the backtest and prediction intervals see it.
+
+    jobs(df) -> [(group, rows)]: the groups one fit is made for.
+    fit(rows, group, bootstrap, seed) -> LawResult whose `boot` rows are refits of `params`.
+    predict(params, rows) -> loss in nats/token: params [P] gives [len(rows)], params [S, P]
+    gives [S, len(rows)], in the order of `result.params`.
+    """
+
+    name: str
+    jobs: Callable[[pd.DataFrame], list[tuple[dict, pd.DataFrame]]]
+    fit: Callable[[pd.DataFrame, dict, int, int], LawResult]
+    predict: Callable[[np.ndarray, pd.DataFrame], np.ndarray]
+
+
+def chinchilla_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    return [({"family": f, "modality": m}, g) for (f, m), g in df.groupby(["family", "modality"])]
+
+
+def chinchilla_predict(params: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
+    p = np.asarray(params, float)
+    E, A, B, al, be = (p[..., NAMES.index(k), None] for k in NAMES)
+    N, D = rows["N"].to_numpy(float), rows["D"].to_numpy(float)
+    return E + A / N**al + B / D**be
+
+
+CHINCHILLA = Law("chinchilla", chinchilla_jobs, fit_chinchilla, chinchilla_predict)
+LAWS = {"chinchilla": CHINCHILLA}  # the laws `fit --holdout-largest` can backtest, by name
+
+
+def residuals(result: LawResult, law: Law, rows: pd.DataFrame) -> np.ndarray:
+    """Log residuals of the fit on its rows, median-centred and rescaled by sqrt(n / (n - p))."""
+    r = np.log(rows["loss"].to_numpy(float)) - np.log(law.predict(result.params.to_numpy(float), rows))
+    n, p = len(r), len(result.params)
+    return (r - np.median(r)) * np.sqrt(n / max(n - p, 1))
+
+
+def prediction_interval(result: LawResult, law: Law, train: pd.DataFrame, new: pd.DataFrame,
+                        alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """For each row of `new`: `predicted` (the fit's loss), `mean_lower`/`mean_upper` (interval
+    of the law's value: parameter uncertainty only) and `lower`/`upper` (1 - alpha prediction
+    interval of a new run's loss: parameter uncertainty and residual scatter), nats/token.
+    `train`: the rows the result was fitted to."""
+    rng = np.random.default_rng(seed)
+    point = law.predict(result.params.to_numpy(float), new)
+    eps = residuals(result, law, train)
+    boot = result.boot
+    if boot is None or len(boot) < 2:
+        draws = np.repeat(point[None], MIN_SAMPLES, 0)
+        mean_lo = mean_hi = np.full(len(new), np.nan)
+    else:
+        mu = law.predict(np.asarray(boot, float), new)  # [B, m]
+        mean_lo, mean_hi = np.nanpercentile(mu, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+        draws = np.tile(mu, (-(-MIN_SAMPLES // len(mu)), 1))
+    y = np.log(draws) + rng.choice(eps, size=draws.shape)
+    lo, hi = np.exp(np.nanpercentile(y, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0))
+    out = pd.DataFrame({"predicted": point, "mean_lower": mean_lo, "mean_upper": mean_hi,
+                        "lower": lo, "upper": hi}, index=new.index)
+    out.attrs["method"] = ("bootstrap refits x resampled log residuals" if boot is not None and len(boot) > 1
+                           else "resampled log residuals only (no bootstrap refits: parameter "
+                           "uncertainty is missing)")
+    out.attrs["confidence"] = 1 - alpha
+    return out
