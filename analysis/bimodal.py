@@ -107,14 +107,17 @@ class BimodalResult(LawResult):
 
     def unidentified(self, alpha: float = 0.05) -> dict[str, list[str]]:
         """{parameter: ["lower" and/or "upper"]}: the bounds the data do not set at level
-        1 - alpha (see the module docstring); both of C's when the estimate itself is flat."""
+        1 - alpha (see the module docstring). When the estimate itself is flat, the refits
+        cannot leave the flat end of the ridge, so none of C, the amplitude or the exponent's
+        upper bound is set: C's both bounds, the amplitude's (0 and inf) and the exponent's
+        upper one are given up."""
         out: dict[str, list[str]] = {}
         if self.boot is None or len(self.boot) < 2:
             return out
         for amp, exp, span in (("A", "alpha", self.spans[0]), ("B", "beta", self.spans[1])):
             flat = np.abs(self.boot[:, NAMES.index(exp)]) * span < FLAT
             if abs(self.params[exp]) * span < FLAT:
-                out["C"], out[amp] = ["lower", "upper"], ["upper"]
+                out["C"], out[amp], out[exp] = ["lower", "upper"], ["lower", "upper"], ["upper"]
             elif flat.mean() > self.expanded(alpha) / 2:
                 up = np.median(self.boot[flat, 0]) > self.params["C"]
                 out["C"] = sorted({*out.get("C", []), "upper" if up else "lower"})
@@ -126,7 +129,8 @@ class BimodalResult(LawResult):
         out = super().conf_int(alpha)
         for name, sides in self.unidentified(alpha).items():
             for side in sides:
-                out.loc[name, side] = np.inf if side == "upper" else -np.inf
+                # the amplitudes A, B are positive
+                out.loc[name, side] = np.inf if side == "upper" else 0.0 if name in ("A", "B") else -np.inf
         return out
 
     def interaction(self, N, D) -> np.ndarray:
