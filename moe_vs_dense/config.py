@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from moe_vs_dense.data.modalities import BUILTIN_SOURCES, MODALITIES, Modality
 from moe_vs_dense.errors import UserError
+from moe_vs_dense.modalities import BUILTIN_SOURCES, MODALITIES, Modality
 
 FileFormat = Literal["txt", "jsonl", "parquet", "fasta", "idx"]
 
@@ -178,6 +178,10 @@ class MoEConfig(Strict):
                              f"(got {self.top_k})")
         if any(v < 1 for v in counts):
             raise ValueError("experts_per_modality: must be >= 1")
+        if self.router != "modality" and self.top_k == 1 and self.norm_topk_prob:
+            raise ValueError("norm_topk_prob: a normalised top-1 router gives every token weight "
+                             "1, so the language-model loss gives the router no gradient; use "
+                             "top_k >= 2 or norm_topk_prob: false")
         return self
 
     @property
@@ -219,6 +223,73 @@ class ModelConfig(Strict):
         return self.moe.d_expert or max(8, self.ffn_hidden // self.moe.top_k)
 
 
+# ---------------------------------------------------------------- training, evaluation, run
+
+
+class TrainConfig(Strict):
+    """How long and how a model trains. A run's length is a token budget: steps =
+    ceil(tokens / (batch_rows x seq_len)). `grad_accum` micro-steps of `batch_rows /
+    (grad_accum x processes)` rows each make one optimizer step on `batch_rows` rows."""
+
+    tokens: int = Field(1_000_000, ge=1)
+    batch_rows: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup: float = Field(0.05, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    threads: int | None = Field(None, ge=1)
+    peak_flops: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.batch_rows % self.grad_accum:
+            raise ValueError(f"grad_accum: batch_rows {self.batch_rows} is not divisible by "
+                             f"grad_accum {self.grad_accum}")
+        if any(not 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas: each must be in [0, 1) (got {list(self.betas)})")
+        return self
+
+    def steps(self, seq_len: int) -> int:
+        return -(-self.tokens // (self.batch_rows * seq_len))
+
+    def warmup_steps(self, steps: int) -> int:
+        """`warmup` below 1 is a fraction of the steps, from 1 on a number of steps."""
+        return min(steps, round(self.warmup * steps) if self.warmup < 1 else int(self.warmup))
+
+
+class EvalConfig(Strict):
+    """Held-out loss on each stream's fixed validation rows (the first rows of its val split,
+    the same for every run whose mixture has that stream). `rows` during training, `final_rows`
+    at the end (None: all of them)."""
+
+    every: int | None = Field(None, ge=1)
+    rows: int | None = Field(64, ge=1)
+    final_rows: int | None = Field(None, ge=1)
+    batch_rows: int = Field(32, ge=1)
+    target_se: float = Field(0.005, gt=0)
+
+
+class RunConfig(Strict):
+    """Bookkeeping of a run: checkpoints (default: at each eval, else every 10% of the steps),
+logging every `log_every` steps, trackers, and spikes: a step's loss (grad norm) counts as a
+spike when it exceeds the mean of the previous `spike_window` steps by `spike_sigma` of their
+standard deviations."""
+
+    pair_id: str | None = None
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    trackers: list[Literal["tensorboard", "wandb"]] = []
+    spike_sigma: float = Field(6.0, gt=0)
+    spike_window: int = Field(50, ge=2)
+
+
 # ---------------------------------------------------------------- top level
 
 
@@ -226,6 +297,9 @@ class Config(Strict):
     seed: int = 0
     data: DataConfig
     model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
     def _check_experts_vs_data(self) -> Config:
@@ -248,28 +322,110 @@ class Config(Strict):
 
 # ---------------------------------------------------------------- loading
 
+Where = dict[tuple[str, ...], str]  # key path -> where its value was set ("file:line", "--set")
+
+
+class Replace(dict):
+    """A mapping tagged `!replace`: it replaces the inherited mapping instead of merging."""
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe YAML loader plus the `!replace` tag."""
+
+
+_Loader.add_constructor(
+    "!replace", lambda loader, node: Replace(loader.construct_mapping(node, deep=True)))
+
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply `key.path=value` overrides and validate; raise UserError."""
+    """Read a YAML config (and the chain of files its `base:` names), apply `key.path=value`
+    overrides and validate; raise UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
+    raw, where = _read(path, (path.resolve(),))
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_path(raw, key, value)
+        _forget(where, [tuple(key.split("."))])
+        where[tuple(key.split("."))] = "--set"
+    return validate(Config, raw, source=str(path), where=where)
+
+
+def _read(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Where]:
+    """A config file's mapping with its `base:` chain merged in, and where each key was set."""
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text) or {}
-        root = yaml.compose(text)
+        raw = yaml.load(text, Loader=_Loader) or {}
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys")
-    overridden = set()
-    for item in overrides or []:
-        key, value = parse_override(item)
-        set_path(raw, key, value)
-        overridden.add(key)
-    return validate(Config, raw, source=str(path), root=root, overridden=overridden)
+    where = _key_lines(root, str(path))
+    if "base" not in raw:
+        return _plain(raw), where
+    base, at = raw.pop("base"), where.pop(("base",))
+    if not isinstance(base, str):
+        raise UserError(f"{at}: base: must be the name of a YAML file (got {base!r})")
+    base_path = path.parent / base
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(p.name for p in (*chain, base_path.resolve()))
+        raise UserError(f"{at}: base: {base} makes a cycle ({cycle})")
+    if not base_path.is_file():
+        raise UserError(f"{at}: base: file not found: {base_path}")
+    inherited, inherited_where = _read(base_path, (*chain, base_path.resolve()))
+    merged, replaced = _merge(inherited, raw)
+    _forget(inherited_where, replaced)
+    return merged, {**inherited_where, **where}
+
+
+def _merge(base: dict, child: dict, at: tuple[str, ...] = ()) -> tuple[dict, list[tuple[str, ...]]]:
+    """`child` over `base`, key by key: mappings merge; anything else (a scalar, a list, a
+    mapping tagged `!replace`) replaces. Also returns the key paths replaced whole."""
+    out, replaced = dict(base), []
+    for key, value in child.items():
+        here = (*at, str(key))
+        if isinstance(value, dict) and not isinstance(value, Replace) and \
+                isinstance(base.get(key), dict):
+            out[key], inner = _merge(base[key], value, here)
+            replaced += inner
+        else:
+            out[key] = _plain(value)
+            replaced.append(here)
+    return out, replaced
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts all the way down (no `Replace` left for validation)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _forget(where: Where, replaced: list[tuple[str, ...]]) -> None:
+    """Drop the places of values that were replaced whole (and everything below them)."""
+    for key in [k for k in where if any(k[: len(r)] == r for r in replaced)]:
+        del where[key]
+
+
+def _key_lines(node: yaml.Node, source: str, at: tuple[str, ...] = ()) -> Where:
+    """`file:line` of every key (and list item) in a composed YAML document."""
+    out: Where = {}
+    if isinstance(node, yaml.MappingNode):
+        children = [((*at, str(k.value)), k, v) for k, v in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        children = [((*at, str(i)), v, v) for i, v in enumerate(node.value)]
+    else:
+        return out
+    for here, mark_node, value in children:
+        out[here] = f"{source}:{mark_node.start_mark.line + 1}"
+        out.update(_key_lines(value, source, here))
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -293,21 +449,18 @@ def set_path(raw: dict, key: str, value: Any) -> None:
 
 
 def validate(
-    cls: type[BaseModel],
-    raw: Any,
-    source: str = "<config>",
-    root: yaml.Node | None = None,
-    overridden: set[str] | None = None,
+    cls: type[BaseModel], raw: Any, source: str = "<config>", where: Where | None = None
 ) -> Any:
-    """Validate `raw` as `cls`; on failure raise one UserError listing every problem."""
+    """Validate `raw` as `cls`; on failure raise one UserError listing every problem, each
+    with the place its value was set (`where`: key path -> "file:line" or "--set")."""
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
-        lines = [_format_error(cls, err, source, root, overridden or set()) for err in e.errors()]
+        lines = [_format_error(cls, err, source, where or {}) for err in e.errors()]
         raise UserError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def _format_error(cls, err: dict, source: str, root, overridden: set[str]) -> str:
+def _format_error(cls, err: dict, source: str, where: Where) -> str:
     loc = [str(p) for p in err["loc"]]
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
     msg = err["msg"]
@@ -333,32 +486,16 @@ def _format_error(cls, err: dict, source: str, root, overridden: set[str]) -> st
         msg = f"must be {op} {bound}"
     elif kind == "literal_error":
         msg = f"must be one of {ctx.get('expected')}"
-    key = ".".join(loc)
-    if key in overridden or any(key.startswith(o + ".") for o in overridden):
-        where = "--set"
-    else:
-        line = _line_of(root, loc)
-        where = f"{source}:{line}" if line else source
     shown = "" if got is None or isinstance(got, dict) else f" (got {got!r})"
-    return f"{where}: {key}: {msg}{shown}"
+    return f"{_place(where, loc, source)}: {'.'.join(loc)}: {msg}{shown}"
 
 
-def _line_of(root: yaml.Node | None, loc: list[str]) -> int | None:
-    """1-based line of the deepest YAML node on the key path `loc`."""
-    node, line = root, None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = [(k, v) for k, v in node.value if k.value == part]
-            if not match:
-                break
-            key_node, node = match[0]
-            line = key_node.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
+def _place(where: Where, loc: list[str], source: str) -> str:
+    """Where the deepest key on the path `loc` was set; the top file when none was."""
+    for n in range(len(loc), 0, -1):
+        if tuple(loc[:n]) in where:
+            return where[tuple(loc[:n])]
+    return source
 
 
 def _allowed_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:
