@@ -100,20 +100,24 @@ def barrier_log_n(p_S5: np.ndarray, tokens_per_param: float, points: int = 1300)
 
 
 class BimodalResult(LawResult):
-    points: pd.DataFrame  # per joint run: N, Di, Dj, observed and fitted interaction, verdict
+    points: pd.DataFrame  # per joint run: N, Di, Dj, observed and fitted interaction, its 95%
+    # interval (lower, upper) and verdict
     unimodal: dict  # modality -> its ChinchillaResult (draws from the joint bootstrap)
     spans: tuple[float, float]  # spread of log N and of log D over the joint runs
 
     def unidentified(self, alpha: float = 0.05) -> dict[str, list[str]]:
         """{parameter: ["lower" and/or "upper"]}: the bounds the data do not set at level
-        1 - alpha (see the module docstring); both of C's when the estimate itself is flat."""
+        1 - alpha (see the module docstring). When the estimate itself is flat, the refits
+        cannot leave the flat end of the ridge, so none of C, the amplitude or the exponent's
+        upper bound is set: C's both bounds, the amplitude's (0 and inf) and the exponent's
+        upper one are given up."""
         out: dict[str, list[str]] = {}
         if self.boot is None or len(self.boot) < 2:
             return out
         for amp, exp, span in (("A", "alpha", self.spans[0]), ("B", "beta", self.spans[1])):
             flat = np.abs(self.boot[:, NAMES.index(exp)]) * span < FLAT
             if abs(self.params[exp]) * span < FLAT:
-                out["C"], out[amp] = ["lower", "upper"], ["upper"]
+                out["C"], out[amp], out[exp] = ["lower", "upper"], ["lower", "upper"], ["upper"]
             elif flat.mean() > self.expanded(alpha) / 2:
                 up = np.median(self.boot[flat, 0]) > self.params["C"]
                 out["C"] = sorted({*out.get("C", []), "upper" if up else "lower"})
@@ -125,7 +129,8 @@ class BimodalResult(LawResult):
         out = super().conf_int(alpha)
         for name, sides in self.unidentified(alpha).items():
             for side in sides:
-                out.loc[name, side] = np.inf if side == "upper" else -np.inf
+                # the amplitudes A, B are positive
+                out.loc[name, side] = np.inf if side == "upper" else 0.0 if name in ("A", "B") else -np.inf
         return out
 
     def interaction(self, N, D) -> np.ndarray:
@@ -161,6 +166,14 @@ class BimodalResult(LawResult):
         return out
 
 
+def _verdicts(fitted: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """competition / synergy where the 95% interval of the interaction excludes 0 (by the sign
+    of the estimate without intervals), else "neither (interval spans 0)"."""
+    sign = np.where(fitted > 0, "competition", "synergy")
+    spans = (lower <= 0) & (upper >= 0)
+    return np.where(spans, "neither (interval spans 0)", sign)
+
+
 def _objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray,
                y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Summed Huber loss of the interaction residuals and its gradient, for S vectors
@@ -181,14 +194,14 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
     fit_chinchilla); `bootstrap` joint residual-bootstrap draws give the intervals."""
     label = group_label(group)
     i, j = group["pair"].split("+")
-    unimodal = {}
+    unimodal, logs = {}, {}
     for m in (i, j):
         rows = df[(df["modalities"] == m) & (df["modality"] == m) & (df["family"] == "dense")]
         if rows.empty:
             raise AnalysisError(f"group ({label}): no unimodal dense runs of {m} to compare with")
         unimodal[m] = fit_chinchilla(rows, {"family": "dense", "modality": m}, bootstrap=0,
                                      grid=grid or Grid(), workers=workers)
-        unimodal[m].rows = rows
+        logs[m] = [np.log(rows[c].to_numpy(float))[None] for c in ("N", "D")]
     joint = df[df["modalities"] == group["pair"]].pivot_table(
         index="run", columns="modality", values=["loss", "D", "N"], aggfunc="first")
     joint = joint.dropna()
@@ -223,8 +236,7 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
         rng = np.random.default_rng(seed)
         draws = {}
         for m in (i, j):
-            u = unimodal[m]
-            uN, uD = (np.log(u.rows[c].to_numpy(float))[None] for c in ("N", "D"))
+            u, (uN, uD) = unimodal[m], logs[m]
             noise = resample_residuals(u.resid, 5, bootstrap, rng, robust=True)
             logL = log_law(u.theta[None], uN, uD) + noise
             draws[m] = refit_draws(u.theta, uN, uD, logL)
@@ -251,7 +263,7 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
         "run": joint.index, "N": N, "Di": Di, "Dj": Dj, "D": D, "interaction_observed": y,
         "interaction_fitted": fitted, "lower": ci["lower"].to_numpy(),
         "upper": ci["upper"].to_numpy(),
-        "verdict": np.where(fitted > 0, "competition", "synergy")})
+        "verdict": _verdicts(fitted, ci["lower"].to_numpy(), ci["upper"].to_numpy())})
     if not res.success:
         result.warnings.append(f"the optimizer did not converge: {res.message}")
     return result

@@ -23,7 +23,9 @@ def test_bimodal_recovers_interaction_and_barrier(bimodal_runs):
     D = np.array([1e7, 1e7, 1e8])
     np.testing.assert_allclose(r.interaction(N, D), interaction(N, D), rtol=0.02, atol=0.006)
     # competition at small scale, synergy at large scale, as in the generating law
-    assert set(r.points["verdict"]) == {"competition", "synergy"}
+    assert {"competition", "synergy"} <= set(r.points["verdict"])
+    spans = r.points["verdict"].str.startswith("neither")
+    assert ((r.points["lower"] <= 0) & (r.points["upper"] >= 0) == spans).all()
     truth_sign = np.sign(interaction(r.points["N"], r.points["D"]))
     agree = (np.sign(r.points["interaction_fitted"]) == truth_sign).mean()
     assert agree > 0.9
@@ -138,13 +140,13 @@ def test_bimodal_says_when_the_data_cannot_identify_C():
 
 @pytest.mark.slow
 def test_bimodal_intervals_carry_the_unimodal_fits_error():
-    """16 fixed data sets from a law with 0.3% noise on every run, unimodal ones included (the
+    """12 fixed data sets from a law with 0.3% noise on every run, unimodal ones included (the
     issue's second design). Before the unimodal fits' error reached the bootstrap, the 95%
-    interval of the interaction at the runs covered 18%; now about 95% (benchmarks/coverage.py).
-    The threshold, 10 of 16, is far from both."""
+    interval of the interaction at the runs covered 18%; now 0.99 at the middle run
+    (benchmarks/coverage.py). The threshold, 7 of 12, is far from both."""
     q = {"C": 0.1, "A": 20.0, "alpha": 0.35, "B": 30.0, "beta": 0.3}
     design = [(N, 20 * N * f) for N in (1e5, 3e5, 1e6, 3e6) for f in (0.3, 1, 3)]
-    hits, trials = 0, 16
+    hits, trials = 0, 12
     for t in range(trials):
         df = bimodal_runs(UNIMODAL, q, design, noise=0.003, seed=300 + t)
         r = fit_bimodal(df, {"family": "dense", "pair": "text+dna"}, bootstrap=200, seed=t,
@@ -152,4 +154,4 @@ def test_bimodal_intervals_carry_the_unimodal_fits_error():
         p = r.points.sort_values(["N", "D"]).iloc[len(r.points) // 2]
         hits += p["lower"] <= synthetic_interaction(p["N"], p["D"], q) <= p["upper"]
         assert set(r.unimodal) == {"text", "dna"} and r.unimodal["text"].boot.shape == (200, 5)
-    assert hits >= 10, hits
+    assert hits >= 7, hits
