@@ -13,8 +13,9 @@ Intervals: a residual bootstrap of all three fits together. Each draw resamples 
 of the unimodal runs of i, of j and of the joint runs (each group from its own residuals, see
 `resample_residuals`), refits both unimodal laws and then the interaction against the refitted
 baselines; so the baselines' error, which shifts every joint residual together, reaches every
-interval. Percentile intervals of the draws are confidence intervals (for the parameters, the
-interaction at any point, the barrier).
+interval. Expanded percentile intervals of the draws (`LawResult.expanded`, with the residual
+degrees of freedom of all three fits) are confidence intervals for the parameters, the
+interaction at any point and the barrier.
 
 Identifiability: C is the interaction at infinite size and data, and the runs see it only
 through the curvature of A/N^alpha and B/D^beta. Where an exponent times the spread of its log
@@ -32,8 +33,16 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from analysis.chinchilla import (Grid, batched_lbfgs, fit_chinchilla, huber, log_law, polish,
-                                 refit_draws, to_natural)
+from analysis.chinchilla import (
+    Grid,
+    batched_lbfgs,
+    fit_chinchilla,
+    huber,
+    log_law,
+    polish,
+    refit_draws,
+    to_natural,
+)
 from analysis.errors import AnalysisError
 from analysis.results import LawResult, group_label, interval, resample_residuals
 
@@ -95,25 +104,28 @@ class BimodalResult(LawResult):
     unimodal: dict  # modality -> its ChinchillaResult (draws from the joint bootstrap)
     spans: tuple[float, float]  # spread of log N and of log D over the joint runs
 
-    def unidentified(self, alpha: float = 0.05) -> dict[str, str]:
-        """{parameter: "lower" or "upper"}: the bounds the data do not set at level 1 - alpha
-        (see the module docstring)."""
-        out: dict[str, str] = {}
+    def unidentified(self, alpha: float = 0.05) -> dict[str, list[str]]:
+        """{parameter: ["lower" and/or "upper"]}: the bounds the data do not set at level
+        1 - alpha (see the module docstring); both of C's when the estimate itself is flat."""
+        out: dict[str, list[str]] = {}
         if self.boot is None or len(self.boot) < 2:
             return out
         for amp, exp, span in (("A", "alpha", self.spans[0]), ("B", "beta", self.spans[1])):
             flat = np.abs(self.boot[:, NAMES.index(exp)]) * span < FLAT
-            if flat.mean() > alpha / 2:
+            if abs(self.params[exp]) * span < FLAT:
+                out["C"], out[amp] = ["lower", "upper"], ["upper"]
+            elif flat.mean() > self.expanded(alpha) / 2:
                 up = np.median(self.boot[flat, 0]) > self.params["C"]
-                out["C"] = "upper" if up else "lower"
-                out[amp] = "upper"
+                out["C"] = sorted({*out.get("C", []), "upper" if up else "lower"})
+                out[amp] = ["upper"]
         return out
 
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         """Percentile bootstrap intervals; a bound the data do not set is +-inf."""
         out = super().conf_int(alpha)
-        for name, side in self.unidentified(alpha).items():
-            out.loc[name, side] = np.inf if side == "upper" else -np.inf
+        for name, sides in self.unidentified(alpha).items():
+            for side in sides:
+                out.loc[name, side] = np.inf if side == "upper" else -np.inf
         return out
 
     def interaction(self, N, D) -> np.ndarray:
@@ -126,7 +138,8 @@ class BimodalResult(LawResult):
         out = pd.DataFrame({"interaction": np.atleast_1d(self.interaction(N, D)),
                             "lower": np.nan, "upper": np.nan})
         if self.boot is not None and len(self.boot) > 1:
-            out["lower"], out["upper"] = interval(interaction_law(self.boot, N, D), alpha, axis=0)
+            out["lower"], out["upper"] = interval(interaction_law(self.boot, N, D),
+                                                  self.expanded(alpha), axis=0)
         return out
 
     def barrier(self, tokens_per_param: float | None = None, alpha_level: float = 0.05) -> dict:
@@ -141,7 +154,8 @@ class BimodalResult(LawResult):
         if self.boot is not None and len(self.boot) > 1:
             draws = barrier_log_n(self.boot, r)
             out["bootstrap_with_barrier"] = float(np.isfinite(draws).mean())
-            lo, hi = np.exp(np.percentile(draws, [100 * alpha_level / 2, 100 * (1 - alpha_level / 2)],
+            level = self.expanded(alpha_level)
+            lo, hi = np.exp(np.percentile(draws, [100 * level / 2, 100 * (1 - level / 2)],
                                           method="inverted_cdf"))
             out.update(N_lower=lo, N_upper=hi, C_lower=6 * r * lo**2, C_upper=6 * r * hi**2)
         return out
@@ -162,7 +176,7 @@ def _objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray,
 
 
 def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int = 0,
-                grid: Grid = Grid(), workers: int = 2) -> BimodalResult:
+                grid: Grid | None = None, workers: int = 2) -> BimodalResult:
     """Fit the interaction of group["pair"] = "i+j" (unimodal laws on `grid`, see
     fit_chinchilla); `bootstrap` joint residual-bootstrap draws give the intervals."""
     label = group_label(group)
@@ -173,7 +187,7 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
         if rows.empty:
             raise AnalysisError(f"group ({label}): no unimodal dense runs of {m} to compare with")
         unimodal[m] = fit_chinchilla(rows, {"family": "dense", "modality": m}, bootstrap=0,
-                                     grid=grid, workers=workers)
+                                     grid=grid or Grid(), workers=workers)
         unimodal[m].rows = rows
     joint = df[df["modalities"] == group["pair"]].pivot_table(
         index="run", columns="modality", values=["loss", "D", "N"], aggfunc="first")
@@ -211,23 +225,27 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
         for m in (i, j):
             u = unimodal[m]
             uN, uD = (np.log(u.rows[c].to_numpy(float))[None] for c in ("N", "D"))
-            logL = log_law(u.theta[None], uN, uD) + resample_residuals(u.resid, 5, bootstrap, rng)
+            noise = resample_residuals(u.resid, 5, bootstrap, rng, robust=True)
+            logL = log_law(u.theta[None], uN, uD) + noise
             draws[m] = refit_draws(u.theta, uN, uD, logL)
             u.boot = to_natural(draws[m])
-        y_BN = (base + fitted + resample_residuals(y - fitted, 5, bootstrap, rng)
-                - baseline(draws[i], draws[j]))
+        noise = resample_residuals(y - fitted, 5, bootstrap, rng, robust=True)
+        y_BN = base + fitted + noise - baseline(draws[i], draws[j])
         boot_theta, _ = batched_lbfgs(lambda th, rows: _objective(th, logN, logD, y_BN[rows]),
                                       np.tile(theta, (bootstrap, 1)), iters=500)
         result.boot = _natural(boot_theta)
     result.unimodal, result.spans = unimodal, (float(np.ptp(logN)), float(np.ptp(logD)))
-    for name, side in result.unidentified().items():
-        if name == "C":
-            result.warnings.append(
-                f"C is not identified by these runs: over their range of sizes and tokens a "
-                f"power-law term of the interaction is indistinguishable from a straight line in "
-                f"the log, along which C trades off against its amplitude; C's 95% interval is "
-                f"unbounded {'above' if side == 'upper' else 'below'}. The interaction at the "
-                f"runs and the barrier are still identified (see their intervals)")
+    # the three fits' points and parameters together
+    result.df_resid = len(y) + sum(u.nobs for u in unimodal.values()) - 15
+    sides = result.unidentified().get("C")
+    if sides:
+        where = " and ".join({"lower": "below", "upper": "above"}[s] for s in sides)
+        result.warnings.append(
+            "C is not identified by these runs: over their range of sizes and tokens a "
+            "power-law term of the interaction is indistinguishable from a straight line in "
+            "the log, along which C trades off against its amplitude; C's 95% interval is "
+            f"unbounded {where}. The interaction at the runs and the barrier are still "
+            "identified (see their intervals)")
     ci = result.interaction_interval(N, D)
     result.points = pd.DataFrame({
         "run": joint.index, "N": N, "Di": Di, "Dj": Dj, "D": D, "interaction_observed": y,

@@ -4,9 +4,10 @@ LSE(a - alpha log N, b - beta log D, e) - log L over (a, b, e, alpha, beta), wit
 every start of a grid, keeping the best; A = exp(a), B = exp(b), E = exp(e).
 
 Intervals: a residual bootstrap. Each draw adds log-space residuals of the fit, resampled with
-replacement (scaled by sqrt(n / (n - 5)), see `resample_residuals`), to the fitted log losses
-and refits; percentile intervals of the draws are confidence intervals for the parameters and
-for what is derived from them (the law's loss at a point, N*(C), the frontier exponents).
+replacement (the robust pool of `resample_residuals`), to the fitted log losses and refits;
+expanded percentile intervals of the draws (`LawResult.expanded`) are confidence intervals for
+the parameters and for what is derived from them (the law's loss at a point, N*(C), the
+frontier exponents); `predict_interval(kind="observation")` is a prediction interval.
 
 Speed: the objective and its gradient are vectorized over points and over all grid starts at
 once (a batched L-BFGS), the best start is polished with scipy's L-BFGS-B, and all bootstrap
@@ -231,7 +232,7 @@ class ChinchillaResult(LawResult):
             draws = draws * np.exp(resample_residuals(self.resid, 5, len(draws), rng, len(N)))
         elif kind != "mean":
             raise AnalysisError(f"unknown interval kind {kind!r}; use mean or observation")
-        out["lower"], out["upper"] = interval(draws, alpha, axis=0)
+        out["lower"], out["upper"] = interval(draws, self.expanded(alpha), axis=0)
         return out
 
     def compute_optimal(self, C, alpha_level: float = 0.05) -> pd.DataFrame:
@@ -244,11 +245,13 @@ class ChinchillaResult(LawResult):
         if self.boot is not None and len(self.boot) > 1:
             draws = np.array([frontier(p, C) for p in self.boot])  # [draws, 3, len(C)]
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
-                out[f"{name}_lower"], out[f"{name}_upper"] = interval(draws[:, j], alpha_level, axis=0)
+                out[f"{name}_lower"], out[f"{name}_upper"] = interval(
+                    draws[:, j], self.expanded(alpha_level), axis=0)
         al, be = self.params["alpha"], self.params["beta"]
         out.attrs["a"], out.attrs["b"] = be / (al + be), al / (al + be)
         if self.boot is not None and len(self.boot) > 1:
-            lo, hi = interval(self.boot[:, 4] / (self.boot[:, 3] + self.boot[:, 4]), alpha_level)
+            lo, hi = interval(self.boot[:, 4] / (self.boot[:, 3] + self.boot[:, 4]),
+                              self.expanded(alpha_level))
             out.attrs.update(a_lower=lo, a_upper=hi, b_lower=1 - hi, b_upper=1 - lo)
         return out
 
@@ -282,8 +285,10 @@ def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int =
     result = ChinchillaResult("chinchilla", group, params, None, len(df), float(res.fun),
                               bool(res.success), str(res.message))
     result.theta, result.resid = theta, (logL - fitted)[0]
+    result.df_resid = len(df) - 5
     if bootstrap:
-        noise = resample_residuals(result.resid, 5, bootstrap, np.random.default_rng(seed))
+        noise = resample_residuals(result.resid, 5, bootstrap, np.random.default_rng(seed),
+                                   robust=True)
         result.boot = to_natural(refit_draws(theta, logN, logD, fitted + noise))
     result.warnings += _edge_warnings(theta, grid)
     if not res.success:

@@ -22,6 +22,19 @@ class LawResult:
     converged: bool
     message: str
     warnings: list[str] = field(default_factory=list)
+    df_resid: int = 0  # points minus fitted parameters; > 0: percentile intervals are expanded
+
+    def expanded(self, alpha: float) -> float:
+        """The level whose percentile interval is used for a 1 - alpha one: percentile bootstrap
+        intervals are too narrow when the noise level is estimated from few points, so (as in
+        Hesterberg 2015, "expanded percentile") they take the tail share alpha' with normal
+        quantile sqrt(n / (n - 1)) t_{df}(1 - alpha / 2), df the residual degrees of freedom."""
+        if self.df_resid <= 0:
+            return alpha
+        from scipy.stats import norm, t
+
+        n = self.nobs
+        return float(2 * norm.sf(np.sqrt(n / (n - 1)) * t.ppf(1 - alpha / 2, self.df_resid)))
 
     @property
     def bse(self) -> pd.Series:
@@ -31,11 +44,12 @@ class LawResult:
         return pd.Series(np.nanstd(self.boot, axis=0, ddof=1), index=self.params.index)
 
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
-        """Percentile bootstrap intervals, columns `lower` and `upper`."""
+        """Percentile bootstrap intervals (expanded, see `expanded`), columns `lower` and
+        `upper`."""
         if self.boot is None or len(self.boot) < 2:
             lo = hi = np.full(len(self.params), np.nan)
         else:
-            lo, hi = interval(self.boot, alpha, axis=0)
+            lo, hi = interval(self.boot, self.expanded(alpha), axis=0)
         return pd.DataFrame({"lower": lo, "upper": hi}, index=self.params.index)
 
     def label(self) -> str:
@@ -84,13 +98,21 @@ def _num(v) -> float | None:
 
 
 def resample_residuals(resid: np.ndarray, n_params: int, draws: int, rng: np.random.Generator,
-                       size: int | None = None) -> np.ndarray:
+                       size: int | None = None, robust: bool = False) -> np.ndarray:
     """[draws, size] residuals (size defaults to n) drawn with replacement from a fit's n
-    residuals, for a residual bootstrap (new data = fitted values + these). They are scaled by sqrt(n / (n - n_params)):
-    a fit bends towards its points, so its residuals are smaller than the noise by about that
-    factor. Not re-centred: the laws' fits leave residuals with median (Huber) or mean (OLS)
+    residuals, for a residual bootstrap (new data = fitted values + these).
+
+    Least squares (robust=False): a fit bends towards its points, so its residuals understate
+    the noise; all are divided by sqrt(1 - n_params / n). Robust (Huber with a small delta,
+    close to least absolute deviations): such a fit passes through some points, whose near-zero
+    residuals would give the bootstrap world an atom of noise at zero and make its refits far
+    too precise; the n_params residuals nearest zero are left out instead, the rest kept as
+    they are. Not re-centred: the laws' fits leave residuals with median (Huber) or mean (OLS)
     about zero already."""
     resid = np.asarray(resid, float)
     n = len(resid)
-    scale = np.sqrt(n / max(n - n_params, 1))
-    return scale * resid[rng.integers(0, n, (draws, size or n))]
+    if robust:
+        pool = resid[np.argsort(np.abs(resid))[min(n_params, n - 1):]]
+    else:
+        pool = resid / np.sqrt(1 - min(n_params / n, 0.9))
+    return pool[rng.integers(0, len(pool), (draws, size or n))]

@@ -7,13 +7,17 @@ with N the (active) params and E the number of experts; E_hat saturates the bene
 experts. (E_start, E_max) are chosen on a log grid by least squares, the rest by OLS given
 them.
 
-Intervals: a residual bootstrap (each draw adds resampled residuals, scaled by
-sqrt(n / (n - 6)), to the fitted log losses and refits everything, grid included).
-Parameters get percentile intervals of the draws. The quantities a reader uses, the loss at a
-point and the gain of E experts, are linear in (a, b, c, d) given the grid point, so theirs are
-studentized (bootstrap-t): the draws of (q* - q) / se*, with se* OLS's standard error in that
-draw, scaled by the fit's own se. With few runs per parameter a percentile interval of them is
-too short (it ignores that the noise level itself is estimated); bootstrap-t is not.
+Intervals: a residual bootstrap (each draw adds resampled residuals to the fitted log losses
+and refits everything, grid included). The grid search bends the law towards the points more
+than a linear fit with 6 parameters would, so the residuals understate the noise by more than
+sqrt(1 - 6/n): a first round of refits measures the share of a known noise's sum of squares a
+refit leaves in its residuals, and the residuals are scaled up by one over its square root.
+Parameters get expanded percentile intervals of the draws (`LawResult.expanded`). The
+quantities a reader uses, the loss at a point and the gain of E experts, are linear in
+(a, b, c, d) given the grid point, so theirs are studentized (bootstrap-t): the draws of
+(q* - q) / se*, with se* OLS's standard error in that draw, scaled by the fit's own se. With
+few runs per parameter a percentile interval of them is too short (it ignores that the noise
+level itself is estimated); bootstrap-t is not.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ NAMES = ["a", "b", "c", "d", "E_start", "E_max"]
 E_START_GRID = np.exp(np.linspace(np.log(1.05), np.log(8.0), 16))
 E_MAX_GRID = np.exp(np.linspace(np.log(8.0), np.log(4096.0), 16))
 GRID = [(s, m) for s in E_START_GRID for m in E_MAX_GRID if m > s]
+CALIBRATION_DRAWS = 200
 
 
 def _with_experts(df: pd.DataFrame) -> pd.DataFrame:
@@ -80,6 +85,7 @@ class RoutedResult(LawResult):
     boot_cov: np.ndarray  # [B, 4, 4] the same in every bootstrap draw
     boot_sse: np.ndarray  # [B] residual sum of squares in every draw
     resid: np.ndarray  # log-space residuals of the fit
+    scatter: float  # variance of the run-to-run noise in log L
 
     def predict(self, N, E) -> np.ndarray:
         p = self.params
@@ -103,11 +109,11 @@ class RoutedResult(LawResult):
         q_B = np.einsum("bkp,bp->bk", x_BK4, self.boot[:, :4])
         se_B = np.sqrt(np.einsum("bkp,bpq,bkq->bk", x_BK4, self.boot_cov, x_BK4))
         if noise:
-            df_resid = max(self.nobs - len(NAMES), 1)
-            s2, s2_B = self.objective / df_resid, self.boot_sse / df_resid
-            se, se_B = np.sqrt(se**2 + s2), np.sqrt(se_B**2 + s2_B[:, None])
+            s2_B = self.boot_sse * self.scatter / self.objective
+            se, se_B = np.sqrt(se**2 + self.scatter), np.sqrt(se_B**2 + s2_B[:, None])
             rng = np.random.default_rng(0)
-            q_B = q_B + resample_residuals(self.resid, len(NAMES), len(q_B), rng, len(q))
+            scale = np.sqrt(self.scatter * self.nobs / (self.resid**2).sum())
+            q_B = q_B + scale * resample_residuals(self.resid, 0, len(q_B), rng, len(q))
         t_lo, t_hi = interval((q_B - q) / se_B, alpha, axis=0)
         return q, q - t_hi * se, q - t_lo * se
 
@@ -154,9 +160,17 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
     X = _design(logN, E, s, m)
     result.ols = sm.OLS(logL, X).fit()
     result.cov, result.resid = cov, logL - X @ coef
+    result.scatter = sse / (len(df) - len(NAMES))
+    result.df_resid = len(df) - len(NAMES)
     if bootstrap:
         rng = np.random.default_rng(seed)
-        logL_BN = X @ coef + resample_residuals(result.resid, len(NAMES), bootstrap, rng)
+        # the share of the noise's sum of squares that a refit leaves in its residuals: the
+        # grid search absorbs more than the p / n of a linear fit
+        noise = resample_residuals(result.resid, len(NAMES), CALIBRATION_DRAWS, rng)
+        kept = fit_draws(logN, E, X @ coef + noise)[0].mean() / (noise**2).sum(1).mean()
+        result.scatter = sse / (len(df) * kept)
+        resid = result.resid / np.sqrt(kept)
+        logL_BN = X @ coef + resid[rng.integers(0, len(df), (bootstrap, len(df)))]
         sse_B, coef_B, g_B, result.boot_cov = fit_draws(logN, E, logL_BN)
         result.boot = np.column_stack([coef_B, np.array(GRID)[g_B]])
         result.boot_sse = sse_B

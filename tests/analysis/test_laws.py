@@ -3,11 +3,16 @@ import pandas as pd
 import pytest
 
 from analysis.bimodal import fit_bimodal
+from analysis.chinchilla import Grid
 from analysis.errors import AnalysisError
 from analysis.fit import fit_groups
 from analysis.records import load_runs
 from analysis.routed import e_hat, fit_routed
-from tests.analysis.conftest import interaction
+from analysis.synthetic import bimodal_runs, routed_law, routed_points
+from analysis.synthetic import interaction_law as synthetic_interaction
+from tests.analysis.conftest import UNI, interaction
+
+UNIMODAL = {m: dict(zip(("E", "A", "B", "alpha", "beta"), p, strict=True)) for m, p in UNI.items()}
 
 
 def test_bimodal_recovers_interaction_and_barrier(bimodal_runs):
@@ -22,6 +27,10 @@ def test_bimodal_recovers_interaction_and_barrier(bimodal_runs):
     truth_sign = np.sign(interaction(r.points["N"], r.points["D"]))
     agree = (np.sign(r.points["interaction_fitted"]) == truth_sign).mean()
     assert agree > 0.9
+    # the interval of the interaction at every run holds its estimate and is a few 0.01 wide
+    p = r.points
+    assert ((p["lower"] <= p["interaction_fitted"]) & (p["interaction_fitted"] <= p["upper"])).all()
+    assert (p["upper"] - p["lower"]).max() < 0.1
     b = r.barrier(tokens_per_param=20)
     from scipy.optimize import brentq
 
@@ -66,41 +75,81 @@ def test_one_bad_group_warns_and_the_rest_fit(paired_runs):
     assert len(results) == 5
 
 
-@pytest.mark.slow
-def test_routed_intervals_cover_the_truth_at_about_the_nominal_rate():
-    a, b, c, d, es, em = -0.08, -0.05, 0.004, 1.9, 1.9, 300.0
-    hits, trials = 0, 20
-    for t in range(trials):
-        rng = np.random.default_rng(100 + t)
-        rows = []
-        for N in (1e6, 1e7, 1e8):
-            for E in (1, 4, 16, 64):
-                le = np.log(e_hat(E, es, em))
-                loss = np.exp(a * np.log(N) + b * le + c * np.log(N) * le + d + rng.normal(0, 0.003))
-                rows.append({"N": N, "E": E, "loss": loss, "family": "moe", "n_experts": E})
-        r = fit_routed(pd.DataFrame(rows), {"modality": "text"}, bootstrap=100, seed=t)
-        ci = r.conf_int(0.1)
-        hits += ci.loc["a", "lower"] <= a <= ci.loc["a", "upper"]
-    assert 0.65 <= hits / trials <= 1.0  # nominal 0.9
+ROUTED_TRUTH = {"a": -0.08, "b": -0.05, "c": 0.004, "d": 1.9, "E_start": 1.9, "E_max": 300.0}
+SMALL_GRID = Grid(alpha=(0.0, 1.0, 2.0), beta=(0.0, 1.0, 2.0), e=(-1.0, 0.0, 1.0),
+                  a=(0.0, 10.0, 25.0), b=(0.0, 10.0, 25.0))
 
 
 @pytest.mark.slow
-def test_bimodal_intervals_cover_the_truth_at_about_the_nominal_rate(tmp_path):
-    from tests.analysis.conftest import INTERACTION, UNI, law
-
-    hits, trials = 0, 10
+def test_routed_intervals_cover_the_truth():
+    """40 fixed data sets: the 95% intervals of a, of the law's loss at a point inside the data
+    and of the gain of 64 experts cover about 95% of the time (benchmarks/coverage.py: 0.93 to
+    0.98). The threshold, 30 of 40, sits more than 4 binomial standard deviations below that,
+    so no machine's rounding can cross it, while intervals that ignore the estimated noise
+    level (pairs bootstrap: 83% for the loss) or the grid search fail it more often than not."""
+    hits, trials = np.zeros(3), 40
     for t in range(trials):
-        rng = np.random.default_rng(200 + t)
-        rows = []
-        for k, (N, D) in enumerate([(N, D) for N in (1e5, 1e6, 1e7) for D in (2e6, 2e7, 6e7)]):
-            for m, p in UNI.items():
-                rows.append({"run": f"u{m}{k}", "family": "dense", "modality": m, "modalities": m,
-                             "N": N, "D": D, "loss": law(N, D, p) * np.exp(rng.normal(0, 0.001))})
-                rows.append({"run": f"j{k}", "family": "dense", "modality": m,
-                             "modalities": "text+dna", "N": N, "D": D / 2,
-                             "loss": law(N, D / 2, p) + interaction(N, D) + rng.normal(0, 0.004)})
-        r = fit_bimodal(pd.DataFrame(rows), {"family": "dense", "pair": "text+dna"},
-                        bootstrap=60, seed=t)
-        ci = r.conf_int(0.1)
-        hits += ci.loc["C", "lower"] <= INTERACTION["C"] <= ci.loc["C", "upper"]
-    assert 0.6 <= hits / trials <= 1.0  # nominal 0.9
+        df = routed_points(ROUTED_TRUTH, (1e6, 1e7, 1e8), (1, 4, 16, 64), noise=0.003, seed=100 + t)
+        r = fit_routed(df, {"modality": "text"}, bootstrap=300, seed=t)
+        ci = r.conf_int()
+        p = r.predict_interval([3e6], [8]).iloc[0]
+        g = r.gain([3e6], [64]).iloc[0]
+        gain = routed_law(3e6, 64, ROUTED_TRUTH) / routed_law(3e6, 1, ROUTED_TRUTH)
+        hits += [ci.loc["a", "lower"] <= ROUTED_TRUTH["a"] <= ci.loc["a", "upper"],
+                 p["lower"] <= routed_law(3e6, 8, ROUTED_TRUTH) <= p["upper"],
+                 g["lower"] <= gain <= g["upper"]]
+    assert (hits >= 30).all(), hits
+
+
+def test_routed_prediction_interval_is_wider_than_the_confidence_interval():
+    df = routed_points(ROUTED_TRUTH, (1e6, 1e7, 1e8), (1, 4, 16, 64), noise=0.003, seed=1)
+    r = fit_routed(df, {"modality": "text"}, bootstrap=300)
+    mean = r.predict_interval([3e6, 3e7], [8, 8])
+    new = r.predict_interval([3e6, 3e7], [8, 8], kind="observation")
+    assert (new["lower"] < mean["lower"]).all() and (mean["upper"] < new["upper"]).all()
+    # a new run scatters by the noise (0.3%): the prediction interval is about +-2 x 0.3% wide
+    half = np.log(new["upper"] / new["lower"]) / 2
+    assert ((half > 0.003) & (half < 0.02)).all()
+    assert (mean["lower"] < mean["loss"]).all() and (mean["loss"] < mean["upper"]).all()
+
+
+def test_bimodal_says_when_the_data_cannot_identify_C():
+    design = [(N, 20 * N * f) for N in (1e5, 3e5, 1e6, 3e6) for f in (0.3, 1, 3)]
+    group = {"family": "dense", "pair": "text+dna"}
+    # beta = 0.02: over the runs' tokens B / D^beta is a straight line in log D, and C with it
+    flat_q = {"C": 0.3, "A": 20.0, "alpha": 0.35, "B": 2.0, "beta": 0.02}
+    flat = fit_bimodal(bimodal_runs(UNIMODAL, flat_q, design, 0.003, 0), group, 200, grid=SMALL_GRID)
+    assert flat.conf_int().loc["C", "upper"] == np.inf
+    assert any(w.startswith("C is not identified by these runs") for w in flat.warnings)
+    # what a reader uses is still identified: the interaction at every run, within 0.15 nats
+    p = flat.points
+    truth = synthetic_interaction(p["N"], p["D"], flat_q)
+    assert ((p["lower"] <= truth + 0.01) & (truth - 0.01 <= p["upper"])).all()
+    assert (p["upper"] - p["lower"] < 0.15).all()
+    # beta = 0.5 with little noise: C is identified, its interval finite and near the truth
+    curved_q = {"C": 0.1, "A": 20.0, "alpha": 0.35, "B": 30.0, "beta": 0.5}
+    curved = fit_bimodal(bimodal_runs(UNIMODAL, curved_q, design, 0.0003, 0), group, 200,
+                         grid=SMALL_GRID)
+    assert curved.unidentified() == {}
+    assert not [w for w in curved.warnings if "not identified" in w]
+    lo, hi = curved.conf_int().loc["C"]
+    assert 0.0 < lo < hi < 0.2
+
+
+@pytest.mark.slow
+def test_bimodal_intervals_carry_the_unimodal_fits_error():
+    """16 fixed data sets from a law with 0.3% noise on every run, unimodal ones included (the
+    issue's second design). Before the unimodal fits' error reached the bootstrap, the 95%
+    interval of the interaction at the runs covered 18%; now about 95% (benchmarks/coverage.py).
+    The threshold, 10 of 16, is far from both."""
+    q = {"C": 0.1, "A": 20.0, "alpha": 0.35, "B": 30.0, "beta": 0.3}
+    design = [(N, 20 * N * f) for N in (1e5, 3e5, 1e6, 3e6) for f in (0.3, 1, 3)]
+    hits, trials = 0, 16
+    for t in range(trials):
+        df = bimodal_runs(UNIMODAL, q, design, noise=0.003, seed=300 + t)
+        r = fit_bimodal(df, {"family": "dense", "pair": "text+dna"}, bootstrap=200, seed=t,
+                        grid=SMALL_GRID)
+        p = r.points.sort_values(["N", "D"]).iloc[len(r.points) // 2]
+        hits += p["lower"] <= synthetic_interaction(p["N"], p["D"], q) <= p["upper"]
+        assert set(r.unimodal) == {"text", "dna"} and r.unimodal["text"].boot.shape == (200, 5)
+    assert hits >= 10, hits

@@ -1,0 +1,245 @@
+"""Interval coverage: the share of 95% intervals that cover the truth, on synthetic data sets
+drawn from known laws with noise on every run (unimodal baselines included), for every
+parameter and derived quantity the report shows. Target: each law's lowest coverage in
+[0.90, 0.99].
+
+Sections (run all, or one with --only NAME):
+  chinchilla  Chinchilla law: E, A, B, alpha, beta, the loss at a point inside the data, the
+              frontier exponent a (N* ~ C^a; b = 1 - a covers with it) and N*(C) at a compute
+              inside the data; two truths and designs.
+  bimodal     bimodal interaction law: C, A, alpha, B, beta (an unbounded bound the fit
+              reports counts as covering: it claims nothing there), the interaction at the
+              smallest, middle and largest joint run and at all runs pooled, the competition
+              barrier N at the design's tokens per parameter; two truths and designs.
+  routed      Clark et al.'s routed law: a, b, c, d, E_start, E_max, the loss at a point inside
+              the data (confidence interval for the law and prediction interval for a new
+              run), the gain L(N, E) / L(N, 1) of the largest expert count; two truths and
+              designs.
+
+The fits run exactly as the toolkit runs them, except that the Chinchilla start grid is reduced
+to three values per parameter (243 starts; the truths lie well inside its basins): the start
+grid only finds the global optimum and the intervals come from warm-started refits.
+
+A section is a function (trials, bootstrap, workers) -> Section(rows, figures); SECTIONS maps
+names to them, so a new section is one function and one entry. Every row is one quantity of
+one truth: its coverage over the trials. The last line is one JSON object: each section's
+figures (coverage_<law> = the lowest coverage over that law's quantities).
+
+Usage: python benchmarks/coverage.py [--trials 120] [--bootstrap 400] [--workers 2] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one BLAS thread per worker: scipy's L-BFGS-B crawls when
+    # its threads fight other processes for the cores
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.bimodal import barrier_log_n, fit_bimodal  # noqa: E402
+from analysis.chinchilla import Grid, fit_chinchilla, frontier  # noqa: E402
+from analysis.routed import fit_routed  # noqa: E402
+from analysis.synthetic import (  # noqa: E402
+    bimodal_runs,
+    chinchilla_law,
+    chinchilla_points,
+    interaction_law,
+    routed_law,
+    routed_points,
+)
+
+GRID = Grid(alpha=(0.0, 1.0, 2.0), beta=(0.0, 1.0, 2.0), e=(-1.0, 0.0, 1.0),
+            a=(0.0, 10.0, 25.0), b=(0.0, 10.0, 25.0))
+LEVEL = 0.05  # 95% intervals
+
+# Two truths and designs per law.
+CHINCHILLA_CASES = {
+    "hoffmann, 60 random runs, 1% noise": dict(
+        truth={"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
+        design=dict(n=60, n_range=(1e6, 1e9), d_range=(1e8, 1e11)), noise=0.01,
+        point=(3e7, 3e9), compute=6 * 3e7 * 3e9),
+    "small models, 5x4 grid, 0.5% noise": dict(
+        truth={"E": 1.2, "A": 300.0, "B": 200.0, "alpha": 0.35, "beta": 0.30},
+        design=dict(sizes=(1e5, 3e5, 1e6, 3e6, 1e7), tokens=(2e6, 6e6, 2e7, 6e7)), noise=0.005,
+        point=(1e6, 2e7), compute=6 * 1e6 * 2e7),
+}
+UNIMODAL = {"text": {"E": 1.2, "A": 300.0, "B": 200.0, "alpha": 0.35, "beta": 0.30},
+            "dna": {"E": 1.3, "A": 150.0, "B": 400.0, "alpha": 0.30, "beta": 0.32}}
+BIMODAL_CASES = {
+    "C=0.5, 3x3 grid, 0.2% noise": dict(
+        truth={"C": 0.5, "A": 40.0, "alpha": 0.3, "B": 5.0, "beta": 0.2},
+        design=[(N, D) for N in (1e5, 1e6, 1e7) for D in (4e6, 4e7, 1.2e8)], noise=0.002),
+    "C=0.1, 12 runs at D/N 6-60, 0.3% noise": dict(
+        truth={"C": 0.1, "A": 20.0, "alpha": 0.35, "B": 30.0, "beta": 0.3},
+        design=[(N, 20 * N * f) for N in (1e5, 3e5, 1e6, 3e6) for f in (0.3, 1, 3)], noise=0.003),
+}
+ROUTED_CASES = {
+    "Clark-like, 3 sizes x 4 expert counts, 0.3% noise": dict(
+        truth={"a": -0.08, "b": -0.05, "c": 0.004, "d": 1.9, "E_start": 1.9, "E_max": 300.0},
+        sizes=(1e6, 1e7, 1e8), experts=(1, 4, 16, 64), noise=0.003, point=(3e6, 8)),
+    "strong experts, 4 sizes x 5 expert counts, 0.5% noise": dict(
+        truth={"a": -0.07, "b": -0.1, "c": 0.003, "d": 2.2, "E_start": 2.0, "E_max": 150.0},
+        sizes=(1e6, 4e6, 1.6e7, 6.4e7), experts=(1, 2, 8, 32, 128), noise=0.005,
+        point=(8e6, 16)),
+}
+
+
+@dataclass
+class Section:
+    rows: list[dict] = field(default_factory=list)  # law, case, quantity, coverage, trials
+    figures: dict[str, float] = field(default_factory=dict)  # JSON keys
+
+
+def covers(lower, upper, truth) -> bool:
+    return bool(lower <= truth <= upper)
+
+
+def _chinchilla_trial(job) -> dict[str, bool]:
+    name, seed, bootstrap = job
+    case = CHINCHILLA_CASES[name]
+    t, d = case["truth"], case["design"]
+    if "n" in d:
+        df = chinchilla_points(d["n"], t, case["noise"], seed, d["n_range"], d["d_range"])
+    else:
+        N, D = (a.ravel() for a in np.meshgrid(d["sizes"], d["tokens"]))
+        rng = np.random.default_rng(seed)
+        df = pd.DataFrame({"N": N, "D": D, "loss": chinchilla_law(N, D, t)
+                           * np.exp(rng.normal(0, case["noise"], len(N)))})
+    r = fit_chinchilla(df, bootstrap=bootstrap, seed=seed, grid=GRID, workers=1)
+    ci = r.conf_int(LEVEL)
+    out = {k: covers(ci.loc[k, "lower"], ci.loc[k, "upper"], t[k]) for k in t}
+    N0, D0 = case["point"]
+    p = r.predict_interval([N0], [D0], LEVEL)
+    out["loss at a point (mean)"] = covers(p["lower"][0], p["upper"][0], chinchilla_law(N0, D0, t))
+    co = r.compute_optimal([case["compute"]], LEVEL)
+    truth_p = np.array([t[k] for k in ("E", "A", "B", "alpha", "beta")])
+    out["exponent a of N*(C)"] = covers(co.attrs["a_lower"], co.attrs["a_upper"],
+                                        t["beta"] / (t["alpha"] + t["beta"]))
+    n_true = frontier(truth_p, np.array([case["compute"]]))[0][0]
+    out["N*(C)"] = covers(co["N_opt_lower"][0], co["N_opt_upper"][0], n_true)
+    return out
+
+
+def _bimodal_trial(job) -> dict[str, bool]:
+    name, seed, bootstrap = job
+    case = BIMODAL_CASES[name]
+    q = case["truth"]
+    df = bimodal_runs(UNIMODAL, q, case["design"], case["noise"], seed)
+    r = fit_bimodal(df, {"family": "dense", "pair": "text+dna"}, bootstrap, seed, GRID, workers=1)
+    ci = r.conf_int(LEVEL)
+    out = {k: covers(ci.loc[k, "lower"], ci.loc[k, "upper"], q[k]) for k in q}
+    p = r.points.sort_values(["N", "D"]).reset_index(drop=True)
+    hit = [covers(lo, hi, interaction_law(n, d, q))
+           for n, d, lo, hi in zip(p["N"], p["D"], p["lower"], p["upper"], strict=True)]
+    for label, k in (("smallest", 0), ("middle", len(p) // 2), ("largest", len(p) - 1)):
+        out[f"interaction at the {label} joint run"] = hit[k]
+    out["interaction at every joint run (pooled)"] = float(np.mean(hit))
+    ratio = float(np.median([d / n for n, d in case["design"]]))
+    b = r.barrier(ratio, LEVEL)
+    truth_n = np.exp(barrier_log_n(np.array([[q[k] for k in ("C", "A", "alpha", "B", "beta")]]),
+                                   ratio)[0])
+    out[f"barrier N at D/N = {ratio:.3g}"] = covers(b["N_lower"], b["N_upper"], truth_n)
+    out["share flagging C unidentified (info)"] = "C" in r.unidentified(LEVEL)
+    return out
+
+
+def _routed_trial(job) -> dict[str, bool]:
+    name, seed, bootstrap = job
+    case = ROUTED_CASES[name]
+    t = case["truth"]
+    df = routed_points(t, case["sizes"], case["experts"], case["noise"], seed)
+    r = fit_routed(df, {"modality": "text"}, bootstrap, seed)
+    ci = r.conf_int(LEVEL)
+    out = {k: covers(ci.loc[k, "lower"], ci.loc[k, "upper"], t[k]) for k in t}
+    N0, E0 = case["point"]
+    for kind in ("mean", "observation"):
+        p = r.predict_interval([N0], [E0], LEVEL, kind)
+        truth = routed_law(N0, E0, t)
+        if kind == "observation":  # a new run: the law times fresh noise
+            truth = truth * np.exp(np.random.default_rng(10_000 + seed).normal(0, case["noise"]))
+        out[f"loss at a point ({kind})"] = covers(p["lower"][0], p["upper"][0], truth)
+    E_max = max(case["experts"])
+    g = r.gain([N0], [E_max], LEVEL)
+    out[f"gain at E = {E_max}"] = covers(g["lower"][0], g["upper"][0],
+                                         routed_law(N0, E_max, t) / routed_law(N0, 1, t))
+    return out
+
+
+def _run(law: str, cases: dict, trial: Callable, trials: int, bootstrap: int,
+         workers: int) -> Section:
+    """Every case's trials (seeds 0..trials-1) over `workers` processes; one row per quantity."""
+    from tqdm import tqdm
+
+    jobs = [(name, seed, bootstrap) for name in cases for seed in range(trials)]
+    bar = tqdm(total=len(jobs), desc=law, unit="fit", leave=False, disable=None)
+    results = []
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            for out in pool.imap(trial, jobs, chunksize=2):
+                results.append(out)
+                bar.update()
+    else:
+        for job in jobs:
+            results.append(trial(job))
+            bar.update()
+    bar.close()
+    section = Section()
+    for name in cases:
+        hits = pd.DataFrame([o for (n, _, _), o in zip(jobs, results, strict=True) if n == name])
+        for quantity, col in hits.items():
+            section.rows.append({"law": law, "case": name, "quantity": quantity,
+                                 "coverage": float(col.mean()), "trials": len(col)})
+    reported = [r["coverage"] for r in section.rows if "(info)" not in r["quantity"]]
+    section.figures[f"coverage_{law}"] = round(min(reported), 4)
+    return section
+
+
+def chinchilla(trials: int, bootstrap: int, workers: int) -> Section:
+    return _run("chinchilla", CHINCHILLA_CASES, _chinchilla_trial, trials, bootstrap, workers)
+
+
+def bimodal(trials: int, bootstrap: int, workers: int) -> Section:
+    return _run("bimodal", BIMODAL_CASES, _bimodal_trial, trials, bootstrap, workers)
+
+
+def routed(trials: int, bootstrap: int, workers: int) -> Section:
+    return _run("routed", ROUTED_CASES, _routed_trial, trials, bootstrap, workers)
+
+
+SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
+    "chinchilla": chinchilla, "bimodal": bimodal, "routed": routed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=120, help="data sets per truth and design")
+    ap.add_argument("--bootstrap", type=int, default=400, help="bootstrap refits per fit")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", choices=sorted(SECTIONS), action="append",
+                    help="run only this section (repeatable)")
+    args = ap.parse_args()
+    figures: dict[str, float] = {}
+    for name in args.only or SECTIONS:
+        start = time.perf_counter()
+        section = SECTIONS[name](args.trials, args.bootstrap, args.workers)
+        table = pd.DataFrame(section.rows)
+        print(f"\n{name}: share of {100 * (1 - LEVEL):g}% intervals covering the truth "
+              f"({time.perf_counter() - start:.0f} s)")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        figures.update(section.figures)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
