@@ -5,6 +5,10 @@ Columns: run, family, router, seed, status, pair, modality, modalities (the run'
 D_total, flops_per_token, C (training FLOPs on this modality's tokens: flops_per_token x D),
 C_total (on all tokens: flops_per_token x D_total), loss (nats/token), bits_per_unit,
 n_experts. analysis/compute.py says why compute is defined so.
+
+Reads record schema versions 1 and 2: version 2 only adds optional fields, and its
+`eval.final` holds the same per-modality losses (paired-document losses sit apart in
+`eval.paired` and are not rows here).
 """
 
 from __future__ import annotations

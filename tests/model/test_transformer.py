@@ -50,6 +50,7 @@ def test_tiny_model_overfits_one_batch(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_causal(family):
+    torch.manual_seed(0)
     model = Transformer(FAMILIES[family], V, T, MODS).eval()
     tokens, mods = batch()
     a = model(tokens[:, :-1], mods[:, :-1])
@@ -106,7 +107,7 @@ def test_loss_per_modality_sums_to_total():
     logits = torch.randn(4, T + 1, V)
     loss, sums, counts = lm_loss(logits, tokens, mods)
     assert counts[0] + counts[2] == tokens.numel() and counts[1] == 0
-    assert sums.sum().item() / counts.sum().item() == pytest.approx(loss.item(), rel=1e-6)
+    assert sums.sum().item() / counts.sum().item() == pytest.approx(loss.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("family", ["dense", "moe", "mot"])
