@@ -4,7 +4,8 @@ Columns: run, family, router, seed, status, pair, modality, modalities (the run'
 '+'), N (the params the laws use), N_active, N_total, D (tokens of this modality, else all),
 D_total, flops_per_token, C (training FLOPs on this modality's tokens: flops_per_token x D),
 C_total (on all tokens: flops_per_token x D_total), loss (nats/token), bits_per_unit,
-n_experts. analysis/compute.py says why compute is defined so.
+n_experts, top_k (experts per token), granularity (dense FFN width / one expert's width).
+analysis/compute.py says why compute is defined so.
 
 Reads record schema versions 1 and 2: version 2 only adds optional fields, and its
 `eval.final` holds the same per-modality losses (paired-document losses sit apart in
@@ -26,7 +27,7 @@ from analysis.errors import AnalysisError
 SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
            "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
-           "bits_per_unit", "n_experts"]
+           "bits_per_unit", "n_experts", "top_k", "granularity"]
 
 
 @cache
@@ -40,6 +41,8 @@ def record_rows(record: dict) -> list[dict]:
     """Tidy rows of one record (already schema-valid)."""
     by_mod = record["tokens"].get("by_modality") or {}
     rows, fpt = [], record["flops_per_token"]
+    model = record.get("model") or {}
+    d_ff, d_expert = model.get("d_ff"), model.get("d_expert")
     for m, ev in record["eval"]["final"].items():
         D = by_mod.get(m, record["tokens"]["total"])
         rows.append({
@@ -50,7 +53,8 @@ def record_rows(record: dict) -> list[dict]:
             "D": D, "D_total": record["tokens"]["total"], "flops_per_token": fpt,
             "C": fpt * D, "C_total": fpt * record["tokens"]["total"], "loss": ev["loss"],
             "bits_per_unit": ev.get("bits_per_unit"),
-            "n_experts": (record.get("model") or {}).get("n_experts", 0) or 0,
+            "n_experts": model.get("n_experts", 0) or 0, "top_k": model.get("top_k") or 0,
+            "granularity": d_ff / d_expert if d_ff and d_expert else float("nan"),
         })
     return rows
 
@@ -94,13 +98,14 @@ def load_runs(paths: list[str | Path], params: str = "active") -> tuple[pd.DataF
 def load_csv(path: str | Path, columns: dict[str, str] | None = None,
              params: str = "active") -> pd.DataFrame:
     """A CSV with columns params, tokens, loss and optionally family, modality, flops (training
-    FLOPs, else 6 x params x tokens), seed, n_experts, run; `columns` maps those names to the
-    CSV's own."""
+    FLOPs, else 6 x params x tokens), seed, n_experts, top_k, router, granularity, run; `columns`
+    maps those names to the CSV's own."""
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"{path}: no such file")
     names = {"params": "params", "tokens": "tokens", "loss": "loss", "family": "family",
              "modality": "modality", "flops": "flops", "seed": "seed", "n_experts": "n_experts",
+             "top_k": "top_k", "router": "router", "granularity": "granularity",
              "run": "run"} | (columns or {})
     try:
         raw = pd.read_csv(path)
@@ -113,12 +118,13 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
     get = lambda k, default: raw[names[k]] if names[k] in raw.columns else default  # noqa: E731
     df = pd.DataFrame({
         "run": get("run", pd.Series([f"row{i + 2}" for i in range(len(raw))])),
-        "family": get("family", "dense"), "router": None, "seed": get("seed", 0),
+        "family": get("family", "dense"), "router": get("router", None), "seed": get("seed", 0),
         "status": "completed", "pair": None, "modality": get("modality", "all"),
         "N_active": raw[names["params"]], "N_total": raw[names["params"]],
         "D": raw[names["tokens"]], "D_total": raw[names["tokens"]],
         "C": get("flops", 6.0 * raw[names["params"]] * raw[names["tokens"]]),
         "loss": raw[names["loss"]], "bits_per_unit": None, "n_experts": get("n_experts", 0),
+        "top_k": get("top_k", 0), "granularity": get("granularity", float("nan")),
     })
     df["modalities"] = df["modality"]
     bad = ~df[["N_active", "D", "loss", "C"]].map(_positive_finite).all(axis=1)

@@ -40,6 +40,30 @@ def _try(what: str, fn, notes: list[str]):
         return None
 
 
+def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
+              notes: list[str]) -> list[str]:
+    """The efficiency-leverage section: tables (also as CSV and LaTeX) and its figure."""
+    from analysis.headline import headline, sections
+    from analysis.plots_leverage import leverage_vs_compute
+
+    h = _try("efficiency leverage", lambda: headline(df, bootstrap, chinchilla=chinchilla), notes)
+    if h is None:
+        return []
+    notes += h.notes
+    lines = ["", "## Efficiency leverage: the dense compute that separate experts are worth", ""]
+    frames = {"leverage": h.leverage, "leverage_from_runs": h.law_free, "law_bank": h.ranking}
+    for (name, frame), (title, why, table), (_, _, tex) in zip(
+            frames.items(), sections(h), sections(h, "latex"), strict=True):
+        frame.to_csv(out / f"{name}.csv", index=False)
+        (out / f"{name}.tex").write_text(tex)
+        lines += [f"### {title}", "", why, f"([{name}.csv]({name}.csv), [{name}.tex]({name}.tex))",
+                  "", table, ""]
+    fig = leverage_vs_compute(h.fits, h.best_fits, h.law_free, out / "leverage_vs_compute.png")
+    if fig is not None:
+        lines += [f"![{fig.stem}]({fig.name})", ""]
+    return lines
+
+
 def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  params: str = "active") -> Path:
     out.mkdir(parents=True, exist_ok=True)
@@ -59,6 +83,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  best_loss=("loss", "min")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
     chin = _try("Chinchilla fits", lambda: fit_groups(df, "chinchilla", bootstrap), notes) or []
+    lines += _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
     fronts = frontiers(df, chinchilla_by_group(chin))
     if chin:
         lines += ["", "## Fitted laws: L = E + A/N^alpha + B/D^beta", "",

@@ -22,6 +22,13 @@ Sections (run all, or one with --only NAME):
   backtest    95% prediction intervals of the 3 held-out largest-compute runs
               (analysis/backtest.py): the share that covers the observed loss; two truths and
               designs, the toolkit's full start grid.
+  efficiency_leverage  EL = C_dense(L_moe(C)) / C where the MoE law is the dense law at 1.5x
+              (text) and 1.0x (dna) the compute: EL at the smallest, median, largest observed
+              compute and 10x, 100x beyond, and the verdict rates (info); see
+              benchmarks/leverage_sections.py. Figure coverage_efficiency_leverage.
+  law_bank    share of synthetic sets drawn from each law of the MoE bank where the ranking on
+              held-out runs puts that law first (max(10, trials // 12) sets per law). Figure
+              law_bank_picks_truth (target >= 0.8).
 
 The fits run exactly as the toolkit runs them, except that the Chinchilla start grid is reduced
 to three values per parameter (243 starts; the truths lie well inside its basins): the start
@@ -292,9 +299,22 @@ def backtest_section(trials: int, bootstrap: int, workers: int) -> Section:
     return section
 
 
+def efficiency_leverage(trials: int, bootstrap: int, workers: int) -> Section:
+    from leverage_sections import efficiency_leverage as run
+
+    return Section(*run(trials, bootstrap, workers))
+
+
+def law_bank(trials: int, bootstrap: int, workers: int) -> Section:
+    from leverage_sections import law_bank as run
+
+    return Section(*run(max(10, trials // 12), bootstrap, workers))
+
+
 SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
     "chinchilla": chinchilla, "bimodal": bimodal, "routed": routed,
-    "shared_exponent": shared_exponent, "backtest": backtest_section}
+    "shared_exponent": shared_exponent, "backtest": backtest_section,
+    "efficiency_leverage": efficiency_leverage, "law_bank": law_bank}
 
 
 def main() -> None:

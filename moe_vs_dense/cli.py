@@ -198,12 +198,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from analysis.tables import render
 
     df = load(args.inputs, args.params)
-    print("MoE/MoT minus dense on matched pairs (nats/token):\n")
-    print(render(compare_pairs(df), args.format))
+    fits, why = {}, None
     try:
         fits = chinchilla_by_group(fit_groups(df, "chinchilla", args.bootstrap))
     except AnalysisError as e:
-        print(f"\nno law-based comparison: {e}")
+        why = e
+    _print_headline(df, args, fits)
+    print("MoE/MoT minus dense on matched pairs (nats/token):\n")
+    print(render(compare_pairs(df), args.format))
+    if why is not None:
+        print(f"\nno law-based comparison: {why}")
         return 0
     fronts = frontiers(df, fits)
     points = law_points(fronts, df, args.extrapolate)
@@ -216,6 +220,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(render(laws, args.format))
     _print_shared(df, fits, args)
     return 0
+
+
+def _print_headline(df, args: argparse.Namespace, fits: dict) -> None:
+    from analysis.headline import headline, sections
+
+    try:
+        h = headline(df, args.bootstrap, chinchilla=fits)
+    except AnalysisError as e:
+        print(f"no efficiency leverage: {e}\n")
+        return
+    for title, why, table in sections(h, args.format):
+        print(f"{title}:\n{why}\n\n{table}\n")
+    for note in h.notes:
+        print(f"note: {note}")
+    print()
 
 
 def _print_shared(df, fits, args: argparse.Namespace) -> None:

@@ -48,6 +48,9 @@ def test_pair_records_validate_and_analysis_reads_them(tmp_path, demo_data, caps
             {**dense["eval"]["final"], **dense["eval"]["paired"]}[key]["loss"])
     df = load([tmp_path])
     assert len(df) == 12 and set(df["family"]) == {"dense", "moe"}
+    # granularity = dense FFN width / expert width: 48 / 48 here, none for dense
+    assert (df.loc[df["family"] == "moe", "granularity"] == 1.0).all()
+    assert df.loc[df["family"] == "dense", "granularity"].isna().all()
     assert main(["compare", str(tmp_path), "--bootstrap", "10"]) == 0
     assert "text" in capsys.readouterr().out
     lines = [json.loads(x) for x in (tmp_path / "dense" / "metrics.jsonl").read_text().splitlines()]

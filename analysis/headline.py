@@ -1,0 +1,156 @@
+"""The headline of `compare` and `report`: efficiency leverage per modality and MoE family, the
+law-free estimate beside it, and the bank of MoE laws ranked on held-out runs, whose best law
+(when it has a compute-optimal frontier) also gives the extrapolated rows."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.chinchilla import NAMES, ChinchillaResult, Grid
+from analysis.errors import AnalysisError
+from analysis.law_bank import fit_law, rank_laws, reduce_to_chinchilla
+from analysis.leverage import (
+    FULL_GRID,
+    LeverageFit,
+    family_key,
+    law_free_leverage,
+    leverage_table,
+    pair_keys,
+    unit_weights,
+)
+
+COMPUTE = ("C is training FLOPs on the modality's tokens (FLOPs per token x its tokens, "
+           "analysis/compute.py); EL(C) = C_dense(L*_MoE(C)) / C along both families' "
+           "compute-optimal frontiers")
+SHOWN = ["modality", "family", "where", "C", "EL", "lower", "upper", "verdict", "law",
+         "MoE total params", "dense params at equal loss", "memory ratio",
+         "MoE inference FLOPs/token", "dense inference FLOPs/token", "note"]
+
+
+@dataclass
+class Headline:
+    leverage: pd.DataFrame  # SHOWN columns: per-family Chinchilla rows, best-law rows first
+    law_free: pd.DataFrame
+    ranking: pd.DataFrame  # every modality's bank ranking
+    fits: list[LeverageFit] = field(default_factory=list)  # per-family Chinchilla
+    best_fits: list[LeverageFit] = field(default_factory=list)  # from the best bank law
+    notes: list[str] = field(default_factory=list)
+
+
+def _as_chinchilla(p: np.ndarray, group: dict, law: str, nobs: int) -> ChinchillaResult:
+    """A Chinchilla result from (E, A, B, alpha, beta) rows: the estimate, then the draws."""
+    boot = p[1:] if len(p) > 2 else None
+    return ChinchillaResult(law, group, pd.Series(p[0], index=NAMES), boot, nobs, np.nan, True,
+                            f"the {law} law at fixed settings")
+
+
+def best_law_fits(df: pd.DataFrame, modality: str, law: str, chinchilla_fits: list[LeverageFit],
+                  bootstrap: int, seed: int) -> list[LeverageFit]:
+    """The modality's leverage from a bank law fitted to all its runs (bootstrap: runs resampled,
+    a dense run and its MoE partners as one unit): the joint law gives both families (dense at
+    one expert); the granularity law the MoE family at its granularity, beside the dense
+    Chinchilla fit."""
+    rows = df[df["modality"] == modality]
+    weights = unit_weights(pair_keys(rows).to_numpy(), bootstrap, np.random.default_rng(seed))
+    r = fit_law(law, rows, {"modality": modality}, bootstrap, seed, weights if bootstrap else None)
+    p = np.vstack([r.params.to_numpy()[None]] + ([r.boot] if r.boot is not None else []))
+    keys = family_key(rows)
+    out = []
+    for f in (f for f in chinchilla_fits if f.modality == modality):
+        moe_rows = rows[keys == f.family]
+        if law == "joint":
+            dense = _as_chinchilla(reduce_to_chinchilla(law, p, n_experts=1), {"modality": modality},
+                                   law, r.nobs)
+            moe = reduce_to_chinchilla(law, p, n_experts=float(moe_rows["n_experts"].iloc[0]))
+        else:
+            g = moe_rows["granularity"].unique()
+            if len(g) != 1:
+                continue  # a family of several granularities has no single frontier
+            dense = f.dense
+            moe = reduce_to_chinchilla(law, p, granularity=float(g[0]))
+        out.append(LeverageFit(modality, f.family, dense, _as_chinchilla(moe, {"modality": modality},
+                                                                           law, r.nobs),
+                               f.flops_dense, f.flops_moe, f.total_per_active, f.C_observed,
+                               f.paired_units, law))
+    return out
+
+
+def headline(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, holdout_largest: int = 3,
+             grid: Grid = FULL_GRID, chinchilla: dict[tuple[str, str], ChinchillaResult] | None = None
+             ) -> Headline:
+    """Leverage, law-free leverage and the bank ranking; `chinchilla`: per (family, modality)
+    fits already made, whose estimates are reused."""
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table, fits, n = leverage_table(df, bootstrap, seed, grid=grid, chinchilla=chinchilla)
+    notes += n + [f"efficiency leverage: {w.message}" for w in caught]
+    if table.empty:
+        raise AnalysisError("no modality has both dense and MoE runs to compare: " + "; ".join(notes))
+    free = pd.DataFrame([law_free_leverage(f, df, bootstrap, seed) for f in fits])
+    rankings, best_fits = [], []
+    for m in sorted({f.modality for f in fits}):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ranking, _, n = rank_laws(df, m, holdout_largest, min(bootstrap, 200), seed)
+        except AnalysisError as e:
+            notes.append(f"law bank ({m}): {e}")
+            continue
+        rankings.append(ranking)
+        notes += [f"law bank ({m}): {x}" for x in n]
+        best = ranking["law"].iloc[0]
+        if best in ("joint", "granularity"):
+            try:
+                best_fits += best_law_fits(df, m, best, fits, bootstrap, seed)
+            except AnalysisError as e:
+                notes.append(f"law bank ({m}): the best law, {best}, could not be refitted: {e}")
+        else:
+            notes.append(f"law bank ({m}): the best law on held-out runs is {best}; "
+                         + ("the per-family Chinchilla laws give every row" if best == "chinchilla"
+                            else "it has no token term, so no compute-optimal frontier: the "
+                            "per-family Chinchilla laws give every row"))
+    rows = [table]
+    for f in best_fits:
+        t = f.table()
+        rows.insert(0, t[t["where"].str.startswith("extrapolated")])
+    lev = pd.concat(rows, ignore_index=True)
+    lev["first"] = lev["law"] != "chinchilla"
+    lev = lev.sort_values(["modality", "family", "C", "first"], ascending=[True, True, True, False],
+                          kind="stable").drop(columns="first").reset_index(drop=True)
+    return Headline(lev[[c for c in SHOWN if c in lev]], free,
+                    pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame(),
+                    fits, best_fits, notes)
+
+
+def sections(h: Headline, fmt: str = "md") -> list[tuple[str, str, str]]:
+    """(title, explanation, table rendered in fmt) for the headline's three tables."""
+    from analysis.tables import render
+
+    extrapolated = ", ".join(f"{f:g}x" for f in (10, 100))
+    return [
+        ("Efficiency leverage per modality and MoE family",
+         f"{COMPUTE}. EL > 1: the experts are worth more than their compute. Interval: 95% "
+         "residual bootstrap of both laws together (pairs of runs as units); verdict from it. "
+         f"Rows 'extrapolated' lie {extrapolated} beyond the largest observed compute; where the "
+         "bank's best law on held-out runs has a frontier, its row comes first (column law). "
+         "Storage: the MoE's total params on its frontier vs the dense model of equal loss; "
+         "inference FLOPs per token = a third of training FLOPs per token.",
+         render(h.leverage, fmt)),
+        ("Efficiency leverage from the runs alone (no law)",
+         "Geometric mean over the MoE's Pareto-front runs of the compute at which the dense "
+         "runs' Pareto front (log-log interpolated, never extrapolated) reaches the same loss, "
+         "over the run's compute; 95% interval from resampling runs (pairs as units). Beside it "
+         "the law-based EL at the same compute, to see whether they agree.",
+         render(h.law_free, fmt)),
+        ("MoE laws ranked on held-out runs",
+         "Each law of the bank fitted to the runs below the largest-compute MoE runs of each "
+         "family and judged on those: RMS and mean absolute error of log loss (%), the share "
+         "inside its 95% prediction interval, AIC (Laplace likelihood) on the training MoE runs. "
+         "Laws within one standard error of the best error rank first, fewest parameters first.",
+         render(h.ranking, fmt) if len(h.ranking) else "(no modality supports the bank)"),
+    ]

@@ -1,0 +1,355 @@
+"""Efficiency leverage: the compute a dense model needs to reach an MoE's loss, over the MoE's.
+
+    EL(C) = C_dense(L*_moe(C)) / C
+
+C is the tidy table's compute column: training FLOPs spent on this modality's tokens
+(FLOPs per token x tokens of the modality; analysis/compute.py). L*_f(C) is family f's
+compute-optimal loss from its Chinchilla law (or a bank law that reduces to one, see
+`law_bank`) along the frontier flops_f(N) D = C, with FLOPs per token k N^s fitted to the
+family's runs, as compute.py does. The dense frontier is L*(C) = E + K (6 C / k)^-r with
+r = (alpha/s) beta / (alpha/s + beta), so it is inverted in closed form; where the MoE's loss is
+at or below the dense law's irreducible loss E, no dense compute reaches it and EL is infinite
+(reported as such, never as a number).
+
+Intervals come from one bootstrap of both families together: pairs of runs (as
+compare.match_runs pairs them) are resampled as units, unpaired runs within their family; each
+draw refits both laws (warm-started, all draws at once) and gives one EL curve. The same draws
+become the two laws' `boot` here, so their parameter intervals and EL agree; the law-free
+estimate resamples the same way. Runs rather than residuals are resampled because that is what
+covers: on 100 synthetic sets (benchmarks/leverage_sections.py: EL = 1.5 and 1.0, five
+computes each, up to 100x beyond the data) the 95% intervals covered 0.95-0.99 of the time;
+with residuals resampled as analysis/chinchilla.py did when this was written, 0.82-0.93 (the
+Huber fit is close to least absolute deviations, whose residuals understate the noise).
+
+Verdict at each compute: "experts worth more compute" when the 95% interval lies above 1,
+"experts worth less" when below, else "not resolved".
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.chinchilla import NAMES, REFIT_ITERS, ChinchillaResult, Grid, batched_lbfgs, fit_chinchilla
+from analysis.compare import match_runs
+from analysis.compute import FlopsPerToken, fit_flops_per_token
+from analysis.errors import AnalysisError
+from analysis.law_bank import CHINCHILLA, lse_objective
+from analysis.results import interval
+
+MORE, LESS, UNRESOLVED = "experts worth more compute", "experts worth less", "not resolved"
+EXTRAPOLATE = (10.0, 100.0)
+FULL_GRID = Grid()
+
+
+def family_key(df: pd.DataFrame) -> pd.Series:
+    """An MoE family: family, router, expert count and (above 1) experts per token, e.g.
+    `moe learned E=8`, `moe learned E=16 k=2`; `dense` for dense runs."""
+    router = df["router"].fillna("").astype(str)
+    experts = df["n_experts"].fillna(0).astype(int).astype(str)
+    k = df["top_k"].fillna(0).astype(int) if "top_k" in df else pd.Series(0, index=df.index)
+    label = (df["family"].astype(str) + np.where(router != "", " " + router, "") + " E=" + experts
+             + np.where(k > 1, " k=" + k.astype(str), ""))
+    return label.where(df["family"] != "dense", "dense")
+
+
+def pair_keys(df: pd.DataFrame) -> pd.Series:
+    """A run's bootstrap unit: a dense run's own name, and for an MoE run the name of the dense
+    partner compare.match_runs finds for it (its own name when it has none)."""
+    match, _ = match_runs(df)
+    partner = dict(zip(match["run"], match["run_dense"], strict=True))
+    return df["run"].map(lambda r: partner.get(r, r)).astype(str)
+
+
+def paired_weights(keys_dense: np.ndarray, keys_moe: np.ndarray, draws: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap multiplicities [draws, rows] for both families: shared keys are resampled as
+    units (so a pair's two runs enter or leave together), the rest within their own family."""
+    shared = np.intersect1d(keys_dense, keys_moe)
+    out = []
+    for keys in (keys_dense, keys_moe):
+        w = np.zeros((draws, len(keys)))
+        solo = np.flatnonzero(~np.isin(keys, shared))
+        if len(solo):
+            pick = rng.integers(0, len(solo), (draws, len(solo)))
+            np.add.at(w, (np.arange(draws)[:, None], solo[pick]), 1.0)
+        out.append(w)
+    if len(shared):
+        pick = rng.integers(0, len(shared), (draws, len(shared)))
+        counts = np.zeros((draws, len(shared)))
+        np.add.at(counts, (np.arange(draws)[:, None], pick), 1.0)
+        for w, keys in zip(out, (keys_dense, keys_moe), strict=True):
+            idx = np.searchsorted(shared, keys)
+            rows = np.flatnonzero(np.isin(keys, shared))
+            # a key with several runs in one family (several modalities are separate tables,
+            # so this is a repeated run): each of its runs carries the unit's multiplicity
+            w[:, rows] += counts[:, idx[rows]]
+    return out[0], out[1]
+
+
+def unit_weights(keys: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap multiplicities [draws, rows] resampling the distinct keys (a dense run and its
+    MoE partners) as units."""
+    units, idx = np.unique(keys, return_inverse=True)
+    counts = np.zeros((draws, len(units)))
+    np.add.at(counts, (np.arange(draws)[:, None], rng.integers(0, len(units), (draws, len(units)))), 1.0)
+    return counts[:, idx]
+
+
+def refit_weighted(result: ChinchillaResult, df: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
+    """Chinchilla refits to the runs with multiplicities `weights` [draws, rows] (the same
+    Huber objective, law_bank's fitter), all at once from the estimate: natural parameters
+    (E, A, B, alpha, beta) per draw."""
+    X, logL = CHINCHILLA.design(df), np.log(df["loss"].to_numpy(float))[None]
+    theta = CHINCHILLA.log_theta(result.params[NAMES].to_numpy())
+    x, _ = batched_lbfgs(lambda th, rows: lse_objective(th, X, logL, weights[rows]),
+                         np.tile(theta, (len(weights), 1)), iters=REFIT_ITERS)
+    return CHINCHILLA.natural(x)
+
+
+def frontier_loss(p: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """L*(X) for rows p = (E, A, B, alpha, beta) [P, 5] at X = 6 N D [len(X)]: [P, len(X)].
+    NaN where an exponent is not positive (no compute-optimal frontier)."""
+    E, A, B, al, be = (np.atleast_2d(p)[:, i : i + 1] for i in range(5))
+    with np.errstate(all="ignore"):
+        ok = (al > 0) & (be > 0)
+        G = (al * A / (be * B)) ** (1 / (al + be))
+        n = G * (X / 6) ** (be / (al + be))
+        d = X / (6 * n)
+        L = E + A / n**al + B / d**be
+    return np.where(ok, L, np.nan)
+
+
+def frontier_compute(p: np.ndarray, L: np.ndarray) -> np.ndarray:
+    """X = 6 N D at which L*(X) = L (rows p [P, 5], L [P, k]): +inf where L <= E."""
+    E, A, B, al, be = (np.atleast_2d(p)[:, i : i + 1] for i in range(5))
+    with np.errstate(all="ignore"):
+        s = al * be / (al + be)
+        K = frontier_loss(p, np.array([6.0])) - E  # L*(X) - E = K (X / 6)^-s
+        X = 6 * ((L - E) / K) ** (-1 / s)
+    return np.where(L > E, X, np.where(np.isnan(L) | np.isnan(K), np.nan, np.inf))
+
+
+def frontier_params(p: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """N*(X) on the frontier: [P, len(X)]."""
+    E, A, B, al, be = (np.atleast_2d(p)[:, i : i + 1] for i in range(5))
+    with np.errstate(all="ignore"):
+        G = (al * A / (be * B)) ** (1 / (al + be))
+        return G * (X / 6) ** (be / (al + be))
+
+
+CHINCHILLA_FLOPS = FlopsPerToken(6.0, 1.0)
+
+
+def _per_flop(p: np.ndarray, flops: FlopsPerToken) -> np.ndarray:
+    """With M = N^s, flops(N) D = C is Chinchilla's 6 M D = 6 C / k for (E, A, B, alpha/s, beta)."""
+    q = np.atleast_2d(p).astype(float).copy()
+    q[:, 3] /= flops.s
+    return q
+
+
+def leverage(dense: np.ndarray, moe: np.ndarray, C: np.ndarray,
+             flops_dense: FlopsPerToken = CHINCHILLA_FLOPS,
+             flops_moe: FlopsPerToken = CHINCHILLA_FLOPS) -> np.ndarray:
+    """EL(C) [P, len(C)] for parameter rows of the dense and MoE laws (broadcast together)."""
+    L = frontier_loss(_per_flop(moe, flops_moe), 6 * C / flops_moe.k)
+    return flops_dense.k / 6 * frontier_compute(_per_flop(dense, flops_dense), L) / C
+
+
+def optimal_params(p: np.ndarray, C: np.ndarray, flops: FlopsPerToken) -> np.ndarray:
+    """N*(C) on the frontier flops(N) D = C: [P, len(C)]."""
+    return frontier_params(_per_flop(p, flops), 6 * C / flops.k) ** (1 / flops.s)
+
+
+def interval_with_inf(draws: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """Percentile interval over axis 0 where some draws are +inf (the dense law never reaches
+    the loss): those rank above every finite draw, so a bound among them is +inf."""
+    big = np.finfo(float).max
+    lo, hi = interval(np.where(np.isinf(draws), big, draws), alpha, axis=0)
+    return np.where(lo >= big, np.inf, lo), np.where(hi >= big, np.inf, hi)
+
+
+def verdict(lower: float, upper: float) -> str:
+    """From the interval; NaN bounds (no frontier) leave it unresolved."""
+    if lower > 1:
+        return MORE
+    if upper < 1:
+        return LESS
+    return UNRESOLVED
+
+
+@dataclass
+class LeverageFit:
+    """Dense and MoE laws of one modality, fitted on the same bootstrap draws."""
+
+    modality: str
+    family: str
+    dense: ChinchillaResult
+    moe: ChinchillaResult
+    flops_dense: FlopsPerToken
+    flops_moe: FlopsPerToken
+    total_per_active: float  # MoE total / active params (median over its runs)
+    C_observed: np.ndarray  # the MoE family's compute values
+    paired_units: int
+    law: str = "chinchilla"
+
+    def curve(self, C, alpha: float = 0.05) -> pd.DataFrame:
+        """EL with its interval and verdict at compute C, and the storage side: the MoE's total
+        params on its frontier vs the params of the dense model of equal loss, and both models'
+        inference FLOPs per token (a forward pass: a third of the training FLOPs per token)."""
+        C = np.atleast_1d(np.asarray(C, float))
+        pd_, pm = self.dense.params.to_numpy()[None], self.moe.params.to_numpy()[None]
+        el = leverage(pd_, pm, C, self.flops_dense, self.flops_moe)[0]
+        n_moe = optimal_params(pm, C, self.flops_moe)[0]
+        n_dense = optimal_params(pd_, np.where(np.isfinite(el), el * C, np.nan), self.flops_dense)[0]
+        out = pd.DataFrame({"C": C, "EL": el, "lower": np.nan, "upper": np.nan})
+        if self.dense.boot is not None and self.moe.boot is not None:
+            draws = leverage(self.dense.boot, self.moe.boot, C, self.flops_dense, self.flops_moe)
+            out["lower"], out["upper"] = interval_with_inf(draws, alpha)
+            out["unreachable_share"] = np.isinf(draws).mean(0)
+        out["verdict"] = [verdict(lo, hi) for lo, hi in zip(out["lower"], out["upper"], strict=True)]
+        out["MoE total params"] = n_moe * self.total_per_active
+        out["dense params at equal loss"] = n_dense
+        out["memory ratio"] = out["MoE total params"] / n_dense
+        out["MoE inference FLOPs/token"] = self.flops_moe(n_moe) / 3
+        out["dense inference FLOPs/token"] = self.flops_dense(n_dense) / 3
+        return out
+
+    def table(self, alpha: float = 0.05) -> pd.DataFrame:
+        """EL at the smallest, median and largest observed compute and 10x, 100x beyond."""
+        c = self.C_observed
+        points = [("smallest observed", c.min()), ("median observed", float(np.median(c))),
+                  ("largest observed", c.max())]
+        points += [(f"extrapolated {f:g}x beyond the largest", c.max() * f) for f in EXTRAPOLATE]
+        curve = self.curve([v for _, v in points], alpha)
+        curve.insert(0, "where", [w for w, _ in points])
+        curve.insert(0, "family", self.family)
+        curve.insert(0, "modality", self.modality)
+        curve["law"] = self.law
+        curve["note"] = [_note(r, self.dense) for r in curve.itertuples()]
+        return curve
+
+
+def _note(row, dense: ChinchillaResult) -> str:
+    if np.isinf(row.EL):
+        return (f"the dense law cannot reach this loss: it is below the dense fit's irreducible "
+                f"loss E = {dense.params['E']:.4g} nats/token")
+    if np.isnan(row.EL):
+        return "no compute-optimal frontier (a fitted exponent is not positive)"
+    return ""
+
+
+def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 1000,
+                 seed: int = 0, grid: Grid = FULL_GRID,
+                 fits: dict[tuple[str, str], ChinchillaResult] | None = None) -> LeverageFit:
+    """Dense and one MoE family (a `family_key` label) on one modality, bootstrapped together.
+    `fits`: Chinchilla fits already made per (family, modality) (analysis.fit.chinchilla_by_group);
+    their estimates are reused where their group holds exactly these runs (their draws are not:
+    the joint draws replace them, on copies)."""
+    rows = df[df["modality"] == modality].assign(fkey=lambda x: family_key(x))
+    dense_df = rows[rows["fkey"] == "dense"].reset_index(drop=True)
+    moe_df = rows[rows["fkey"] == family].reset_index(drop=True)
+    if dense_df.empty:
+        raise AnalysisError(f"modality {modality}: no dense runs; efficiency leverage needs them")
+    if moe_df.empty:
+        raise AnalysisError(f"modality {modality}: no runs of {family}")
+    dense = _reuse(fits, "dense", modality, dense_df, rows)
+    if dense is None:
+        dense = fit_chinchilla(dense_df, {"family": "dense", "modality": modality}, bootstrap=0, grid=grid)
+    moe = _reuse(fits, str(moe_df["family"].iloc[0]), modality, moe_df, rows)
+    if moe is None:
+        moe = fit_chinchilla(moe_df, {"family": family, "modality": modality}, bootstrap=0, grid=grid)
+    keys = pair_keys(rows)
+    kd, km = keys[rows["fkey"] == "dense"].to_numpy(), keys[rows["fkey"] == family].to_numpy()
+    if bootstrap:
+        wd, wm = paired_weights(kd, km, bootstrap, np.random.default_rng(seed))
+        dense.boot, moe.boot = refit_weighted(dense, dense_df, wd), refit_weighted(moe, moe_df, wm)
+    flops = lambda g: fit_flops_per_token(g["N"], g["flops_per_token"])  # noqa: E731
+    return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
+                       float(np.median(moe_df["N_total"] / moe_df["N_active"])),
+                       moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)))
+
+
+def _reuse(fits, family: str, modality: str, runs: pd.DataFrame, rows: pd.DataFrame):
+    """A copy of fits[(family, modality)] when that group is exactly `runs`, else None."""
+    fit = (fits or {}).get((family, modality))
+    if fit is None or getattr(fit, "theta", None) is None:
+        return None
+    if len(rows[rows["family"] == family]) != len(runs):  # the group mixes routers or expert counts
+        return None
+    return copy.copy(fit)
+
+
+def leverage_jobs(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(modality, MoE family) for every modality with dense runs and runs of that family."""
+    keys = df.assign(fkey=family_key(df))
+    jobs = []
+    for m, g in keys.groupby("modality"):
+        if (g["fkey"] == "dense").any():
+            jobs += [(m, f) for f in sorted(set(g["fkey"]) - {"dense"})]
+    return jobs
+
+
+def leverage_table(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
+                   grid: Grid = FULL_GRID, chinchilla: dict | None = None
+                   ) -> tuple[pd.DataFrame, list[LeverageFit], list[str]]:
+    """The headline table over every (modality, MoE family); fits that fail become notes.
+    `chinchilla`: fits already made per (family, modality), reused (see fit_leverage)."""
+    fits, notes = [], []
+    for m, f in leverage_jobs(df):
+        try:
+            fits.append(fit_leverage(df, m, f, bootstrap, seed, grid, chinchilla))
+        except AnalysisError as e:
+            notes.append(f"efficiency leverage ({m}, {f}): {e}")
+    if not fits:
+        return pd.DataFrame(), fits, notes
+    return pd.concat([f.table(alpha) for f in fits], ignore_index=True), fits, notes
+
+
+def envelope(C: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The runs on the loss-compute Pareto front (each better than every cheaper run), by C."""
+    order = np.argsort(C, kind="stable")
+    keep, best = [], np.inf
+    for i in order:
+        if L[i] < best:
+            keep.append(i)
+            best = L[i]
+    return C[keep], L[keep]
+
+
+def law_free_ratio(dense_C, dense_L, moe_C, moe_L) -> tuple[float, np.ndarray]:
+    """Geometric mean over the MoE's Pareto runs of C_dense / C_moe, where C_dense is the compute
+    at which the dense Pareto front (log-log interpolated) reaches that run's loss; only runs
+    whose loss the dense front brackets count (no extrapolation). (ratio, their compute)."""
+    dc, dl = envelope(np.asarray(dense_C, float), np.asarray(dense_L, float))
+    mc, ml = envelope(np.asarray(moe_C, float), np.asarray(moe_L, float))
+    inside = (ml >= dl.min()) & (ml <= dl.max())
+    if len(dc) < 2 or not inside.any():
+        return np.nan, mc[:0]
+    logc = np.interp(-np.log(ml[inside]), -np.log(dl), np.log(dc))
+    return float(np.exp(np.mean(logc - np.log(mc[inside])))), mc[inside]
+
+
+def law_free_leverage(fit: LeverageFit, df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
+                      alpha: float = 0.05) -> dict:
+    """EL from the runs alone on the observed range, with a bootstrap interval over the same
+    paired resampling as the laws, and the law-based EL at the compared runs' compute."""
+    rows = df[df["modality"] == fit.modality].assign(fkey=lambda x: family_key(x))
+    rows = rows.assign(key=pair_keys(rows))
+    d, m = rows[rows["fkey"] == "dense"], rows[rows["fkey"] == fit.family]
+    est, compared = law_free_ratio(d["C"], d["loss"], m["C"], m["loss"])
+    law = fit.curve(compared)["EL"].to_numpy() if len(compared) else np.array([np.nan])
+    out = {"modality": fit.modality, "family": fit.family, "EL (runs)": est, "lower": np.nan,
+           "upper": np.nan, "MoE runs compared": len(compared),
+           "EL (law) at the same compute": float(np.exp(np.mean(np.log(law))))}
+    if len(compared) and bootstrap:
+        wd, wm = paired_weights(d["key"].to_numpy(), m["key"].to_numpy(), bootstrap,
+                                np.random.default_rng(seed + 1))
+        dC, dL, mC, mL = (x.to_numpy(float) for x in (d["C"], d["loss"], m["C"], m["loss"]))
+        draws = np.array([law_free_ratio(dC[a > 0], dL[a > 0], mC[b > 0], mL[b > 0])[0]
+                          for a, b in zip(wd, wm, strict=True)])
+        out["lower"], out["upper"] = interval(draws, alpha)
+    return out
