@@ -7,6 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+# before numpy loads: scipy's many tiny L-BFGS-B steps in the law fits run several times slower
+# with OpenBLAS on 2 threads of a small machine; torch's own threads are set per run
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from analysis.errors import AnalysisError
 from moe_vs_dense.errors import UserError
 

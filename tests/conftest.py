@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# numpy's OpenBLAS with 2 threads makes scipy's many tiny L-BFGS-B steps several times slower
+# on a 2-core machine (and much more under load); set before numpy is first imported
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import sysconfig
 import wave
 from pathlib import Path
