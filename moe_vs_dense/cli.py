@@ -200,6 +200,23 @@ def _cmd_sweep_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from moe_vs_dense.demo import demo
+
+    demo(args.out, args.minutes, args.data_dir, args.workers)
+    return 0
+
+
+def _add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="real data -> paired sweep -> fitted laws -> report, timed")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--minutes", type=float, default=15.0,
+                   help="time budget, data fetch included; scales the sweep (default 15)")
+    p.add_argument("--workers", type=int, help="worker processes (default: up to 2 cores)")
+    _data_dir_arg(p)
+    p.set_defaults(func=_cmd_demo)
+
+
 def _add_sweep_parsers(sub) -> None:
     sweep = sub.add_parser("sweep", help="paired dense/MoE sweeps: plan, run, status")
     ssub = sweep.add_subparsers(dest="sweep_command", required=True)
@@ -279,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_report)
     _add_sweep_parsers(sub)
+    _add_demo_parser(sub)
     return parser
 
 

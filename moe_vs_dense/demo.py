@@ -1,0 +1,146 @@
+"""`moe-vs-dense demo`: real data to a report with intervals, in one command and a fixed time budget.
+
+Fetch the built-in sources, prepare the mixtures, run the demo sweep (configs/sweeps/demo.yaml:
+dense, modality-routed MoE and learned-router MoE at matched active FLOPs per token over three
+sizes and two token budgets, plus unimodal and bimodal dense baselines), then fit the laws and
+write the report. `minutes` scales the token budgets to the time a short timing on this machine
+predicts; the scale chosen is saved beside the runs, so running the demo again with the same
+budget plans the same runs and resumes them instead of starting over.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from moe_vs_dense.errors import UserError
+from moe_vs_dense.sweep.plan import PlannedRun, expand
+from moe_vs_dense.sweep.spec import SweepConfig, load_sweep
+
+SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "demo.yaml"
+RUN_OVERHEAD_S = 1.0  # start-up, final eval bookkeeping, checkpoints and record writes per run
+REPORT_S = 45.0  # fitting the laws (with bootstrap) and drawing the figures
+PACKING = 1.1  # runs of unequal length do not pack perfectly onto the workers
+MIN_SCALE, MAX_SCALE = 0.05, 20.0
+REPORT_BOOTSTRAP = 200
+FALLBACK_SOURCES = {"fashion_mnist": "mnist"}
+
+
+def _round_sig(x: float, digits: int = 2) -> int:
+    if x <= 0:
+        return 1
+    return int(round(x, -int(math.floor(math.log10(x))) + digits - 1))
+
+
+def scaled(sweep: SweepConfig, scale: float, bimodal: bool = True) -> SweepConfig:
+    """The sweep with every token budget times `scale` (two significant digits)."""
+    update = {"tokens": [_round_sig(t * scale) for t in sweep.tokens]}
+    if not bimodal:
+        update["bimodal"] = "none"
+    return sweep.model_copy(update=update)
+
+
+def _fetch(data_dir: str | None, base: dict, log) -> dict:
+    """Fetch the demo's sources; substitute a fallback or drop a modality whose source failed."""
+    from moe_vs_dense.data.fetch import data_dir as resolve
+    from moe_vs_dense.data.fetch import fetch
+
+    root = resolve(data_dir, base.get("data", {}).get("dir"))
+    log(f"data directory: {root}")
+    mixture = base["data"]["mixture"]
+    status = fetch(root, [s["source"] for s in mixture.values()], log=lambda m: log("  " + m))
+    base = copy.deepcopy(base)
+    for key, stream in list(base["data"]["mixture"].items()):
+        if not status.get(stream["source"], "ok").startswith("unavailable"):
+            continue
+        alt = FALLBACK_SOURCES.get(stream["source"])
+        if alt and not fetch(root, [alt], log=lambda m: log("  " + m))[alt].startswith("unavailable"):
+            log(f"  {key}: using {alt} instead of {stream['source']}")
+            stream["source"] = alt
+        else:
+            log(f"  {key}: no data; the demo goes on without it")
+            del base["data"]["mixture"][key]
+    if not base["data"]["mixture"]:
+        raise UserError("no data source could be fetched; check the network and rerun")
+    return base
+
+
+def _plan_seconds(runs: list[PlannedRun], seconds: dict[str, float], scale: float,
+                  workers: int) -> float:
+    """Wall seconds of the sweep at `scale` times the timed token budgets."""
+    total = sum(seconds[r.run_id] * scale + RUN_OVERHEAD_S for r in runs)
+    return total * PACKING / workers
+
+
+def choose(sweep: SweepConfig, base: dict, seconds_left: float, workers: int,
+           log) -> tuple[SweepConfig, list[PlannedRun], float]:
+    """The largest scale of the demo's token budgets that fits `seconds_left`, from a short
+    timing; bimodal baselines are dropped when even the smallest scale does not fit."""
+    from moe_vs_dense.sweep.estimate import estimate
+
+    log("timing a few training steps of each model to fit the plan to the time budget ...")
+    runs = expand(sweep, base, str(SWEEP))
+    seconds = estimate(runs, threads=1)
+    for bimodal in (True, False):
+        subset = [r for r in runs if bimodal or r.kind != "bimodal"]
+        fixed = _plan_seconds(subset, {r.run_id: 0.0 for r in subset}, 0.0, workers)
+        per_scale = _plan_seconds(subset, seconds, 1.0, workers) - fixed
+        scale = (seconds_left - fixed) / per_scale
+        if scale >= 0.25 or not bimodal:
+            break
+    scale = float(min(MAX_SCALE, max(MIN_SCALE, scale)))
+    chosen = scaled(sweep, scale, bimodal)
+    return chosen, expand(chosen, base, str(SWEEP)), scale
+
+
+def demo(out: str | Path = "runs/demo", minutes: float = 15.0, data_dir: str | None = None,
+         workers: int | None = None, log=print) -> Path:
+    """Run the demo into `out` within about `minutes`; returns the report's path."""
+    from moe_vs_dense.sweep import run_sweep
+    from moe_vs_dense.sweep.tables import plan_table, render_plan, summary
+
+    start = time.monotonic()
+    out = Path(out)
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
+    sweep, base = load_sweep(SWEEP)
+    log(f"== 1/4 fetch real data for every modality (budget {minutes:g} min, {workers} workers)")
+    base = _fetch(data_dir, base, log)
+    saved_path = out / "demo_plan.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
+    if saved.get("minutes") == minutes and saved.get("modalities") == sorted(base["data"]["mixture"]):
+        scale, bimodal = saved["scale"], saved["bimodal"]
+        chosen = scaled(sweep, scale, bimodal)
+        runs = expand(chosen, base, str(SWEEP))
+        log(f"== 2/4 plan: reusing the plan of the earlier run in {out} (scale {scale:.3g})")
+    else:
+        seconds_left = minutes * 60 - (time.monotonic() - start) - REPORT_S - 30
+        log("== 2/4 plan")
+        chosen, runs, scale = choose(sweep, base, seconds_left, workers, log)
+        bimodal = chosen.bimodal != "none"
+        from moe_vs_dense.io import write_json
+
+        write_json(saved_path, {"minutes": minutes, "scale": scale, "bimodal": bimodal,
+                                "modalities": sorted(base["data"]["mixture"])})
+    table = plan_table(runs)
+    paired = table[table["pair"] != "-"]
+    log(render_plan(paired))
+    log(f"\nplus {len(table) - len(paired)} unimodal/bimodal dense baselines "
+        f"(every run: {out / 'plan.csv'})")
+    log(summary(runs, None, workers) + f"; token budgets x{scale:.3g} of configs/sweeps/demo.yaml")
+    out.mkdir(parents=True, exist_ok=True)
+    plan_table(runs).to_csv(out / "plan.csv", index=False)
+    log("== 3/4 train (Ctrl-C stops; the same command resumes)")
+    outcome = run_sweep(runs, out, workers, data_dir, threads=1, log=log)
+    bad = {k: v for k, v in outcome.items() if v[0] != "completed"}
+    for run_id, (status, why) in bad.items():
+        log(f"  {run_id}: {status} {why}")
+    log("== 4/4 fit the laws and write the report")
+    from analysis.report import write_report
+
+    report = write_report([out / "runs"], out / "report", bootstrap=REPORT_BOOTSTRAP)
+    log(f"report: {report} ({(time.monotonic() - start) / 60:.1f} min in all)")
+    return report
