@@ -79,6 +79,23 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from moe_vs_dense.config import load_config
+    from moe_vs_dense.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    rec = train(cfg, out, data_root=args.data_dir, force=args.force, prepare=args.prepare,
+                progress=not args.quiet)
+    if rec["status"] == "diverged":
+        print(f"{out}: diverged at step {rec['diverged_step']} (last good checkpoint kept)",
+              file=sys.stderr)
+        return 1
+    losses = "  ".join(f"{m} {v['loss']:.4f}" for m, v in rec["eval"]["final"].items())
+    print(f"{out}: {rec['status']}, {rec['tokens']['total']:,} tokens; loss (nats/token): {losses}")
+    return 0
+
+
 def _analysis_inputs(p: argparse.ArgumentParser, csv: bool = True) -> None:
     p.add_argument("inputs", nargs="+", help="run directories or record.json files"
                    + (", or one CSV" if csv else ""))
@@ -240,7 +257,7 @@ def _add_sweep_parsers(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moe-vs-dense",
-        description="Dense vs modality-expert models on matched compute: data, models, analysis.",
+        description="Dense vs modality-expert models on matched compute: data, models, training, analysis.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -275,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="match active FLOPs per token (default) or total params")
     p.add_argument("--batch-rows", type=int, default=16, help="rows per batch for memory")
     p.set_defaults(func=_cmd_model_info)
+
+    p = sub.add_parser("train", help="train (or resume) one run; writes RUN_DIR/record.json")
+    _config_args(p)
+    _data_dir_arg(p)
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<config name>)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even though the config differs from the run directory's")
+    p.add_argument("--prepare", action="store_true",
+                   help="prepare the data first when it is not prepared (default: an error)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("fit", help="fit scaling laws to runs or a CSV")
     _analysis_inputs(p)

@@ -219,6 +219,73 @@ class ModelConfig(Strict):
         return self.moe.d_expert or max(8, self.ffn_hidden // self.moe.top_k)
 
 
+# ---------------------------------------------------------------- training, evaluation, run
+
+
+class TrainConfig(Strict):
+    """How long and how a model trains. A run's length is a token budget: steps =
+    ceil(tokens / (batch_rows x seq_len)). `grad_accum` micro-steps of `batch_rows /
+    (grad_accum x processes)` rows each make one optimizer step on `batch_rows` rows."""
+
+    tokens: int = Field(1_000_000, ge=1)
+    batch_rows: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup: float = Field(0.05, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    threads: int | None = Field(None, ge=1)
+    peak_flops: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.batch_rows % self.grad_accum:
+            raise ValueError(f"grad_accum: batch_rows {self.batch_rows} is not divisible by "
+                             f"grad_accum {self.grad_accum}")
+        if any(not 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas: each must be in [0, 1) (got {list(self.betas)})")
+        return self
+
+    def steps(self, seq_len: int) -> int:
+        return -(-self.tokens // (self.batch_rows * seq_len))
+
+    def warmup_steps(self, steps: int) -> int:
+        """`warmup` below 1 is a fraction of the steps, from 1 on a number of steps."""
+        return min(steps, round(self.warmup * steps) if self.warmup < 1 else int(self.warmup))
+
+
+class EvalConfig(Strict):
+    """Held-out loss on each stream's fixed validation rows (the first rows of its val split,
+    the same for every run whose mixture has that stream). `rows` during training, `final_rows`
+    at the end (None: all of them)."""
+
+    every: int | None = Field(None, ge=1)
+    rows: int | None = Field(64, ge=1)
+    final_rows: int | None = Field(None, ge=1)
+    batch_rows: int = Field(32, ge=1)
+    target_se: float = Field(0.005, gt=0)
+
+
+class RunConfig(Strict):
+    """Bookkeeping of a run: checkpoints (default: at each eval, else every 10% of the steps),
+logging every `log_every` steps, trackers, and spikes: a step's loss (grad norm) counts as a
+spike when it exceeds the mean of the previous `spike_window` steps by `spike_sigma` of their
+standard deviations."""
+
+    pair_id: str | None = None
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    trackers: list[Literal["tensorboard", "wandb"]] = []
+    spike_sigma: float = Field(6.0, gt=0)
+    spike_window: int = Field(50, ge=2)
+
+
 # ---------------------------------------------------------------- top level
 
 
@@ -226,6 +293,9 @@ class Config(Strict):
     seed: int = 0
     data: DataConfig
     model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
     def _check_experts_vs_data(self) -> Config:

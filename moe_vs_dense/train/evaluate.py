@@ -1,0 +1,173 @@
+"""Held-out loss on each stream's fixed validation rows, with standard errors and expert use.
+
+The rows are the first `rows` of each stream's validation split: prepare assigns documents to
+validation by a hash of their key and packs each stream on its own, so every run whose mixture
+holds the stream (a paired partner, a unimodal baseline, a joint run) scores the same raw tokens
+(token ids differ between mixtures only by the modality's offset in the shared vocabulary).
+
+Losses are grouped by the stream's own modality ("text", "image", ...); tokens of another
+modality inside a paired stream (an image's label, a clip's transcript) are reported apart as
+"image->text", "speech->text". The standard error treats each validation row (seq_len + 1
+tokens) as one independent cluster: it is the ratio-estimator SE over rows, and makes no
+assumption that tokens within a row are independent.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from moe_vs_dense.data.loader import PreparedData, val_batches
+from moe_vs_dense.data.modalities import MODALITIES
+from moe_vs_dense.model.transformer import Transformer
+
+SE_METHOD = "ratio estimator over validation rows (each row one cluster of seq_len tokens)"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def ratio_se(sums_R: np.ndarray, counts_R: np.ndarray) -> tuple[float, float | None]:
+    """Mean loss per token over rows and its standard error, rows as clusters (None from a
+    single row)."""
+    keep = counts_R > 0
+    s, n = sums_R[keep], counts_R[keep]
+    loss = float(s.sum() / n.sum())
+    r = len(n)
+    if r < 2:
+        return loss, None
+    var = r / (r - 1) * np.sum((s - loss * n) ** 2) / n.sum() ** 2
+    return loss, float(math.sqrt(var))
+
+
+class ExpertCounter:
+    """Forward hooks on the MoE layers: tokens per expert by modality during evaluation."""
+
+    def __init__(self, model: Transformer) -> None:
+        self.model = model
+        layers = model.moe_layers()
+        self.counts = [torch.zeros(len(model.modalities), m.n_experts, dtype=torch.long)
+                       for m in layers]
+        self.aux = [0.0] * len(layers)
+        self.z = [0.0] * len(layers)
+        self.calls = 0
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(layers)]
+
+    def _hook(self, i: int):
+        def hook(module, args, _out) -> None:
+            x_BTD, group_BT = args
+            group_N = group_BT.reshape(-1)
+            r = module.router(x_BTD.reshape(-1, x_BTD.shape[-1]), group_N)
+            pair = group_N[r.tok_A] * module.n_experts + r.exp_A
+            flat = torch.bincount(pair, minlength=self.counts[i].numel()).cpu()
+            self.counts[i] += flat.view_as(self.counts[i])
+            self.aux[i] += float(module.stats["aux"])
+            self.z[i] += float(module.stats["z"])
+            if i == 0:
+                self.calls += 1
+        return hook
+
+    def close(self) -> list[dict]:
+        for h in self.handles:
+            h.remove()
+        return [expert_summary(i, c.numpy(), self.model.modalities, self.aux[i] / max(1, self.calls),
+                               self.z[i] / max(1, self.calls)) for i, c in enumerate(self.counts)]
+
+
+def expert_summary(layer: int, counts_GE: np.ndarray, modalities: list[str], aux: float,
+                   z: float) -> dict:
+    """One layer's expert use: totals, per modality, imbalance, dead experts, and the mutual
+    information between a token's modality and its expert (bits; equal to the modality entropy
+    when the router separates modalities completely, 0 when routing ignores modality)."""
+    total_E = counts_GE.sum(axis=0).astype(np.float64)
+    p = counts_GE / max(1, counts_GE.sum())
+    pg, pe = p.sum(axis=1, keepdims=True), p.sum(axis=0, keepdims=True)
+    nz = p > 0
+    mi = float(np.sum(p[nz] * np.log2(p[nz] / (pg @ pe)[nz])))
+    h_mod = float(-np.sum(pg[pg > 0] * np.log2(pg[pg > 0])))
+    return {
+        "layer": layer,
+        "tokens_per_expert": total_E.astype(np.int64).tolist(),
+        "by_modality": {m: counts_GE[g].tolist() for g, m in enumerate(modalities)
+                        if counts_GE[g].sum() > 0},
+        "imbalance": float(total_E.max() / max(total_E.mean(), 1e-9)),
+        "dead_experts": int((total_E == 0).sum()),
+        "aux_loss": aux,
+        "z_loss": z,
+        "modality_expert_mi_bits": mi,
+        "modality_entropy_bits": h_mod,
+    }
+
+
+def stream_key(data: PreparedData, stream: str, modality: str) -> str:
+    own = data.meta["streams"][stream]["modality"]
+    return own if modality == own else f"{own}->{modality}"
+
+
+def tokens_per_unit(data: PreparedData, key_streams: dict[str, list[tuple[str, str]]]) -> dict:
+    """Tokens per raw unit of each result key, from the validation split's counts."""
+    out = {}
+    for key, parts in key_streams.items():
+        tok = units = 0
+        for stream, m in parts:
+            c = data.meta["streams"][stream]["val"]["modalities"].get(m, {})
+            tok, units = tok + c.get("tokens", 0), units + c.get("units", 0)
+        out[key] = tok / units if units else None
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, data: PreparedData, rows: int | None, batch_rows: int,
+             precision: str = "fp32") -> dict:
+    """Loss per modality (nats/token, bits per raw unit, SE, tokens, rows) on the first `rows`
+    validation rows of every stream (None: all), and expert use per MoE layer."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    counter = ExpertCounter(model)
+    sums: dict[str, list[np.ndarray]] = {}
+    counts: dict[str, list[np.ndarray]] = {}
+    parts: dict[str, list[tuple[str, str]]] = {}
+    try:
+        for stream in data.streams:
+            for x, m in val_batches(data, stream, batch_rows, rows):
+                x_BT, m_BT = torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)
+                with autocast(device, precision):
+                    logits = model(x_BT[:, :-1], m_BT[:, :-1])
+                nll_BT = F.cross_entropy(logits.float().transpose(1, 2), x_BT[:, 1:],
+                                         reduction="none").double()
+                tgt_BT = m_BT[:, 1:]
+                s_BM = torch.zeros(len(x), len(MODALITIES), dtype=torch.float64, device=device)
+                s_BM.scatter_add_(1, tgt_BT, nll_BT)
+                n_BM = torch.zeros_like(s_BM).scatter_add_(1, tgt_BT, torch.ones_like(nll_BT))
+                s_BM, n_BM = s_BM.cpu().numpy(), n_BM.cpu().numpy()
+                for i, mod in enumerate(MODALITIES):
+                    if n_BM[:, i].any():
+                        key = stream_key(data, stream, mod)
+                        sums.setdefault(key, []).append(s_BM[:, i])
+                        counts.setdefault(key, []).append(n_BM[:, i])
+                        if (stream, mod) not in parts.setdefault(key, []):
+                            parts[key].append((stream, mod))
+    finally:
+        experts = counter.close()
+        model.train(was_training)
+    tpu = tokens_per_unit(data, parts)
+    losses = {}
+    for key in sums:
+        s, n = np.concatenate(sums[key]), np.concatenate(counts[key])
+        loss, se = ratio_se(s, n)
+        losses[key] = {
+            "loss": loss,
+            "se": se,
+            "bits_per_unit": None if tpu[key] is None else loss * tpu[key] / math.log(2),
+            "tokens": int(n.sum()),
+            "rows": int((n > 0).sum()),
+        }
+    return {"losses": losses, "expert_stats": experts}

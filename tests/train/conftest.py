@@ -1,0 +1,40 @@
+"""Tiny runs on the real demo data (prepared by the README's main job) for trainer tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moe_vs_dense.config import Config, load_config
+from moe_vs_dense.data.fetch import data_dir
+from moe_vs_dense.data.prepare import cache_key
+from moe_vs_dense.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+# 8 steps of 4 rows x 256 tokens; eval every 4 steps; a checkpoint every 2.
+TINY = ["model.d_model=16", "model.n_heads=2", "model.n_layers=1", "train.batch_rows=4",
+        "train.tokens=8192", "train.threads=1", "eval.every=4", "eval.rows=2",
+        "eval.final_rows=4", "eval.batch_rows=4", "run.log_every=2", "run.checkpoint_every=2",
+        "run.pair_id=tiny"]
+MOE = ["model.family=moe", "model.moe.router=modality", "model.moe.d_expert=48"]
+
+
+def tiny(*extra: str, moe: bool = False) -> Config:
+    return load_config(SMOKE, TINY + (MOE if moe else []) + list(extra))
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Path:
+    """The data root holding the prepared demo mix (skips with the command if it is not)."""
+    cfg = load_config(SMOKE)
+    root = data_dir(None, cfg.data.dir)
+    try:
+        ready = (root / "prepared" / cache_key(cfg.data, root) / "meta.json").is_file()
+    except UserError:
+        ready = False
+    if not ready:
+        pytest.skip("demo data not prepared: run `moe-vs-dense data fetch && moe-vs-dense data "
+                    "prepare configs/demo.yaml`")
+    return root
