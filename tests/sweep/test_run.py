@@ -63,13 +63,13 @@ def test_run_twice_trains_once(tmp_path, demo_data, capsys):  # noqa: F811
 
 
 def test_two_concurrent_invocations_split_the_runs(tmp_path, demo_data):  # noqa: F811
-    path = tiny_sweep(tmp_path, [4096, 8192], seeds=(0, 1))
+    path = tiny_sweep(tmp_path, [4096], seeds=(0, 1))
     out = tmp_path / "out"
     procs = [_cli("sweep", "run", str(path), "--out", str(out), "--no-progress") for _ in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     trained = [int(log.split("trained ")[1].split(" run")[0]) for log in logs]
-    assert sum(trained) == 8, logs  # every run trained once, by one of the two
+    assert sum(trained) == 4, logs  # every run trained once, by one of the two
     _, runs = load_plan(path)
     for r in runs:
         assert run_state(out, r.run_id)[0] == "done"
