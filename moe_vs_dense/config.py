@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from moe_vs_dense.data.modalities import BUILTIN_SOURCES, MODALITIES, Modality
 from moe_vs_dense.errors import UserError
+from moe_vs_dense.modalities import BUILTIN_SOURCES, MODALITIES, Modality
 
 FileFormat = Literal["txt", "jsonl", "parquet", "fasta", "idx"]
 
@@ -318,28 +318,110 @@ class Config(Strict):
 
 # ---------------------------------------------------------------- loading
 
+Where = dict[tuple[str, ...], str]  # key path -> where its value was set ("file:line", "--set")
+
+
+class Replace(dict):
+    """A mapping tagged `!replace`: it replaces the inherited mapping instead of merging."""
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe YAML loader plus the `!replace` tag."""
+
+
+_Loader.add_constructor(
+    "!replace", lambda loader, node: Replace(loader.construct_mapping(node, deep=True)))
+
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply `key.path=value` overrides and validate; raise UserError."""
+    """Read a YAML config (and the chain of files its `base:` names), apply `key.path=value`
+    overrides and validate; raise UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
+    raw, where = _read(path, (path.resolve(),))
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_path(raw, key, value)
+        _forget(where, [tuple(key.split("."))])
+        where[tuple(key.split("."))] = "--set"
+    return validate(Config, raw, source=str(path), where=where)
+
+
+def _read(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Where]:
+    """A config file's mapping with its `base:` chain merged in, and where each key was set."""
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text) or {}
-        root = yaml.compose(text)
+        raw = yaml.load(text, Loader=_Loader) or {}
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys")
-    overridden = set()
-    for item in overrides or []:
-        key, value = parse_override(item)
-        set_path(raw, key, value)
-        overridden.add(key)
-    return validate(Config, raw, source=str(path), root=root, overridden=overridden)
+    where = _key_lines(root, str(path))
+    if "base" not in raw:
+        return _plain(raw), where
+    base, at = raw.pop("base"), where.pop(("base",))
+    if not isinstance(base, str):
+        raise UserError(f"{at}: base: must be the name of a YAML file (got {base!r})")
+    base_path = path.parent / base
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(p.name for p in (*chain, base_path.resolve()))
+        raise UserError(f"{at}: base: {base} makes a cycle ({cycle})")
+    if not base_path.is_file():
+        raise UserError(f"{at}: base: file not found: {base_path}")
+    inherited, inherited_where = _read(base_path, (*chain, base_path.resolve()))
+    merged, replaced = _merge(inherited, raw)
+    _forget(inherited_where, replaced)
+    return merged, {**inherited_where, **where}
+
+
+def _merge(base: dict, child: dict, at: tuple[str, ...] = ()) -> tuple[dict, list[tuple[str, ...]]]:
+    """`child` over `base`, key by key: mappings merge; anything else (a scalar, a list, a
+    mapping tagged `!replace`) replaces. Also returns the key paths replaced whole."""
+    out, replaced = dict(base), []
+    for key, value in child.items():
+        here = (*at, str(key))
+        if isinstance(value, dict) and not isinstance(value, Replace) and \
+                isinstance(base.get(key), dict):
+            out[key], inner = _merge(base[key], value, here)
+            replaced += inner
+        else:
+            out[key] = _plain(value)
+            replaced.append(here)
+    return out, replaced
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts all the way down (no `Replace` left for validation)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _forget(where: Where, replaced: list[tuple[str, ...]]) -> None:
+    """Drop the places of values that were replaced whole (and everything below them)."""
+    for key in [k for k in where if any(k[: len(r)] == r for r in replaced)]:
+        del where[key]
+
+
+def _key_lines(node: yaml.Node, source: str, at: tuple[str, ...] = ()) -> Where:
+    """`file:line` of every key (and list item) in a composed YAML document."""
+    out: Where = {}
+    if isinstance(node, yaml.MappingNode):
+        children = [((*at, str(k.value)), k, v) for k, v in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        children = [((*at, str(i)), v, v) for i, v in enumerate(node.value)]
+    else:
+        return out
+    for here, mark_node, value in children:
+        out[here] = f"{source}:{mark_node.start_mark.line + 1}"
+        out.update(_key_lines(value, source, here))
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -363,21 +445,18 @@ def set_path(raw: dict, key: str, value: Any) -> None:
 
 
 def validate(
-    cls: type[BaseModel],
-    raw: Any,
-    source: str = "<config>",
-    root: yaml.Node | None = None,
-    overridden: set[str] | None = None,
+    cls: type[BaseModel], raw: Any, source: str = "<config>", where: Where | None = None
 ) -> Any:
-    """Validate `raw` as `cls`; on failure raise one UserError listing every problem."""
+    """Validate `raw` as `cls`; on failure raise one UserError listing every problem, each
+    with the place its value was set (`where`: key path -> "file:line" or "--set")."""
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
-        lines = [_format_error(cls, err, source, root, overridden or set()) for err in e.errors()]
+        lines = [_format_error(cls, err, source, where or {}) for err in e.errors()]
         raise UserError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def _format_error(cls, err: dict, source: str, root, overridden: set[str]) -> str:
+def _format_error(cls, err: dict, source: str, where: Where) -> str:
     loc = [str(p) for p in err["loc"]]
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
     msg = err["msg"]
@@ -403,32 +482,16 @@ def _format_error(cls, err: dict, source: str, root, overridden: set[str]) -> st
         msg = f"must be {op} {bound}"
     elif kind == "literal_error":
         msg = f"must be one of {ctx.get('expected')}"
-    key = ".".join(loc)
-    if key in overridden or any(key.startswith(o + ".") for o in overridden):
-        where = "--set"
-    else:
-        line = _line_of(root, loc)
-        where = f"{source}:{line}" if line else source
     shown = "" if got is None or isinstance(got, dict) else f" (got {got!r})"
-    return f"{where}: {key}: {msg}{shown}"
+    return f"{_place(where, loc, source)}: {'.'.join(loc)}: {msg}{shown}"
 
 
-def _line_of(root: yaml.Node | None, loc: list[str]) -> int | None:
-    """1-based line of the deepest YAML node on the key path `loc`."""
-    node, line = root, None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = [(k, v) for k, v in node.value if k.value == part]
-            if not match:
-                break
-            key_node, node = match[0]
-            line = key_node.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
+def _place(where: Where, loc: list[str], source: str) -> str:
+    """Where the deepest key on the path `loc` was set; the top file when none was."""
+    for n in range(len(loc), 0, -1):
+        if tuple(loc[:n]) in where:
+            return where[tuple(loc[:n])]
+    return source
 
 
 def _allowed_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:

@@ -79,3 +79,81 @@ def test_cli_user_error_exit_code_2_without_traceback(tmp_path, small_config, ca
     assert err.startswith("error: invalid config") and "Traceback" not in err
     assert main(["data", "prepare", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def _line(path, text: str) -> int:
+    """1-based number of the first line of `path` that contains `text`."""
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_pair_configs_extend_the_demo():
+    demo, moe = load_config(DEMO), load_config("configs/moe_modality.yaml")
+    assert moe.data == demo.data and moe.seed == demo.seed
+    assert moe.model.family == "moe" and moe.model.moe.d_expert == 176
+    assert moe.model.model_copy(update={"family": "dense", "moe": demo.model.moe}) == demo.model
+    uni = load_config("configs/unimodal_text.yaml")
+    assert list(uni.data.mixture) == ["text"] and uni.data.mixture["text"].source == "austen"
+    assert uni.model == demo.model and uni.data.seq_len == demo.data.seq_len
+
+
+def test_base_chain_merges_key_by_key(tmp_path, small_config):
+    (tmp_path / "bases").mkdir()
+    write_config(tmp_path / "bases", small_config, "root.yaml")
+    (tmp_path / "bases" / "mid.yaml").write_text(
+        "base: root.yaml\ndata:\n  seq_len: 32\n  mixture:\n    text: {weight: 3.0}\n")
+    child = tmp_path / "child.yaml"
+    dna = small_config["data"]["mixture"]["dna"]["paths"]
+    child.write_text(f"base: bases/mid.yaml\nmodel: {{d_model: 32}}\ndata:\n  mixture:\n"
+                     f"    dna: {{paths: {dna + dna}}}\n")
+    cfg = load_config(child)
+    assert cfg.data.seq_len == 32 and cfg.model.d_model == 32
+    text = cfg.data.mixture["text"]
+    assert text.weight == 3.0 and text.paths == small_config["data"]["mixture"]["text"]["paths"]
+    assert cfg.data.mixture["dna"].paths == dna + dna  # lists replace, never append
+    assert list(cfg.data.mixture) == list(small_config["data"]["mixture"])
+    assert cfg.data.doc_units == small_config["data"]["doc_units"]
+
+
+def test_replace_tag_replaces_the_inherited_mapping(tmp_path, small_config):
+    write_config(tmp_path, small_config, "base.yaml")
+    child = tmp_path / "child.yaml"
+    dna = small_config["data"]["mixture"]["dna"]["paths"]
+    child.write_text(f"base: base.yaml\ndata:\n  mixture: !replace\n"
+                     f"    dna: {{source: files, paths: {dna}}}\n")
+    cfg = load_config(child)
+    assert list(cfg.data.mixture) == ["dna"] and cfg.data.seq_len == 64
+    child.write_text("base: base.yaml\ndata: !replace\n  seq_len: 32\n")
+    assert "data.mixture: required key is missing" in _error_of(child)
+
+
+def _error_of(path, overrides=None) -> str:
+    with pytest.raises(UserError) as e:
+        load_config(path, overrides)
+    return str(e.value)
+
+
+def test_errors_name_the_file_and_line_each_value_came_from(tmp_path, small_config):
+    small_config["data"]["mixture"]["dna"]["weight"] = -1
+    small_config["data"]["val_fraction"] = 0.9
+    base = write_config(tmp_path, small_config, "base.yaml")
+    child = tmp_path / "child.yaml"
+    child.write_text("# the child\nbase: base.yaml\ndata:\n  seq_len: 1\n  val_fraction: 0.7\n")
+    msg = _error_of(child, ["data.doc_units=3"])
+    assert f"{base}:{_line(base, 'weight: -1')}: data.mixture.dna.weight: must be > 0" in msg
+    assert f"{child}:4: data.seq_len: must be >= 2 (got 1)" in msg
+    assert f"{child}:5: data.val_fraction: must be < 0.5 (got 0.7)" in msg
+    assert "--set: data.doc_units: must be >= 16 (got 3)" in msg
+
+
+def test_base_errors(tmp_path, small_config):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\nseed: 1\n")
+    b.write_text("seed: 2\nbase: a.yaml\n")
+    assert f"{b}:2: base: a.yaml makes a cycle (" in _error_of(a)
+    a.write_text("seed: 1\nbase: nope.yaml\n")
+    assert f"{a}:2: base: file not found: {tmp_path / 'nope.yaml'}" in _error_of(a)
+    a.write_text("base: [b.yaml]\n")
+    assert f"{a}:1: base: must be the name of a YAML file" in _error_of(a)
+    b.write_text("data:\n  seq_len: [unclosed\n")
+    a.write_text("base: b.yaml\n")
+    assert f"{b}:3: invalid YAML" in _error_of(a)

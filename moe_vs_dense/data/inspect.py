@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from moe_vs_dense.data.loader import PreparedData
-from moe_vs_dense.data.modalities import RAW_UNIT
 from moe_vs_dense.data.tokenizers import EOD
+from moe_vs_dense.modalities import RAW_UNIT
 
 
 def summary_rows(data: PreparedData) -> list[dict]:

@@ -20,11 +20,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from moe_vs_dense.config import DataConfig
-from moe_vs_dense.data.modalities import MODALITIES
 from moe_vs_dense.data.sources import documents, source_fingerprint, verify_builtin
 from moe_vs_dense.data.tokenizers import Vocab, build_vocab, train_bpe
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.io import atomic_dir, write_json
+from moe_vs_dense.modalities import MODALITIES
 
 FORMAT_VERSION = 2
 SPLITS = ("train", "val")

@@ -3,7 +3,7 @@
 Every reader yields `(key, doc)`: `key` decides the train/validation split (a stable hash, so
 the split is fixed and disjoint: everything with one key lands on one side), `doc` is a list of
 segments (see `tokenizers.segment`). Keys come from content or from identifiers inside the data
-(a FASTA header, a path inside the standard library), never from where a file lies on disk, so
+(a FASTA header, a path inside a package), never from where a file lies on disk, so
 every machine makes the same split.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from moe_vs_dense.config import StreamConfig
 from moe_vs_dense.data import formats
-from moe_vs_dense.data.fetch import read_manifest, sha256_file
+from moe_vs_dense.data.fetch import read_manifest, sha256_file, stale_reason
 from moe_vs_dense.data.tokenizers import segment
 from moe_vs_dense.errors import UserError
 
@@ -103,6 +103,10 @@ def builtin_files(data: Path, name: str) -> list[Path]:
         raise UserError(
             f"source '{name}' is not fetched in {data}; run `moe-vs-dense data fetch {name}`"
         )
+    why = stale_reason(name, entry)
+    if why:
+        raise UserError(f"source '{name}' in {data} {why}; run "
+                        f"`moe-vs-dense data fetch {name} --force`")
     paths = [data / "raw" / f["path"] for f in entry["files"]]
     for p, f in zip(paths, entry["files"], strict=True):
         if not p.is_file() or p.stat().st_size != f["bytes"]:
@@ -114,10 +118,10 @@ def _builtin_docs(s: StreamConfig, data: Path, n: int) -> Iterator[tuple[str, Do
     files = {p.name: p for p in builtin_files(data, s.source)}
     if s.source == "austen":
         yield from _text_docs("text", formats.read_txt(files["austen.txt"]), n)
-    elif s.source == "stdlib":
-        for row in formats.read_jsonl(files["stdlib.jsonl"], "text"):
+    elif s.source == "sympy":
+        for row in formats.read_jsonl(files["sympy.jsonl"], "text"):
             for piece in chunk_text(row["text"], n):
-                yield f"stdlib:{row['path']}", [segment("code", text=piece)]
+                yield f"sympy:{row['path']}", [segment("code", text=piece)]
     elif s.source == "ecoli":
         for header, seq in formats.read_fasta(files["ecoli.fna"]):
             yield from _text_docs("dna", seq, n, header)
@@ -264,7 +268,8 @@ def documents(s: StreamConfig, data: Path, doc_units: int) -> Iterator[tuple[str
 
 
 def source_fingerprint(s: StreamConfig, data: Path) -> dict:
-    """What the prepared cache key depends on: checksums of the source's content."""
+    """What the prepared cache key depends on: checksums of the source's content and, for a
+    built-in source, the package release (or synthesizer) it came from."""
 
     if s.source == "files":
         paths = [Path(p).expanduser() for p in s.paths]
@@ -275,7 +280,8 @@ def source_fingerprint(s: StreamConfig, data: Path) -> dict:
     if s.source == "hf":
         return {"hf": [s.name, s.subset, s.split]}
     builtin_files(data, s.source)
-    return {"builtin": read_manifest(data)[s.source]["files"]}
+    entry = read_manifest(data)[s.source]
+    return {"builtin": entry["files"], "artifact": entry.get("artifact")}
 
 
 def verify_builtin(s: StreamConfig, data: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moe_vs_dense.config import TokenizersConfig
-from moe_vs_dense.data.modalities import MODALITIES, RAW_UNIT
+from moe_vs_dense.modalities import MODALITIES, RAW_UNIT
 
 PAD, EOD = 0, 1
 N_SPECIAL = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moe_vs_dense.data.modalities import MODALITIES
+from moe_vs_dense.modalities import MODALITIES
 
 
 def lm_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, mods_BT: torch.Tensor):

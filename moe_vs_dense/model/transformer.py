@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moe_vs_dense.config import ModelConfig
-from moe_vs_dense.data.modalities import MODALITIES
+from moe_vs_dense.modalities import MODALITIES
 from moe_vs_dense.model.experts import Experts, SwiGLU, compute_dtype, grouped_matmul, init_std_out
 from moe_vs_dense.model.layers import Rotary, causal_attention
 from moe_vs_dense.model.moe import MoE

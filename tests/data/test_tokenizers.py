@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from moe_vs_dense.config import TokenizersConfig
-from moe_vs_dense.data.modalities import MODALITIES
 from moe_vs_dense.data.tokenizers import (
     EOD,
     MODALITY_ID,
@@ -22,6 +21,7 @@ from moe_vs_dense.data.tokenizers import (
     train_bpe,
     vocab_size,
 )
+from moe_vs_dense.modalities import MODALITIES
 from tests.conftest import FIXTURES, stdlib_files
 
 EMMA = (FIXTURES / "austen_emma.txt").read_text()

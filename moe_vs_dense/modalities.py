@@ -20,7 +20,7 @@ RAW_UNIT: dict[str, str] = {
 # Built-in sources fetched by `moe-vs-dense data fetch`, by name -> modality.
 BUILTIN_SOURCES: dict[str, str] = {
     "austen": "text",
-    "stdlib": "code",
+    "sympy": "code",
     "ecoli": "dna",
     "fashion_mnist": "image",
     "mnist": "image",
