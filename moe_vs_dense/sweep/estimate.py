@@ -13,7 +13,7 @@ import json
 import time
 
 from moe_vs_dense.config import Config
-from moe_vs_dense.data.modalities import MODALITIES
+from moe_vs_dense.modalities import MODALITIES
 from moe_vs_dense.sweep.plan import PlannedRun
 
 VAL_ROWS_GUESS = 1000  # validation rows per stream when `eval.final_rows` is None (all rows)

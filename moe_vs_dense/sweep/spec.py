@@ -8,6 +8,7 @@ are trained on the per-modality tokens the joint runs see, for competition and s
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,8 +16,8 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from moe_vs_dense.config import Strict, validate
-from moe_vs_dense.data.modalities import MODALITIES
 from moe_vs_dense.errors import UserError
+from moe_vs_dense.modalities import MODALITIES
 
 Match = Literal["flops", "params", "none"]
 
@@ -124,9 +125,9 @@ class SweepConfig(Strict):
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
-    """The validated sweep and its base run config as a raw mapping (path resolved against the
-    sweep file's directory). Errors name the file, line and key path."""
-    from moe_vs_dense.config import parse_override, set_path
+    """The validated sweep and its base run config as a raw mapping (a file is read relative to
+    the sweep file, with its own `base:` chain merged in). Errors name the file, line and key path."""
+    from moe_vs_dense.config import _key_lines, _read, parse_override, set_path
 
     path = Path(path)
     if not path.is_file():
@@ -134,28 +135,22 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
     text = path.read_text()
     try:
         raw = yaml.safe_load(text) or {}
-        root = yaml.compose(text)
+        where = _key_lines(yaml.compose(text), str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise UserError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: "
                         f"{getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys")
-    overridden = set()
     for item in overrides or []:
         key, value = parse_override(item)
         set_path(raw, key, value)
-        overridden.add(key)
-    sweep = validate(SweepConfig, raw, source=str(path), root=root, overridden=overridden)
+        where[tuple(key.split("."))] = "--set"
+    sweep = validate(SweepConfig, raw, source=str(path), where=where)
     if isinstance(sweep.base, dict):
-        return sweep, sweep.base
-    base_path = (path.parent / sweep.base).resolve()
+        return sweep, copy.deepcopy(sweep.base)
+    base_path = path.parent / sweep.base
     if not base_path.is_file():
-        raise UserError(f"{path}: base: config file {base_path} not found")
-    try:
-        base = yaml.safe_load(base_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{base_path}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(base, dict):
-        raise UserError(f"{base_path}: the top level must be a mapping of keys")
+        raise UserError(f"{where.get(('base',), path)}: base: config file {base_path} not found")
+    base, _ = _read(base_path, (base_path.resolve(),))
     return sweep, base

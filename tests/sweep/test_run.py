@@ -18,7 +18,6 @@ import yaml
 from moe_vs_dense.cli import main
 from moe_vs_dense.sweep import load_plan
 from moe_vs_dense.sweep.state import run_dir, run_state
-from tests.train.conftest import demo_data  # noqa: F401  (fixture: the prepared demo mix)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -45,7 +44,7 @@ def _cli(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_run_twice_trains_once(tmp_path, demo_data, capsys):  # noqa: F811
+def test_run_twice_trains_once(tmp_path, demo_data, capsys):
     path = tiny_sweep(tmp_path, [4096, 8192])
     out = tmp_path / "out"
     args = ["sweep", "run", str(path), "--out", str(out), "--workers", "2", "--no-progress"]
@@ -62,7 +61,7 @@ def test_run_twice_trains_once(tmp_path, demo_data, capsys):  # noqa: F811
     assert capsys.readouterr().out.startswith("4 done")
 
 
-def test_two_concurrent_invocations_split_the_runs(tmp_path, demo_data):  # noqa: F811
+def test_two_concurrent_invocations_split_the_runs(tmp_path, demo_data):
     path = tiny_sweep(tmp_path, [4096], seeds=(0, 1))
     out = tmp_path / "out"
     procs = [_cli("sweep", "run", str(path), "--out", str(out), "--no-progress") for _ in range(2)]
@@ -87,7 +86,7 @@ def _worker_pid(parent: int) -> int | None:
     return None
 
 
-def test_sigkill_of_a_worker_resumes_its_run(tmp_path, demo_data):  # noqa: F811
+def test_sigkill_of_a_worker_resumes_its_run(tmp_path, demo_data):
     from moe_vs_dense.train import train
 
     path = tiny_sweep(tmp_path, [4 * 256 * 60])
