@@ -183,6 +183,10 @@ def _cmd_sweep_plan(args: argparse.Namespace) -> int:
 
         seconds = estimate(runs, threads=args.threads)
     commands = write_configs(runs, out, args.data_dir)
+    if args.prepare:
+        from moe_vs_dense.sweep import prepare_data
+
+        prepare_data(runs, args.data_dir)
     plan_table(runs, seconds).to_csv(out / "plan.csv", index=False)
     print(render_plan(plan_table(runs, seconds)))
     print(f"\n{summary(runs, seconds, args.workers)}\n")
@@ -242,6 +246,7 @@ def _add_sweep_parsers(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="workers the time estimate assumes")
     p.add_argument("--threads", type=int, default=1, help="threads per worker for the timing")
     p.add_argument("--no-timing", action="store_true", help="skip the short timing")
+    p.add_argument("--prepare", action="store_true", help="also prepare every mixture's data")
     p.set_defaults(func=_cmd_sweep_plan)
     p = ssub.add_parser("run", help="train what is missing or incomplete; safe to interrupt")
     _sweep_args(p)
