@@ -231,8 +231,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="real data -> paired sweep -> fitted laws -> report, timed")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--minutes", type=float, default=15.0,
-                   help="time budget, data fetch included; scales the sweep (default 15)")
+    p.add_argument("--minutes", type=float, default=12.0,
+                   help="time budget, data fetch included; scales the sweep (default 12)")
     p.add_argument("--workers", type=int, help="worker processes (default: up to 2 cores)")
     _data_dir_arg(p)
     p.set_defaults(func=_cmd_demo)

@@ -97,10 +97,11 @@ def choose(sweep: SweepConfig, base: dict, seconds_left: float, workers: int,
     return chosen, expand(chosen, base, str(SWEEP)), scale
 
 
-def demo(out: str | Path = "runs/demo", minutes: float = 15.0, data_dir: str | None = None,
+def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | None = None,
          workers: int | None = None, log=print) -> Path:
     """Run the demo into `out` within about `minutes`; returns the report's path."""
-    from moe_vs_dense.sweep import run_sweep
+    from moe_vs_dense.io import write_json
+    from moe_vs_dense.sweep import prepare_data, run_sweep
     from moe_vs_dense.sweep.tables import plan_table, render_plan, summary
 
     start = time.monotonic()
@@ -108,21 +109,24 @@ def demo(out: str | Path = "runs/demo", minutes: float = 15.0, data_dir: str | N
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     sweep, base = load_sweep(SWEEP)
     log(f"== 1/4 fetch real data for every modality (budget {minutes:g} min, {workers} workers)")
+    out.mkdir(parents=True, exist_ok=True)
     base = _fetch(data_dir, base, log)
+    all_runs = expand(sweep, base, str(SWEEP))
+    log(f"== 2/4 prepare the {len({r.config.data for r in all_runs})} data mixtures of the runs "
+        "(cached after the first time)")
+    prepare_data(all_runs, data_dir, log=lambda m: log("  " + m))
     saved_path = out / "demo_plan.json"
     saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
     if saved.get("minutes") == minutes and saved.get("modalities") == sorted(base["data"]["mixture"]):
         scale, bimodal = saved["scale"], saved["bimodal"]
         chosen = scaled(sweep, scale, bimodal)
         runs = expand(chosen, base, str(SWEEP))
-        log(f"== 2/4 plan: reusing the plan of the earlier run in {out} (scale {scale:.3g})")
+        log(f"== 3/4 plan: the plan of the earlier run in {out} (token budgets x{scale:.3g})")
     else:
-        seconds_left = minutes * 60 - (time.monotonic() - start) - REPORT_S - 30
-        log("== 2/4 plan")
+        log("== 3/4 plan")
+        seconds_left = minutes * 60 - (time.monotonic() - start) - REPORT_S
         chosen, runs, scale = choose(sweep, base, seconds_left, workers, log)
         bimodal = chosen.bimodal != "none"
-        from moe_vs_dense.io import write_json
-
         write_json(saved_path, {"minutes": minutes, "scale": scale, "bimodal": bimodal,
                                 "modalities": sorted(base["data"]["mixture"])})
     table = plan_table(runs)
@@ -131,9 +135,8 @@ def demo(out: str | Path = "runs/demo", minutes: float = 15.0, data_dir: str | N
     log(f"\nplus {len(table) - len(paired)} unimodal/bimodal dense baselines "
         f"(every run: {out / 'plan.csv'})")
     log(summary(runs, None, workers) + f"; token budgets x{scale:.3g} of configs/sweeps/demo.yaml")
-    out.mkdir(parents=True, exist_ok=True)
-    plan_table(runs).to_csv(out / "plan.csv", index=False)
-    log("== 3/4 train (Ctrl-C stops; the same command resumes)")
+    table.to_csv(out / "plan.csv", index=False)
+    log(f"   train (Ctrl-C stops; the same command resumes; {time.monotonic() - start:.0f} s so far)")
     outcome = run_sweep(runs, out, workers, data_dir, threads=1, log=log)
     bad = {k: v for k, v in outcome.items() if v[0] != "completed"}
     for run_id, (status, why) in bad.items():
