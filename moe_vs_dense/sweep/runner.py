@@ -71,12 +71,12 @@ def _train_one(cfg: Config, out: Path, run_id: str, data_root: str | None) -> tu
 
 
 def worker(wid: int, out: str, runs: list[tuple[str, Config]], token: str, data_root: str | None,
-           threads: int, gpu: int | None, events) -> None:
+           threads: int, gpu: str | None, events) -> None:
     """Train every run of `runs` that no other process holds, until each one has finished."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if gpu is not None:  # before the first CUDA call, which is where torch reads it
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     torch.set_num_threads(threads)
@@ -154,14 +154,14 @@ def execute(runs: list[PlannedRun], out: Path, workers: int, data_root: str | No
     if not todo:
         return {}
     token = f"{os.getpid()}-{time.time_ns()}"
-    gpus = _gpu_count()
+    gpus = _gpus()
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     payload = [(r.run_id, r.config) for r in todo]
     n = max(1, min(workers, len(todo)))
 
     def start(wid: int):
-        gpu = wid % gpus if gpus else None
+        gpu = gpus[wid % len(gpus)] if gpus else None
         p = ctx.Process(target=worker, args=(wid, str(out), payload, token, data_root, threads,
                                              gpu, events), daemon=True)
         p.start()
@@ -219,10 +219,11 @@ def execute(runs: list[PlannedRun], out: Path, workers: int, data_root: str | No
     return prog.outcome
 
 
-def _gpu_count() -> int:
-    try:
-        import torch
+def _gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (one per worker, round robin)."""
+    import torch
 
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:
-        return 0
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
