@@ -23,7 +23,7 @@ from moe_vs_dense.sweep.spec import SweepConfig, load_sweep
 
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "demo.yaml"
 RUN_OVERHEAD_S = 1.0  # start-up, final eval bookkeeping, checkpoints and record writes per run
-REPORT_S = 90.0  # fitting the laws (with bootstrap) and drawing the figures
+FIGURES_S = 15.0  # drawing the report's figures and tables
 PACKING = 1.1  # runs of unequal length do not pack perfectly onto the workers
 MIN_SCALE, MAX_SCALE = 0.05, 20.0
 REPORT_BOOTSTRAP = 100
@@ -67,6 +67,25 @@ def _fetch(data_dir: str | None, base: dict, log) -> dict:
     if not base["data"]["mixture"]:
         raise UserError("no data source could be fetched; check the network and rerun")
     return base
+
+
+def report_seconds(runs: list[PlannedRun], bootstrap: int = REPORT_BOOTSTRAP) -> float:
+    """Seconds the reports will take: one law fit per (family, modality) of the paired runs and
+    of the unimodal runs, and one per bimodal pair, each timed here on synthetic points of the
+    demo's size (the start grid, and a tenth of the bootstrap refits)."""
+    from analysis.chinchilla import fit_chinchilla
+    from analysis.synthetic import chinchilla_points
+
+    points = chinchilla_points(6, n_range=(2e4, 1e5), d_range=(2e5, 1e6))
+    t = time.perf_counter()
+    fit_chinchilla(points, bootstrap=0)
+    grid = time.perf_counter() - t
+    fit_chinchilla(points, bootstrap=max(1, bootstrap // 10))
+    refits = max(0.0, time.perf_counter() - t - 2 * grid) * 10
+    groups = len({(r.config.model.family, m) for r in runs if r.kind == "paired"
+                  for m in r.config.data.modalities})
+    groups += len({tuple(r.config.data.modalities) for r in runs if r.kind != "paired"})
+    return groups * (grid + refits) + FIGURES_S
 
 
 def _plan_seconds(runs: list[PlannedRun], seconds: dict[str, float], scale: float,
@@ -124,7 +143,9 @@ def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | N
         log(f"== 3/4 plan: the plan of the earlier run in {out} (token budgets x{scale:.3g})")
     else:
         log("== 3/4 plan")
-        seconds_left = minutes * 60 - (time.monotonic() - start) - REPORT_S
+        reporting = report_seconds(all_runs)
+        seconds_left = minutes * 60 - (time.monotonic() - start) - reporting
+        log(f"the report will take about {reporting:.0f} s; {seconds_left:.0f} s are left to train")
         chosen, runs, scale = choose(sweep, base, seconds_left, workers, log)
         bimodal = chosen.bimodal != "none"
         write_json(saved_path, {"minutes": minutes, "scale": scale, "bimodal": bimodal,
