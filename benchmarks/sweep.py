@@ -3,7 +3,7 @@ per-run start-up, evaluation, checkpoints, records and scheduling included) agai
 runs' own training tokens/s (each record's `throughput.tokens_per_s`, pure training steps),
 timed in the same process. Target: sweep_over_runs >= 0.85.
 
-    python benchmarks/sweep.py [--workers 1] [--tokens 300000]
+    python benchmarks/sweep.py [--workers 1] [--tokens 600000]
 
 Needs the demo data (`moe-vs-dense data fetch`); prepares what is missing before timing.
 """
@@ -26,14 +26,14 @@ def sweep_yaml(tokens: int) -> dict:
     return {"name": "bench", "base": str(ROOT / "configs" / "demo.yaml"), "set": base["set"],
             "sizes": [{"d_model": 48, "n_layers": 2, "n_heads": 4},
                       {"d_model": 64, "n_layers": 2, "n_heads": 4}],
-            "tokens": [tokens], "seeds": [0, 1],
+            "tokens": [tokens], "seeds": [0],
             "families": {"dense": {}, "moe_modality": base["families"]["moe_modality"]}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--tokens", type=int, default=300_000)
+    ap.add_argument("--tokens", type=int, default=600_000)
     args = ap.parse_args()
 
     from moe_vs_dense.sweep import load_plan, prepare_data
