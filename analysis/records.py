@@ -3,6 +3,10 @@
 Columns: run, family, router, seed, status, pair, modality, modalities (the run's, joined by
 '+'), N (the params the laws use), N_active, N_total, D (tokens of this modality, else all),
 D_total, C (training FLOPs), loss (nats/token), bits_per_unit, n_experts.
+
+Reads record schema versions 1 and 2: version 2 only adds optional fields, and its
+`eval.final` holds the same per-modality losses (paired-document losses sit apart in
+`eval.paired` and are not rows here).
 """
 
 from __future__ import annotations

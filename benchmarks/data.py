@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +24,13 @@ from moe_vs_dense.config import load_config
 from moe_vs_dense.data.fetch import data_dir
 from moe_vs_dense.data.loader import MixtureLoader, PreparedData
 from moe_vs_dense.data.prepare import prepare
-from moe_vs_dense.model.loss import lm_loss
-from moe_vs_dense.model.transformer import Transformer
+from moe_vs_dense.errors import UserError
+from moe_vs_dense.train.step import build, split_batch, train_step
 
 BATCH_ROWS = 16
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--units", type=int, default=1_000_000, help="raw units per stream to prepare")
@@ -46,7 +47,12 @@ def main() -> None:
         work = Path(tmp)
         (work / "raw").symlink_to((source / "raw").resolve())  # fetched data, cold prepare cache
         t = time.perf_counter()
-        out = prepare(cfg.data, work, log=lambda _m: None)
+        try:
+            out = prepare(cfg.data, work, log=lambda _m: None)
+        except UserError as e:
+            print(f"error: {e}\n(the benchmark needs the built-in sources: `moe-vs-dense data "
+                  f"fetch`{' --data-dir ' + args.data_dir if args.data_dir else ''})", file=sys.stderr)
+            return 2
         prepare_s = time.perf_counter() - t
         data = PreparedData(out)
         tokens = sum(data.meta["streams"][s][sp]["tokens"] for s in data.streams
@@ -62,17 +68,13 @@ def main() -> None:
         loader_s = time.perf_counter() - t
         loader_tps = steps * BATCH_ROWS * data.seq_len / loader_s
 
-        model = Transformer(cfg.model, data.vocab.size, data.seq_len, data.meta["modalities"])
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model, opt, sched = build(cfg, data)  # the trainer's own model, AdamW, schedule and step
         train_steps, times = 8, []
         for step in range(train_steps + 2):
-            x, m = (torch.from_numpy(a) for a in loader.batch(step))
+            micro = split_batch(*loader.batch(step), 0, 1, 1, torch.device("cpu"))
             t = time.perf_counter()
-            logits = model(x[:, :-1], m[:, :-1])
-            loss, _, _ = lm_loss(logits, x[:, 1:], m[:, 1:])
-            opt.zero_grad(set_to_none=True)
-            (loss + model.aux_loss).backward()
-            opt.step()
+            loss, _ = train_step(model, opt, sched, micro, grad_clip=cfg.train.grad_clip)
+            loss.item()
             if step >= 2:
                 times.append(time.perf_counter() - t)
         times.sort()
@@ -89,7 +91,8 @@ def main() -> None:
     print(f"{'train demo model (tok/s)':26s} {train_tps:14,.0f}")
     print(f"{'loader / train':26s} {figures['loader_over_train']:14.1f}   target >= 20")
     print(json.dumps({k: round(v, 2) for k, v in figures.items()}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

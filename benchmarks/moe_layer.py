@@ -4,8 +4,8 @@
    backward against the FLOP-matched dense SwiGLU (hidden 1024), fp32 and bf16.
 2. A naive Mixtral-style loop over experts with masks (as Hugging Face Mixtral does it) against
    ours, fp32.
-3. A whole training step (forward, backward, AdamW) of an MoE model against its matched dense
-   model.
+3. A whole training step (the trainer's `train_step`: forward, backward, AdamW, schedule) of an
+   MoE model against its matched dense model.
 Targets (issue 4): moe/dense <= 1.10 fp32; naive/moe >= 1.2; step moe/dense <= 1.25.
 
 Also timed: the layer's nine grouped matmuls alone (same routing, no gather, activation or
@@ -25,11 +25,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from moe_vs_dense.config import ModelConfig, MoEConfig
+from moe_vs_dense.config import ModelConfig, MoEConfig, TrainConfig
 from moe_vs_dense.model.experts import SwiGLU, grouped_matmul, grouped_weight_grad
 from moe_vs_dense.model.moe import MoE
 from moe_vs_dense.model.pairing import matched_partner
 from moe_vs_dense.model.transformer import Transformer
+from moe_vs_dense.train.schedule import optimizer_and_schedule
+from moe_vs_dense.train.step import train_step
 
 N, D, H, E, K = 4096, 256, 512, 8, 2
 
@@ -119,20 +121,13 @@ def step_ratio(reps: int) -> dict[str, float]:
     dense_cfg = matched_partner(moe_cfg, V, T, mods).config
     torch.manual_seed(0)
     tokens = torch.randint(0, V, (B, T + 1))
-    mods_BT = torch.zeros(B, T, dtype=torch.long)
+    batch = [(tokens, torch.zeros_like(tokens))]
     fns = {}
     for name, cfg in (("dense", dense_cfg), ("moe", moe_cfg)):
         model = Transformer(cfg, V, T, mods)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-        def step(model=model, opt=opt):
-            logits = model(tokens[:, :-1], mods_BT)
-            loss = F.cross_entropy(logits.reshape(-1, V), tokens[:, 1:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            (loss + model.aux_loss).backward()
-            opt.step()
-
-        fns[name] = step
+        opt, sched = optimizer_and_schedule(model, TrainConfig(lr=1e-3, grad_clip=None), 10**6)
+        # the trainer's step: AdamW on param groups, aux loss, schedule
+        fns[name] = lambda model=model, opt=opt, sched=sched: train_step(model, opt, sched, batch)
     return interleaved(fns, reps)
 
 

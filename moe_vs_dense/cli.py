@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     rec = train(cfg, out, data_root=args.data_dir, force=args.force, prepare=args.prepare,
                 progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # launched on several ranks: rank 0 reports
+        return 0
     if rec["status"] == "diverged":
         print(f"{out}: diverged at step {rec['diverged_step']} (last good checkpoint kept)",
               file=sys.stderr)

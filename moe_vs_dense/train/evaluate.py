@@ -7,9 +7,10 @@ holds the stream (a paired partner, a unimodal baseline, a joint run) scores the
 
 Losses are grouped by the stream's own modality ("text", "image", ...); tokens of another
 modality inside a paired stream (an image's label, a clip's transcript) are reported apart as
-"image->text", "speech->text". The standard error treats each validation row (seq_len + 1
-tokens) as one independent cluster: it is the ratio-estimator SE over rows, and makes no
-assumption that tokens within a row are independent.
+"image->text", "speech->text". The standard error treats each validation document (as
+prepared: a source document, or a `doc_units` chunk of a long one) as one independent cluster
+of tokens: the ratio-estimator SE over documents, with no assumption that tokens within a
+document are independent (they are not: a row-level or token-level SE would be too small).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import torch.nn.functional as F
 
 from moe_vs_dense.data.loader import PreparedData, val_batches
 from moe_vs_dense.data.modalities import MODALITIES
+from moe_vs_dense.data.tokenizers import EOD
 from moe_vs_dense.model.transformer import Transformer
 
-SE_METHOD = "ratio estimator over validation rows (each row one cluster of seq_len tokens)"
+SE_METHOD = ("ratio estimator with documents as clusters (tokens between end-of-document "
+             "markers; tokens within a document not assumed independent)")
 
 
 def autocast(device: torch.device, precision: str):
@@ -35,8 +38,8 @@ def autocast(device: torch.device, precision: str):
 
 
 def ratio_se(sums_R: np.ndarray, counts_R: np.ndarray) -> tuple[float, float | None]:
-    """Mean loss per token over rows and its standard error, rows as clusters (None from a
-    single row)."""
+    """Mean loss per token over clusters (sums and token counts per cluster) and its standard
+    error (None from a single cluster)."""
     keep = counts_R > 0
     s, n = sums_R[keep], counts_R[keep]
     loss = float(s.sum() / n.sum())
@@ -123,43 +126,58 @@ def tokens_per_unit(data: PreparedData, key_streams: dict[str, list[tuple[str, s
     return out
 
 
+def doc_ids(rows_RT: np.ndarray) -> np.ndarray:
+    """Document index of every target position of consecutive validation rows: documents end
+    at EOD (which belongs to the document it ends)."""
+    eod = (rows_RT == EOD).reshape(-1)
+    doc = np.cumsum(eod) - eod
+    return doc.reshape(rows_RT.shape)[:, 1:]
+
+
 @torch.no_grad()
 def evaluate(model: Transformer, data: PreparedData, rows: int | None, batch_rows: int,
              precision: str = "fp32") -> dict:
-    """Loss per modality (nats/token, bits per raw unit, SE, tokens, rows) on the first `rows`
-    validation rows of every stream (None: all), and expert use per MoE layer."""
+    """Loss per modality (nats/token, bits per raw unit, SE, tokens, rows, documents) on the
+    first `rows` validation rows of every stream (None: all), expert use per MoE layer, and the
+    summed loss and tokens of every validation document (in data order: two runs on the same
+    data align document by document, for paired differences)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     counter = ExpertCounter(model)
     sums: dict[str, list[np.ndarray]] = {}
     counts: dict[str, list[np.ndarray]] = {}
+    n_rows: dict[str, int] = {}
     parts: dict[str, list[tuple[str, str]]] = {}
     try:
         for stream in data.streams:
+            xs, nlls = [], []
             for x, m in val_batches(data, stream, batch_rows, rows):
                 x_BT, m_BT = torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)
                 with autocast(device, precision):
                     logits = model(x_BT[:, :-1], m_BT[:, :-1])
                 nll_BT = F.cross_entropy(logits.float().transpose(1, 2), x_BT[:, 1:],
-                                         reduction="none").double()
-                tgt_BT = m_BT[:, 1:]
-                s_BM = torch.zeros(len(x), len(MODALITIES), dtype=torch.float64, device=device)
-                s_BM.scatter_add_(1, tgt_BT, nll_BT)
-                n_BM = torch.zeros_like(s_BM).scatter_add_(1, tgt_BT, torch.ones_like(nll_BT))
-                s_BM, n_BM = s_BM.cpu().numpy(), n_BM.cpu().numpy()
-                for i, mod in enumerate(MODALITIES):
-                    if n_BM[:, i].any():
-                        key = stream_key(data, stream, mod)
-                        sums.setdefault(key, []).append(s_BM[:, i])
-                        counts.setdefault(key, []).append(n_BM[:, i])
-                        if (stream, mod) not in parts.setdefault(key, []):
-                            parts[key].append((stream, mod))
+                                         reduction="none")
+                xs.append((x, m[:, 1:]))
+                nlls.append(nll_BT.double().cpu().numpy())
+            x_RT = np.concatenate([a for a, _ in xs])
+            mod_RT = np.concatenate([b for _, b in xs])
+            nll_RT = np.concatenate(nlls)
+            doc_RT = doc_ids(x_RT)
+            for i, mod in enumerate(MODALITIES):
+                mask = mod_RT == i
+                if not mask.any():
+                    continue
+                key = stream_key(data, stream, mod)
+                sums.setdefault(key, []).append(np.bincount(doc_RT[mask], nll_RT[mask]))
+                counts.setdefault(key, []).append(np.bincount(doc_RT[mask]).astype(np.float64))
+                n_rows[key] = n_rows.get(key, 0) + int(mask.any(axis=1).sum())
+                parts.setdefault(key, []).append((stream, mod))
     finally:
         experts = counter.close()
         model.train(was_training)
     tpu = tokens_per_unit(data, parts)
-    losses = {}
+    losses, docs = {}, {}
     for key in sums:
         s, n = np.concatenate(sums[key]), np.concatenate(counts[key])
         loss, se = ratio_se(s, n)
@@ -168,6 +186,8 @@ def evaluate(model: Transformer, data: PreparedData, rows: int | None, batch_row
             "se": se,
             "bits_per_unit": None if tpu[key] is None else loss * tpu[key] / math.log(2),
             "tokens": int(n.sum()),
-            "rows": int((n > 0).sum()),
+            "rows": n_rows[key],
+            "docs": int((n > 0).sum()),
         }
-    return {"losses": losses, "expert_stats": experts}
+        docs[key] = {"nll_sum": s.tolist(), "tokens": n.astype(np.int64).tolist()}
+    return {"losses": losses, "expert_stats": experts, "docs": docs}

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from moe_vs_dense.config import Config
 from moe_vs_dense.data.loader import MixtureLoader
 from moe_vs_dense.errors import UserError
+from moe_vs_dense.io import write_json
 from moe_vs_dense.model import checkpoint as weights
 from moe_vs_dense.model.accounting import account
 from moe_vs_dense.train import checkpoint, metrics, record, rundir
@@ -52,12 +53,17 @@ def _accelerator(cfg: Config, run_dir: Path):
     from accelerate import Accelerator
 
     for t in cfg.run.trackers:
-        module = "wandb" if t == "wandb" else "tensorboard"
-        if importlib.util.find_spec(module) is None and importlib.util.find_spec("tensorboardX") is None:
-            raise UserError(f"run.trackers: {t} is not installed (pip install {module})")
+        modules = ["wandb"] if t == "wandb" else ["tensorboard", "tensorboardX"]
+        if all(importlib.util.find_spec(m) is None for m in modules):
+            raise UserError(f"run.trackers: {t} is not installed (pip install {modules[0]})")
     kwargs = {"log_with": list(cfg.run.trackers), "project_dir": str(run_dir)} if cfg.run.trackers else {}
     # without cpu=True, `accelerate launch --multi_gpu` on a CPU machine trains independent copies
-    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+    kind = acc.distributed_type.value
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+        raise UserError(f"accelerate launched with {kind}: the trainer supports one process and "
+                        "DDP (--multi_gpu) only; checkpoints of sharded models are not built yet")
+    return acc
 
 
 @contextmanager
@@ -121,7 +127,7 @@ def _run(cfg: Config, run_dir: Path, data, acc, progress: bool) -> dict:
         return evaluate(model, data, rows, cfg.eval.batch_rows, tc.precision)
 
     if main and cfg.run.trackers:
-        acc.init_trackers(run_dir.name, config=rundir._flat(rundir.resolved(cfg)))
+        acc.init_trackers(run_dir.name, config=rundir.flat(rundir.resolved(cfg)))
     bar = tqdm(total=steps * step_tokens, initial=state["step"] * step_tokens, unit="tok",
                unit_scale=True, dynamic_ncols=True, mininterval=1.0,
                disable=not (progress and main), desc=run_dir.name)
@@ -186,6 +192,7 @@ def _run(cfg: Config, run_dir: Path, data, acc, progress: bool) -> dict:
         bar.close()
         state["final"] = score(cfg.eval.final_rows)
         if main:
+            write_json(run_dir / "eval_docs.json", state["final"]["docs"])
             weights.save(model, run_dir / "model.safetensors", data.seq_len)
             extra["peak_flops"] = tc.peak_flops or matmul_peak(device.type, tc.precision,
                                                                torch.get_num_threads())

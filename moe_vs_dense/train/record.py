@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import socket
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def host(device: torch.device, processes: int) -> dict:
             else platform.processor() or platform.machine())
     return {"hostname": socket.gethostname(), "platform": platform.platform(), "device": name,
             "device_type": device.type, "processes": processes, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "argv": " ".join(sys.argv[:1])}
+            "cpu_count": os.cpu_count()}
 
 
 def split_final(losses: dict) -> tuple[dict, dict]:

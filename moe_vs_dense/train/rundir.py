@@ -27,18 +27,18 @@ def resolved(cfg: Config) -> dict:
     return cfg.model_dump(mode="json")
 
 
-def _flat(d, prefix: str = "") -> dict:
+def flat(d, prefix: str = "") -> dict:
     if not isinstance(d, dict):
         return {prefix: d}
     out = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 
 def config_diff(old: dict, new: dict) -> list[str]:
     """'key: old -> new' for every leaf key that differs (ignoring FREE_KEYS)."""
-    a, b = _flat(old), _flat(new)
+    a, b = flat(old), flat(new)
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in keys
             if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in FREE_KEYS)]

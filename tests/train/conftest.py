@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from moe_vs_dense.config import Config, load_config
 from moe_vs_dense.data.fetch import data_dir
@@ -38,3 +39,12 @@ def demo_data() -> Path:
         pytest.skip("demo data not prepared: run `moe-vs-dense data fetch && moe-vs-dense data "
                     "prepare configs/demo.yaml`")
     return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests time nothing; one thread keeps them quick on a shared, loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

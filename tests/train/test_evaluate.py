@@ -1,0 +1,108 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from moe_vs_dense.config import load_config
+from moe_vs_dense.data.loader import PreparedData, val_batches
+from moe_vs_dense.data.prepare import prepare
+from moe_vs_dense.data.tokenizers import N_SPECIAL
+from moe_vs_dense.train.evaluate import evaluate, expert_summary, ratio_se
+from moe_vs_dense.train.rundir import open_data
+from moe_vs_dense.train.step import build
+from tests.conftest import write_config
+from tests.train.conftest import tiny
+
+
+def raw_tokens(data: PreparedData, stream: str) -> np.ndarray:
+    """Validation rows as (modality-local) raw token ids: the same content in any mixture."""
+    rows = np.concatenate([x for x, _ in val_batches(data, stream, 64)])
+    out = rows.copy()
+    for tok in data.vocab.tokenizers.values():
+        inside = (rows >= tok.offset) & (rows < tok.offset + tok.size) & (rows >= N_SPECIAL)
+        out[inside] = rows[inside] - tok.offset
+    return out
+
+
+def test_unimodal_and_joint_runs_score_the_same_validation_tokens(tmp_path, demo_data):
+    """A DNA-only baseline and a text+DNA joint run: DNA ids differ (another vocabulary offset)
+    but the DNA validation rows hold the same raw tokens, so their losses compare."""
+    os.symlink(demo_data / "raw", tmp_path / "raw")
+    base = {"seed": 0, "data": {"seq_len": 256, "val_fraction": 0.05, "doc_units": 4096,
+                                "num_proc": 1, "mixture": {}}}
+    dna = {"source": "ecoli", "max_units": 120000}
+    datas = []
+    for name, mixture in (("uni", {"dna": dna}),
+                          ("joint", {"text": {"source": "austen", "max_units": 120000},
+                                     "dna": dna})):
+        base["data"]["mixture"] = mixture
+        cfg = load_config(write_config(tmp_path, base, f"{name}.yaml"))
+        datas.append(PreparedData(prepare(cfg.data, tmp_path, log=lambda _m: None)))
+    uni, joint = datas
+    assert uni.vocab.tokenizers["dna"].offset != joint.vocab.tokenizers["dna"].offset
+    a, b = raw_tokens(uni, "dna"), raw_tokens(joint, "dna")
+    assert a.shape == b.shape and len(a) >= 2
+    np.testing.assert_array_equal(a, b)
+
+
+def test_evaluation_is_deterministic_and_independent_of_eval_batch_size(demo_data):
+    cfg = tiny(moe=True)
+    data = open_data(cfg, demo_data, prepare=False)
+    model, _, _ = build(cfg, data)
+    first = evaluate(model, data, rows=6, batch_rows=4)
+    assert evaluate(model, data, rows=6, batch_rows=4) == first
+    other = evaluate(model, data, rows=6, batch_rows=6)
+    for k, v in first["losses"].items():
+        assert other["losses"][k]["loss"] == pytest.approx(v["loss"], rel=1e-9)
+        assert other["losses"][k]["tokens"] == v["tokens"]
+    assert first["losses"]["text"]["tokens"] == 6 * 256
+    assert "image->text" in first["losses"] and first["losses"]["image"]["rows"] == 6
+    assert 1 <= first["losses"]["text"]["docs"] <= 2  # 6 rows of a 4096-byte document chunk
+    assert [s["tokens_per_expert"] for s in other["expert_stats"]] == \
+        [s["tokens_per_expert"] for s in first["expert_stats"]]
+    assert model.training
+
+
+def test_ratio_se_covers_at_the_nominal_rate_with_correlated_tokens():
+    """Rows share a random effect (tokens inside a row are correlated) and have unequal token
+    counts; the 95% interval of the row-clustered SE must cover the true mean ~95% of the time."""
+    rng = np.random.default_rng(0)
+    truth, hits, reps = 2.0, 0, 1000
+    for _ in range(reps):
+        n = rng.integers(50, 257, size=200).astype(float)
+        effect = rng.normal(0, 0.3, size=200)
+        sums = n * (truth + effect) + rng.normal(0, 1.0, size=200) * np.sqrt(n)
+        loss, se = ratio_se(sums, n)
+        hits += abs(loss - truth) <= 1.96 * se
+    assert 0.93 <= hits / reps <= 0.97
+
+
+def test_expert_summary_mutual_information():
+    separated = np.array([[10, 0], [0, 30]])
+    mixed = np.array([[5, 5], [15, 15]])
+    s = expert_summary(0, separated, ["text", "dna"], 0.0, 0.0)
+    assert s["modality_expert_mi_bits"] == pytest.approx(s["modality_entropy_bits"])
+    assert s["imbalance"] == pytest.approx(1.5) and s["dead_experts"] == 0
+    assert expert_summary(0, mixed, ["text", "dna"], 0.0, 0.0)["modality_expert_mi_bits"] == \
+        pytest.approx(0.0, abs=1e-12)
+    assert s["by_modality"] == {"text": [10, 0], "dna": [0, 30]}
+
+
+def test_build_does_not_touch_the_global_rng(demo_data):
+    cfg = tiny()
+    data = open_data(cfg, demo_data, prepare=False)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, _, _ = build(cfg, data)
+    assert torch.equal(torch.get_rng_state(), before)
+    b, _, _ = build(cfg, data)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(),
+                                                  strict=True))
+
+
+def test_documents_end_at_eod_across_rows():
+    from moe_vs_dense.train.evaluate import doc_ids
+
+    rows = np.array([[5, 6, 1, 7], [8, 1, 9, 9]])  # EOD = 1 ends documents 0 and 1
+    np.testing.assert_array_equal(doc_ids(rows), [[0, 0, 1], [1, 2, 2]])
