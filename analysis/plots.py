@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.chinchilla import ChinchillaResult  # noqa: E402
 from analysis.compare import delta_curve  # noqa: E402
+from analysis.compute import Frontier  # noqa: E402
 
 COLORS = {"dense": "#1f77b4", "moe": "#d62728", "mot": "#2ca02c"}
 
@@ -34,7 +34,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def loss_vs_compute(df: pd.DataFrame, fits: dict[tuple[str, str], ChinchillaResult], path: Path) -> Path:
+COMPUTE_LABEL = "training FLOPs on this modality's tokens"
+
+
+def loss_vs_compute(df: pd.DataFrame, frontiers: dict[tuple[str, str], Frontier],
+                    path: Path) -> Path:
+    """Runs at their compute C and each family's compute-optimal frontier in the same C."""
     mods = sorted(df["modality"].unique())
     fig, axes = _grid(len(mods))
     C = np.exp(np.linspace(np.log(df["C"].min() / 3), np.log(df["C"].max() * 3), 100))
@@ -42,25 +47,26 @@ def loss_vs_compute(df: pd.DataFrame, fits: dict[tuple[str, str], ChinchillaResu
         for family, g in df[df["modality"] == m].groupby("family"):
             color = COLORS.get(family, "gray")
             ax.scatter(g["C"], g["loss"], s=14, color=color, alpha=0.7, label=f"{family} runs")
-            fit = fits.get((family, m))
-            if fit is not None:
-                ax.plot(C, fit.compute_optimal(C)["loss_opt"], color=color, lw=1.5,
+            f = frontiers.get((family, m))
+            if f is not None:
+                ax.plot(C, f.at(C)["loss_opt"], color=color, lw=1.5,
                         label=f"{family} law, compute-optimal")
-        ax.set(xscale="log", yscale="log", title=m, xlabel="training FLOPs",
+        ax.set(xscale="log", yscale="log", title=m, xlabel=COMPUTE_LABEL,
                ylabel="held-out loss (nats/token)")
         ax.legend(fontsize=7)
     return _save(fig, path)
 
 
-def delta_vs_compute(fits: dict[tuple[str, str], ChinchillaResult], pair_table: pd.DataFrame,
+def delta_vs_compute(frontiers: dict[tuple[str, str], Frontier], pair_table: pd.DataFrame,
                      c_min: float, c_max: float, path: Path) -> Path | None:
-    combos = [(f, m) for (f, m) in sorted(fits) if f != "dense" and ("dense", m) in fits]
+    """dL from the laws against C, and the observed pairs at their own C (the same unit)."""
+    combos = [(f, m) for (f, m) in sorted(frontiers) if f != "dense" and ("dense", m) in frontiers]
     if not combos:
         return None
     fig, axes = _grid(len(combos))
     C = np.exp(np.linspace(np.log(c_min), np.log(c_max), 150))
     for ax, (family, m) in zip(axes, combos, strict=True):
-        curve = delta_curve(fits[(family, m)], fits[("dense", m)], C)
+        curve = delta_curve(frontiers[(family, m)], frontiers[("dense", m)], C)
         color = COLORS.get(family, "gray")
         ax.plot(curve["C"], curve["dL"], color=color, label="from the fitted laws")
         if "lower" in curve:
@@ -70,7 +76,7 @@ def delta_vs_compute(fits: dict[tuple[str, str], ChinchillaResult], pair_table: 
         if len(obs):
             ax.scatter(obs["C"], obs["dL"], s=14, color="k", label="observed pairs")
         ax.axhline(0, color="gray", lw=0.8, ls="--")
-        ax.set(xscale="log", title=f"{m}: {family} - dense", xlabel="training FLOPs",
+        ax.set(xscale="log", title=f"{m}: {family} - dense", xlabel=COMPUTE_LABEL,
                ylabel="dL (nats/token)")
         ax.legend(fontsize=7)
     return _save(fig, path)

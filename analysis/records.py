@@ -2,7 +2,9 @@
 
 Columns: run, family, router, seed, status, pair, modality, modalities (the run's, joined by
 '+'), N (the params the laws use), N_active, N_total, D (tokens of this modality, else all),
-D_total, C (training FLOPs), loss (nats/token), bits_per_unit, n_experts.
+D_total, flops_per_token, C (training FLOPs on this modality's tokens: flops_per_token x D),
+C_total (on all tokens: flops_per_token x D_total), loss (nats/token), bits_per_unit,
+n_experts. analysis/compute.py says why compute is defined so.
 
 Reads record schema versions 1 and 2: version 2 only adds optional fields, and its
 `eval.final` holds the same per-modality losses (paired-document losses sit apart in
@@ -23,7 +25,8 @@ from analysis.errors import AnalysisError
 
 SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
-           "N_active", "N_total", "D", "D_total", "C", "loss", "bits_per_unit", "n_experts"]
+           "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
+           "bits_per_unit", "n_experts"]
 
 
 @cache
@@ -36,15 +39,17 @@ def _validator():
 def record_rows(record: dict) -> list[dict]:
     """Tidy rows of one record (already schema-valid)."""
     by_mod = record["tokens"].get("by_modality") or {}
-    rows = []
+    rows, fpt = [], record["flops_per_token"]
     for m, ev in record["eval"]["final"].items():
+        D = by_mod.get(m, record["tokens"]["total"])
         rows.append({
             "run": record["run_id"], "family": record["family"], "router": record.get("router"),
             "seed": record["seed"], "status": record["status"], "pair": record.get("pair_id"),
             "modality": m, "modalities": "+".join(record["modalities"]),
             "N_active": record["params"]["active"], "N_total": record["params"]["total"],
-            "D": by_mod.get(m, record["tokens"]["total"]), "D_total": record["tokens"]["total"],
-            "C": record["compute"], "loss": ev["loss"], "bits_per_unit": ev.get("bits_per_unit"),
+            "D": D, "D_total": record["tokens"]["total"], "flops_per_token": fpt,
+            "C": fpt * D, "C_total": fpt * record["tokens"]["total"], "loss": ev["loss"],
+            "bits_per_unit": ev.get("bits_per_unit"),
             "n_experts": (record.get("model") or {}).get("n_experts", 0) or 0,
         })
     return rows
@@ -88,8 +93,9 @@ def load_runs(paths: list[str | Path], params: str = "active") -> tuple[pd.DataF
 
 def load_csv(path: str | Path, columns: dict[str, str] | None = None,
              params: str = "active") -> pd.DataFrame:
-    """A CSV with columns params, tokens, loss and optionally family, modality, flops, seed,
-    n_experts, run; `columns` maps those names to the CSV's own."""
+    """A CSV with columns params, tokens, loss and optionally family, modality, flops (training
+    FLOPs, else 6 x params x tokens), seed, n_experts, run; `columns` maps those names to the
+    CSV's own."""
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"{path}: no such file")
@@ -120,6 +126,9 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
         lines = [int(i) + 2 for i in df.index[bad]]
         raise AnalysisError(f"{path}: non-positive or non-finite params/tokens/loss/flops on "
                             f"line(s) {', '.join(map(str, lines[:10]))}")
+    # a CSV row is one run on one data set: D is all its tokens
+    df["C_total"] = df["C"]
+    df["flops_per_token"] = df["C"].astype(float) / df["D"].astype(float)
     return _finish(df, params)
 
 
@@ -135,7 +144,7 @@ def _finish(df: pd.DataFrame, params: str) -> pd.DataFrame:
     if params not in ("active", "total"):
         raise AnalysisError(f"params must be 'active' or 'total', not {params!r}")
     df["N"] = df["N_active"] if params == "active" else df["N_total"]
-    for c in ("N", "N_active", "N_total", "D", "D_total", "C", "loss"):
+    for c in ("N", "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     bad = ~df[["N", "D", "C", "loss"]].map(_positive_finite).all(axis=1)
     if bad.any():

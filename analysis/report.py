@@ -10,6 +10,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.compare import compare_laws, compare_pairs, pairs
+from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups
 from analysis.isoflop import isoflop
@@ -44,7 +45,8 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
              f"{df['run'].nunique()} completed runs, modalities: "
              f"{', '.join(sorted(df['modality'].unique()))}. "
              "Losses are held-out nats/token; N is the "
-             f"{'active' if params == 'active' else 'total'} parameter count; C is training FLOPs.",
+             f"{'active' if params == 'active' else 'total'} parameter count; D is tokens of "
+             f"the modality. Compute: {DEFINITION}",
              "", _regime(df), "", "## Runs", "",
              "Every run, one row per modality, is in [runs.csv](runs.csv).", "",
              render(df.groupby(["family", "modality"]).agg(
@@ -53,48 +55,57 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  best_loss=("loss", "min")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
     chin = _try("Chinchilla fits", lambda: fit_groups(df, "chinchilla", bootstrap), notes) or []
-    fits = chinchilla_by_group(chin)
+    fronts = frontiers(df, chinchilla_by_group(chin))
     if chin:
         lines += ["", "## Fitted laws: L = E + A/N^alpha + B/D^beta", "",
                   render(fits_table(chin)), ""]
         for r in chin:
-            co = r.compute_optimal(np.array([1e18]))
-            lines.append(f"- {r.label()}: N* ~ C^{co.attrs['a']:.3f}, D* ~ C^{co.attrs['b']:.3f}"
+            f = fronts[(r.group["family"], r.group["modality"])]
+            co = f.at(np.array([1e18]))
+            lines.append(f"- {r.label()}: N* ~ C^{co.attrs['a']:.3f}, D* ~ C^{co.attrs['b']:.3f}; "
+                         f"FLOPs per token ~ {f.flops.k:.3g} N^{f.flops.s:.3f} (within "
+                         f"{f.flops.max_error:.1%} of every run)"
                          + "".join(f"; warning: {w}" for w in r.warnings))
     iso_rows = []
     for (family, modality), g in df.groupby(["family", "modality"]):
         table_g, exp = isoflop(g)
         if exp is not None:
-            approach3 = fits.get((family, modality))
-            a3 = approach3.compute_optimal(np.array([1.0])).attrs["a"] if approach3 else np.nan
+            approach3 = fronts.get((family, modality))
+            a3 = approach3.at(np.array([1.0])).attrs["a"] if approach3 else np.nan
             iso_rows.append({"family": family, "modality": modality, **exp,
                              "a (Approach 3)": a3})
     if iso_rows:
         lines += ["", "## IsoFLOP profiles (Approach 2): N* ~ C^a", "",
                   "Budgets with at least three sizes whose loss parabola in log N has an interior "
                   "minimum; the interval is OLS's 95%.", "", render(pd.DataFrame(iso_rows))]
-    figs = [plots.loss_vs_compute(df, fits, out / "loss_vs_compute.png")]
+    figs = [plots.loss_vs_compute(df, fronts, out / "loss_vs_compute.png")]
     pair_rows = pairs(df)
     table = _try("paired comparison", lambda: compare_pairs(df), notes)
     if table is not None:
         lines += ["", "## MoE/MoT minus dense on matched pairs (nats/token)", "",
-                  "dL < 0 means the experts reach a lower loss. Interval: 95% paired bootstrap; "
-                  "p: paired t-test, Holm-corrected across modalities.", "", render(table)]
+                  "dL < 0 means the experts reach a lower loss. Runs pair by pair_id, else by "
+                  "seed and modalities with compute and tokens within 1%; `unpaired` counts "
+                  "MoE/MoT runs with no dense partner (why: under Notes). Interval: 95% paired "
+                  "bootstrap; p: paired t-test (0 when every pair differs by the same non-zero "
+                  "amount), Holm-corrected across modalities.", "", render(table)]
     c_min, c_max = df["C"].min(), df["C"].max() * 100
-    law_table = compare_laws(fits, c_min, c_max) if fits else pd.DataFrame()
+    law_table = compare_laws(fronts, c_min, c_max) if fronts else pd.DataFrame()
     if len(law_table):
         lines += ["", "## From the fitted laws, along compute-optimal frontiers", "",
                   f"From the smallest observed compute to 100x the largest ({c_min:.3g} to "
                   f"{c_max:.3g} FLOPs).", "", render(law_table)]
-        figs.append(plots.delta_vs_compute(fits, pair_rows, c_min, c_max, out / "delta_vs_compute.png"))
+        figs.append(plots.delta_vs_compute(fronts, pair_rows, c_min, c_max,
+                                           out / "delta_vs_compute.png"))
     bimodal = _try("bimodal law", lambda: fit_groups(df, "bimodal", bootstrap), notes)
     if bimodal:
         lines += ["", "## Competition and synergy (Aghajanyan et al. 2023)", "",
                   render(fits_table(bimodal)), ""]
         for r in bimodal:
             b = r.barrier()
-            where = (f"N = {b['N']:.3g} (C = {b['C']:.3g} FLOPs)" if np.isfinite(b["N"])
-                     else "no sign change in 1e3..1e16 params")
+            joint = df[(df["family"] == r.group["family"]) & (df["modalities"] == r.group["pair"])]
+            fpt = fit_flops_per_token(joint["N"], joint["flops_per_token"])(b["N"])
+            where = (f"N = {b['N']:.3g} (total compute {fpt * b['tokens_per_param'] * b['N']:.3g} "
+                     "FLOPs)" if np.isfinite(b["N"]) else "no sign change in 1e3..1e16 params")
             ci = (f", 95% interval N in [{b['N_lower']:.3g}, {b['N_upper']:.3g}]"
                   if "N_lower" in b else "")
             lines.append(f"- {r.label()}: competition barrier at D/N = {b['tokens_per_param']:.3g}: "

@@ -139,6 +139,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from analysis.compare import compare_laws, compare_pairs
+    from analysis.compute import frontiers
     from analysis.fit import chinchilla_by_group, fit_groups
     from analysis.records import load
     from analysis.tables import render
@@ -151,7 +152,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except AnalysisError as e:
         print(f"\nno law-based comparison: {e}")
         return 0
-    laws = compare_laws(fits, df["C"].min(), df["C"].max() * args.extrapolate)
+    laws = compare_laws(frontiers(df, fits), df["C"].min(), df["C"].max() * args.extrapolate)
     if len(laws):
         print("\nFrom the fitted laws, along compute-optimal frontiers:\n")
         print(render(laws, args.format))

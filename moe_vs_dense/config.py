@@ -178,6 +178,10 @@ class MoEConfig(Strict):
                              f"(got {self.top_k})")
         if any(v < 1 for v in counts):
             raise ValueError("experts_per_modality: must be >= 1")
+        if self.router != "modality" and self.top_k == 1 and self.norm_topk_prob:
+            raise ValueError("norm_topk_prob: a normalised top-1 router gives every token weight "
+                             "1, so the language-model loss gives the router no gradient; use "
+                             "top_k >= 2 or norm_topk_prob: false")
         return self
 
     @property

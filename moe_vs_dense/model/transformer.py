@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from moe_vs_dense.config import ModelConfig
+from moe_vs_dense.errors import UserError
 from moe_vs_dense.modalities import MODALITIES
 from moe_vs_dense.model.experts import Experts, SwiGLU, compute_dtype, grouped_matmul, init_std_out
 from moe_vs_dense.model.layers import Rotary, causal_attention
@@ -123,6 +125,20 @@ class Transformer(nn.Module):
         self.register_buffer("group_of_modality", group, persistent=False)
         self.aux_loss = torch.zeros(())
 
+    def _modality_ids(self) -> str:
+        return ", ".join(f"{MODALITIES.index(m)}={m}" for m in self.modalities)
+
+    def check_modalities(self, mods: np.ndarray | torch.Tensor) -> None:
+        """Raise UserError if a modality id (of a batch, on the host) is not one the model was
+        built with; the trainer calls it on each batch before it moves to the device."""
+        ids = np.unique(np.asarray(mods.cpu() if isinstance(mods, torch.Tensor) else mods))
+        known = {MODALITIES.index(m) for m in self.modalities}
+        bad = [int(i) for i in ids if int(i) not in known]
+        if bad:
+            names = [MODALITIES[i] if 0 <= i < len(MODALITIES) else f"id {i}" for i in bad]
+            raise UserError(f"the batch holds {', '.join(names)} tokens, but the model was built "
+                            f"for {', '.join(self.modalities)} only")
+
     def moe_layers(self) -> list[MoE]:
         return [b.ffn for b in self.blocks if b.is_moe]
 
@@ -130,7 +146,10 @@ class Transformer(nn.Module):
         if mods_BT is None:
             mods_BT = torch.zeros_like(tokens_BT)
         group_N = self.group_of_modality[mods_BT.reshape(-1)]
-        plan = GroupPlan.build(group_N.clamp(min=0), len(self.modalities))
+        # checked on the device: raises at once on CPU and never makes the host wait for a GPU
+        torch._assert_async((group_N >= 0).all(), "a token's modality id is not one the model "
+                            f"was built with ({self._modality_ids()})")
+        plan = GroupPlan.build(group_N, len(self.modalities))
         x = self.embed(tokens_BT)
         for block in self.blocks:
             x = block(x, plan)

@@ -52,3 +52,20 @@ def test_analysis_never_imports_torch():
     code = ("import sys, analysis.report, analysis.fit, analysis.compare, analysis.plots, "
             "analysis.routed, analysis.bimodal; assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compute_per_modality_and_total(tmp_path):
+    """C is FLOPs per token x the modality's tokens; C_total is x all tokens (the record's
+    compute); FLOPs per token is the record's, not 6 N."""
+    import json
+
+    from analysis.synthetic import record
+
+    rec = record("r", "dense", ["text", "dna"], 1000, {"text": 300, "dna": 100},
+                 {"text": 2.0, "dna": 1.0})
+    rec.update(flops_per_token=9000.0, compute=9000.0 * 400)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "record.json").write_text(json.dumps(rec))
+    df = load_runs([tmp_path])[0].set_index("modality")
+    assert df.loc["text", "C"] == 9000 * 300 and df.loc["dna", "C"] == 9000 * 100
+    assert (df["C_total"] == rec["compute"]).all() and df["C"].sum() == rec["compute"]
