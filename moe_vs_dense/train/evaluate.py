@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from moe_vs_dense.data.loader import PreparedData, val_batches
-from moe_vs_dense.data.modalities import MODALITIES
 from moe_vs_dense.data.tokenizers import EOD
+from moe_vs_dense.modalities import MODALITIES
 from moe_vs_dense.model.transformer import Transformer
 
 SE_METHOD = ("ratio estimator with documents as clusters (tokens between end-of-document "
