@@ -131,8 +131,8 @@ def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | N
     out.mkdir(parents=True, exist_ok=True)
     base = _fetch(data_dir, base, log)
     all_runs = expand(sweep, base, str(SWEEP))
-    log(f"== 2/4 prepare the {len({r.config.data for r in all_runs})} data mixtures of the runs "
-        "(cached after the first time)")
+    mixtures = {r.config.data.model_dump_json() for r in all_runs}
+    log(f"== 2/4 prepare the {len(mixtures)} data mixtures of the runs (cached after the first time)")
     prepare_data(all_runs, data_dir, log=lambda m: log("  " + m))
     saved_path = out / "demo_plan.json"
     saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
