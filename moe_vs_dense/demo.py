@@ -116,16 +116,13 @@ def choose(sweep: SweepConfig, base: dict, seconds_left: float, workers: int,
     return chosen, expand(chosen, base, str(SWEEP)), scale
 
 
-def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | None = None,
-         workers: int | None = None, log=print) -> Path:
-    """Run the demo into `out` within about `minutes`; returns the report's path."""
+def plan(out: Path, minutes: float, data_dir: str | None, workers: int, start: float,
+         bootstrap: int = REPORT_BOOTSTRAP, log=print) -> tuple[list[PlannedRun], float]:
+    """Fetch, prepare, and choose the runs (or reuse the plan saved in `out` for this budget);
+    returns the runs and the token-budget scale."""
     from moe_vs_dense.io import write_json
-    from moe_vs_dense.sweep import prepare_data, run_sweep
-    from moe_vs_dense.sweep.tables import plan_table, render_plan, summary
+    from moe_vs_dense.sweep import prepare_data
 
-    start = time.monotonic()
-    out = Path(out)
-    workers = workers or max(1, min(2, os.cpu_count() or 1))
     sweep, base = load_sweep(SWEEP)
     log(f"== 1/4 fetch real data for every modality (budget {minutes:g} min, {workers} workers)")
     out.mkdir(parents=True, exist_ok=True)
@@ -137,19 +134,30 @@ def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | N
     saved_path = out / "demo_plan.json"
     saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
     if saved.get("minutes") == minutes and saved.get("modalities") == sorted(base["data"]["mixture"]):
-        scale, bimodal = saved["scale"], saved["bimodal"]
-        chosen = scaled(sweep, scale, bimodal)
-        runs = expand(chosen, base, str(SWEEP))
+        scale = saved["scale"]
+        runs = expand(scaled(sweep, scale, saved["bimodal"]), base, str(SWEEP))
         log(f"== 3/4 plan: the plan of the earlier run in {out} (token budgets x{scale:.3g})")
-    else:
-        log("== 3/4 plan")
-        reporting = report_seconds(all_runs)
-        seconds_left = minutes * 60 - (time.monotonic() - start) - reporting
-        log(f"the report will take about {reporting:.0f} s; {seconds_left:.0f} s are left to train")
-        chosen, runs, scale = choose(sweep, base, seconds_left, workers, log)
-        bimodal = chosen.bimodal != "none"
-        write_json(saved_path, {"minutes": minutes, "scale": scale, "bimodal": bimodal,
-                                "modalities": sorted(base["data"]["mixture"])})
+        return runs, scale
+    log("== 3/4 plan")
+    reporting = report_seconds(all_runs, bootstrap)
+    seconds_left = minutes * 60 - (time.monotonic() - start) - reporting
+    log(f"the report will take about {reporting:.0f} s; {seconds_left:.0f} s are left to train")
+    chosen, runs, scale = choose(sweep, base, seconds_left, workers, log)
+    write_json(saved_path, {"minutes": minutes, "scale": scale, "bimodal": chosen.bimodal != "none",
+                            "modalities": sorted(base["data"]["mixture"])})
+    return runs, scale
+
+
+def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | None = None,
+         workers: int | None = None, bootstrap: int = REPORT_BOOTSTRAP, log=print) -> Path:
+    """Run the demo into `out` within about `minutes`; returns the report's path."""
+    from moe_vs_dense.sweep import run_sweep
+    from moe_vs_dense.sweep.tables import plan_table, render_plan, summary
+
+    start = time.monotonic()
+    out = Path(out)
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
+    runs, scale = plan(out, minutes, data_dir, workers, start, bootstrap, log)
     table = plan_table(runs)
     paired = table[table["pair"] != "-"]
     log(render_plan(paired))
@@ -159,16 +167,16 @@ def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | N
     table.to_csv(out / "plan.csv", index=False)
     log(f"   train (Ctrl-C stops; the same command resumes; {time.monotonic() - start:.0f} s so far)")
     outcome = run_sweep(runs, out, workers, data_dir, threads=1, log=log)
-    bad = {k: v for k, v in outcome.items() if v[0] != "completed"}
-    for run_id, (status, why) in bad.items():
-        log(f"  {run_id}: {status} {why}")
+    for run_id, (status, why) in outcome.items():
+        if status != "completed":
+            log(f"  {run_id}: {status} {why}")
     log("== 4/4 fit the laws and write the report")
-    report = write_reports(out, runs)
+    report = write_reports(out, runs, bootstrap)
     log(f"report: {report} ({(time.monotonic() - start) / 60:.1f} min in all)")
     return report
 
 
-def write_reports(out: Path, runs: list[PlannedRun]) -> Path:
+def write_reports(out: Path, runs: list[PlannedRun], bootstrap: int = REPORT_BOOTSTRAP) -> Path:
     """report/ from the paired runs (laws, matched pairs, expert use, frontiers) and
     report/baselines/ from the unimodal and bimodal runs (competition and synergy). Two reports,
     because the analysis groups laws by family and modality alone: a one-modality dense baseline
@@ -179,10 +187,10 @@ def write_reports(out: Path, runs: list[PlannedRun]) -> Path:
         files = [out / "runs" / r.run_id / "record.json" for r in runs if r.kind in kinds]
         return [f for f in files if f.exists()]
 
-    report = write_report(records(("paired",)), out / "report", bootstrap=REPORT_BOOTSTRAP)
+    report = write_report(records(("paired",)), out / "report", bootstrap=bootstrap)
     baselines = records(("unimodal", "bimodal"))
     if baselines:
-        extra = write_report(baselines, out / "report" / "baselines", bootstrap=REPORT_BOOTSTRAP)
+        extra = write_report(baselines, out / "report" / "baselines", bootstrap=bootstrap)
         with open(report, "a") as f:
             f.write(f"\n## Competition and synergy\n\nFrom the unimodal and bimodal dense baselines: "
                     f"[{extra.relative_to(report.parent)}]({extra.relative_to(report.parent)}).\n")

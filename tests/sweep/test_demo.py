@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from moe_vs_dense.demo import demo
+from moe_vs_dense.demo import demo, plan
 from moe_vs_dense.modalities import MODALITIES
+from moe_vs_dense.sweep.state import run_state
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ def _section(text: str, title: str) -> str:
 
 def test_tiny_demo_report(tmp_path, demo_data):
     lines: list[str] = []
-    report = demo(tmp_path / "demo", minutes=2.0, log=lines.append)
+    report = demo(tmp_path / "demo", minutes=2.0, bootstrap=20, log=lines.append)
     text = report.read_text()
     assert any("token budgets x" in line for line in lines)  # the plan was printed first
     pairs = _section(text, "## MoE/MoT minus dense on matched pairs")
@@ -36,6 +37,8 @@ def test_tiny_demo_report(tmp_path, demo_data):
     assert "| dense " in text and "| moe " in text
     figures = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", text)
     assert figures and all((report.parent / f).is_file() for f in figures)
+    # a second call plans the same runs (saved scale, no new timing), all of them done
     lines.clear()
-    demo(tmp_path / "demo", minutes=2.0, log=lines.append)
-    assert any(" 0 to train" in line for line in lines)
+    runs, _ = plan(tmp_path / "demo", 2.0, None, 2, 0.0, log=lines.append)
+    assert any("the plan of the earlier run" in line for line in lines)
+    assert all(run_state(tmp_path / "demo", r.run_id)[0] == "done" for r in runs)
