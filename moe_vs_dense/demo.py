@@ -189,9 +189,13 @@ def write_reports(out: Path, runs: list[PlannedRun], bootstrap: int = REPORT_BOO
 
     report = write_report(records(("paired",)), out / "report", bootstrap=bootstrap)
     baselines = records(("unimodal", "bimodal"))
-    if baselines:
-        extra = write_report(baselines, out / "report" / "baselines", bootstrap=bootstrap)
-        with open(report, "a") as f:
-            f.write(f"\n## Competition and synergy\n\nFrom the unimodal and bimodal dense baselines: "
-                    f"[{extra.relative_to(report.parent)}]({extra.relative_to(report.parent)}).\n")
+    if not baselines:
+        return report
+    extra = write_report(baselines, out / "report" / "baselines", bootstrap=bootstrap)
+    link = extra.relative_to(report.parent)
+    text = (f"From the unimodal and bimodal dense baselines: [{link}]({link})." if records(("bimodal",))
+            else f"This plan has no bimodal baselines (the time budget was too small for them; "
+                 f"a larger --minutes adds them); the unimodal baselines' laws are in [{link}]({link}).")
+    with open(report, "a") as f:
+        f.write(f"\n## Competition and synergy\n\n{text}\n")
     return report
