@@ -36,11 +36,12 @@ def _round_sig(x: float, digits: int = 2) -> int:
     return int(round(x, -int(math.floor(math.log10(x))) + digits - 1))
 
 
-def scaled(sweep: SweepConfig, scale: float, bimodal: bool = True) -> SweepConfig:
-    """The sweep with every token budget times `scale` (two significant digits)."""
+def scaled(sweep: SweepConfig, scale: float, baselines: bool = True) -> SweepConfig:
+    """The sweep with every token budget times `scale` (two significant digits), and without
+    the unimodal and bimodal baselines unless `baselines`."""
     update = {"tokens": [_round_sig(t * scale) for t in sweep.tokens]}
-    if not bimodal:
-        update["bimodal"] = "none"
+    if not baselines:
+        update.update(unimodal="none", bimodal="none")
     return sweep.model_copy(update=update)
 
 
@@ -69,10 +70,9 @@ def _fetch(data_dir: str | None, base: dict, log) -> dict:
     return base
 
 
-def report_seconds(runs: list[PlannedRun], bootstrap: int = REPORT_BOOTSTRAP) -> float:
-    """Seconds the reports will take: one law fit per (family, modality) of the paired runs and
-    of the unimodal runs, and one per bimodal pair, each timed here on synthetic points of the
-    demo's size (the start grid, and a tenth of the bootstrap refits)."""
+def fit_seconds(bootstrap: int = REPORT_BOOTSTRAP) -> float:
+    """Seconds one law fit of the report takes here (the start grid and `bootstrap` refits),
+    timed on synthetic points of the demo's size with a tenth of the refits."""
     from analysis.chinchilla import fit_chinchilla
     from analysis.synthetic import chinchilla_points
 
@@ -82,10 +82,15 @@ def report_seconds(runs: list[PlannedRun], bootstrap: int = REPORT_BOOTSTRAP) ->
     grid = time.perf_counter() - t
     fit_chinchilla(points, bootstrap=max(1, bootstrap // 10))
     refits = max(0.0, time.perf_counter() - t - 2 * grid) * 10
+    return grid + refits
+
+
+def report_groups(runs: list[PlannedRun]) -> int:
+    """Law fits the reports make: per (family, modality) of the paired runs; with baselines,
+    per unimodal modality and per bimodal pair."""
     groups = len({(r.config.model.family, m) for r in runs if r.kind == "paired"
                   for m in r.config.data.modalities})
-    groups += len({tuple(r.config.data.modalities) for r in runs if r.kind != "paired"})
-    return groups * (grid + refits) + FIGURES_S
+    return groups + len({tuple(r.config.data.modalities) for r in runs if r.kind != "paired"})
 
 
 def _plan_seconds(runs: list[PlannedRun], seconds: dict[str, float], scale: float,
@@ -96,23 +101,27 @@ def _plan_seconds(runs: list[PlannedRun], seconds: dict[str, float], scale: floa
 
 
 def choose(sweep: SweepConfig, base: dict, seconds_left: float, workers: int,
-           log) -> tuple[SweepConfig, list[PlannedRun], float]:
-    """The largest scale of the demo's token budgets that fits `seconds_left`, from a short
-    timing; bimodal baselines are dropped when even the smallest scale does not fit."""
+           bootstrap: int, log) -> tuple[SweepConfig, list[PlannedRun], float]:
+    """The largest scale of the demo's token budgets whose training and report fit
+    `seconds_left`, from a short timing; the baselines (and competition/synergy with them) are
+    dropped when even a quarter of the nominal budgets does not fit with them."""
     from moe_vs_dense.sweep.estimate import estimate
 
-    log("timing a few training steps of each model to fit the plan to the time budget ...")
+    log("timing a few training steps of each model and one law fit ...")
     runs = expand(sweep, base, str(SWEEP))
     seconds = estimate(runs, threads=1)
-    for bimodal in (True, False):
-        subset = [r for r in runs if bimodal or r.kind != "bimodal"]
+    per_fit = fit_seconds(bootstrap)
+    for baselines in (True, False):
+        subset = [r for r in runs if baselines or r.kind == "paired"]
+        reporting = report_groups(subset) * per_fit + FIGURES_S
         fixed = _plan_seconds(subset, {r.run_id: 0.0 for r in subset}, 0.0, workers)
         per_scale = _plan_seconds(subset, seconds, 1.0, workers) - fixed
-        scale = (seconds_left - fixed) / per_scale
-        if scale >= 0.25 or not bimodal:
+        scale = (seconds_left - reporting - fixed) / per_scale
+        if scale >= 0.25 or not baselines:
             break
+    log(f"the report will take about {reporting:.0f} s; training gets the rest")
     scale = float(min(MAX_SCALE, max(MIN_SCALE, scale)))
-    chosen = scaled(sweep, scale, bimodal)
+    chosen = scaled(sweep, scale, baselines)
     return chosen, expand(chosen, base, str(SWEEP)), scale
 
 
@@ -133,17 +142,16 @@ def plan(out: Path, minutes: float, data_dir: str | None, workers: int, start: f
     prepare_data(all_runs, data_dir, log=lambda m: log("  " + m))
     saved_path = out / "demo_plan.json"
     saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
-    if saved.get("minutes") == minutes and saved.get("modalities") == sorted(base["data"]["mixture"]):
+    if (saved.get("minutes") == minutes and "baselines" in saved
+            and saved.get("modalities") == sorted(base["data"]["mixture"])):
         scale = saved["scale"]
-        runs = expand(scaled(sweep, scale, saved["bimodal"]), base, str(SWEEP))
+        runs = expand(scaled(sweep, scale, saved["baselines"]), base, str(SWEEP))
         log(f"== 3/4 plan: the plan of the earlier run in {out} (token budgets x{scale:.3g})")
         return runs, scale
     log("== 3/4 plan")
-    reporting = report_seconds(all_runs, bootstrap)
-    seconds_left = minutes * 60 - (time.monotonic() - start) - reporting
-    log(f"the report will take about {reporting:.0f} s; {seconds_left:.0f} s are left to train")
-    chosen, runs, scale = choose(sweep, base, seconds_left, workers, log)
-    write_json(saved_path, {"minutes": minutes, "scale": scale, "bimodal": chosen.bimodal != "none",
+    seconds_left = minutes * 60 - (time.monotonic() - start)
+    chosen, runs, scale = choose(sweep, base, seconds_left, workers, bootstrap, log)
+    write_json(saved_path, {"minutes": minutes, "scale": scale, "baselines": chosen.unimodal != "none",
                             "modalities": sorted(base["data"]["mixture"])})
     return runs, scale
 
@@ -190,12 +198,13 @@ def write_reports(out: Path, runs: list[PlannedRun], bootstrap: int = REPORT_BOO
     report = write_report(records(("paired",)), out / "report", bootstrap=bootstrap)
     baselines = records(("unimodal", "bimodal"))
     if not baselines:
+        with open(report, "a") as f:
+            f.write("\n## Competition and synergy\n\nNot in this plan: the time budget had no room "
+                    "for the unimodal and bimodal baselines (a larger --minutes adds them).\n")
         return report
     extra = write_report(baselines, out / "report" / "baselines", bootstrap=bootstrap)
     link = extra.relative_to(report.parent)
-    text = (f"From the unimodal and bimodal dense baselines: [{link}]({link})." if records(("bimodal",))
-            else f"This plan has no bimodal baselines (the time budget was too small for them; "
-                 f"a larger --minutes adds them); the unimodal baselines' laws are in [{link}]({link}).")
     with open(report, "a") as f:
-        f.write(f"\n## Competition and synergy\n\n{text}\n")
+        f.write(f"\n## Competition and synergy\n\nFrom the unimodal and bimodal dense baselines: "
+                f"[{link}]({link}).\n")
     return report
