@@ -263,6 +263,102 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sweep key, e.g. --set seeds=[0,1] (repeatable)")
+    p.add_argument("--out", help="output directory (default: the sweep's `out`, else runs/NAME)")
+    _data_dir_arg(p)
+
+
+def _cmd_sweep_plan(args: argparse.Namespace) -> int:
+    from moe_vs_dense.sweep import load_plan
+    from moe_vs_dense.sweep.tables import out_dir, plan_table, render_plan, summary, write_configs
+
+    sweep, runs = load_plan(args.sweep, args.overrides)
+    out = out_dir(sweep, args.out)
+    seconds = None
+    if not args.no_timing:
+        from moe_vs_dense.sweep.estimate import estimate
+
+        seconds = estimate(runs, threads=args.threads)
+    commands = write_configs(runs, out, args.data_dir)
+    if args.prepare:
+        from moe_vs_dense.sweep import prepare_data
+
+        prepare_data(runs, args.data_dir)
+    plan_table(runs, seconds).to_csv(out / "plan.csv", index=False)
+    print(render_plan(plan_table(runs, seconds)))
+    print(f"\n{summary(runs, seconds, args.workers)}\n")
+    print(f"one command per run, line i = array task i ({commands}; configs in {out / 'configs'}):\n")
+    print(commands.read_text(), end="")
+    return 0
+
+
+def _cmd_sweep_run(args: argparse.Namespace) -> int:
+    from moe_vs_dense.sweep import load_plan, run_sweep
+    from moe_vs_dense.sweep.tables import out_dir
+
+    sweep, runs = load_plan(args.sweep, args.overrides)
+    out = out_dir(sweep, args.out)
+    outcome = run_sweep(runs, out, args.workers, args.data_dir, args.threads,
+                        progress=not args.no_progress)
+    failed = {k: v for k, v in outcome.items() if v[0] == "failed"}
+    diverged = [k for k, v in outcome.items() if v[0] == "diverged"]
+    print(f"trained {len(outcome)} run(s) into {out / 'runs'}: {len(failed)} failed, "
+          f"{len(diverged)} diverged")
+    for run_id, (_, why) in failed.items():
+        print(f"  failed: {run_id}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_sweep_status(args: argparse.Namespace) -> int:
+    from moe_vs_dense.sweep import load_plan
+    from moe_vs_dense.sweep.tables import out_dir, render_status, status_table
+
+    sweep, runs = load_plan(args.sweep, args.overrides)
+    print(render_status(status_table(runs, out_dir(sweep, args.out))))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from moe_vs_dense.demo import demo
+
+    demo(args.out, args.minutes, args.data_dir, args.workers)
+    return 0
+
+
+def _add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="real data -> paired sweep -> fitted laws -> report, timed")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--minutes", type=float, default=12.0,
+                   help="time budget, data fetch included; scales the sweep (default 12)")
+    p.add_argument("--workers", type=int, help="worker processes (default: up to 2 cores)")
+    _data_dir_arg(p)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _add_sweep_parsers(sub) -> None:
+    sweep = sub.add_parser("sweep", help="paired dense/MoE sweeps: plan, run, status")
+    ssub = sweep.add_subparsers(dest="sweep_command", required=True)
+    p = ssub.add_parser("plan", help="every run with its compute, time estimate and command")
+    _sweep_args(p)
+    p.add_argument("--workers", type=int, default=2, help="workers the time estimate assumes")
+    p.add_argument("--threads", type=int, default=1, help="threads per worker for the timing")
+    p.add_argument("--no-timing", action="store_true", help="skip the short timing")
+    p.add_argument("--prepare", action="store_true", help="also prepare every mixture's data")
+    p.set_defaults(func=_cmd_sweep_plan)
+    p = ssub.add_parser("run", help="train what is missing or incomplete; safe to interrupt")
+    _sweep_args(p)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep_run)
+    p = ssub.add_parser("status", help="done / running / partial / failed / diverged / missing")
+    _sweep_args(p)
+    p.set_defaults(func=_cmd_sweep_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moe-vs-dense",
@@ -339,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     _analysis_inputs(p, csv=False)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_report)
+    _add_sweep_parsers(sub)
+    _add_demo_parser(sub)
     return parser
 
 

@@ -1,0 +1,44 @@
+"""The demo end to end on real data with a tiny budget: a report with every modality, both
+families, finite intervals and figures, and a rerun that trains nothing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from moe_vs_dense.demo import demo, plan
+from moe_vs_dense.modalities import MODALITIES
+from moe_vs_dense.sweep.state import run_state
+
+pytestmark = pytest.mark.slow
+
+
+def _section(text: str, title: str) -> str:
+    start = text.index(title)
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_tiny_demo_report(tmp_path, demo_data):
+    lines: list[str] = []
+    report = demo(tmp_path / "demo", minutes=2.0, bootstrap=20, log=lines.append)
+    text = report.read_text()
+    assert any("token budgets x" in line for line in lines)  # the plan was printed first
+    pairs = _section(text, "## MoE/MoT minus dense on matched pairs")
+    rows = [r for r in pairs.splitlines() if r.startswith("|") and "moe" in r]
+    assert {m for m in MODALITIES if any(f"| {m} " in r for r in rows)} == set(MODALITIES)
+    header = [c.strip() for c in pairs.splitlines()[next(
+        i for i, r in enumerate(pairs.splitlines()) if r.startswith("| family"))].split("|")]
+    for r in rows:
+        cells = dict(zip(header, [c.strip() for c in r.split("|")], strict=True))
+        assert re.fullmatch(r"-?\d.*", cells["lower"]) and re.fullmatch(r"-?\d.*", cells["upper"])
+        assert float(cells["lower"]) <= float(cells["dL"]) <= float(cells["upper"])
+    assert "| dense " in text and "| moe " in text
+    figures = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", text)
+    assert figures and all((report.parent / f).is_file() for f in figures)
+    # a second call plans the same runs (saved scale, no new timing), all of them done
+    lines.clear()
+    runs, _ = plan(tmp_path / "demo", 2.0, None, 2, 0.0, log=lines.append)
+    assert any("the plan of the earlier run" in line for line in lines)
+    assert all(run_state(tmp_path / "demo", r.run_id)[0] == "done" for r in runs)
