@@ -17,6 +17,28 @@ import pytest
 import yaml
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Path:
+    """The data root holding the prepared demo mix, which the README's main job prepares (skips,
+    naming the commands, if it is not there)."""
+    from moe_vs_dense.config import load_config
+    from moe_vs_dense.data.fetch import data_dir
+    from moe_vs_dense.data.prepare import cache_key
+    from moe_vs_dense.errors import UserError
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    root = data_dir(None, cfg.data.dir)
+    try:
+        ready = (root / "prepared" / cache_key(cfg.data, root) / "meta.json").is_file()
+    except UserError:
+        ready = False
+    if not ready:
+        pytest.skip("demo data not prepared: run `moe-vs-dense data fetch && moe-vs-dense data "
+                    "prepare configs/demo.yaml`")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,6 @@ import pytest
 import torch
 
 from moe_vs_dense.config import Config, load_config
-from moe_vs_dense.data.fetch import data_dir
-from moe_vs_dense.data.prepare import cache_key
-from moe_vs_dense.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -24,21 +21,6 @@ MOE = ["model.family=moe", "model.moe.router=modality", "model.moe.d_expert=48"]
 
 def tiny(*extra: str, moe: bool = False) -> Config:
     return load_config(SMOKE, TINY + (MOE if moe else []) + list(extra))
-
-
-@pytest.fixture(scope="session")
-def demo_data() -> Path:
-    """The data root holding the prepared demo mix (skips with the command if it is not)."""
-    cfg = load_config(SMOKE)
-    root = data_dir(None, cfg.data.dir)
-    try:
-        ready = (root / "prepared" / cache_key(cfg.data, root) / "meta.json").is_file()
-    except UserError:
-        ready = False
-    if not ready:
-        pytest.skip("demo data not prepared: run `moe-vs-dense data fetch && moe-vs-dense data "
-                    "prepare configs/demo.yaml`")
-    return root
 
 
 @pytest.fixture(autouse=True)
