@@ -281,4 +281,12 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
         if value in (grid[0], grid[-1]):
             result.warnings.append(f"{name} = {value:.4g} sits on the edge of its grid "
                                    f"[{grid[0]:.3g}, {grid[-1]:.3g}]")
+    if bootstrap:
+        ci = result.conf_int()
+        for name in ("E_start", "E_max"):
+            if not np.isfinite(ci.loc[name, "upper"]):
+                result.warnings.append(
+                    f"{name} is not bounded above by these runs: its profile stays inside the 95% "
+                    "cut up to the edge of its grid (more expert counts beyond the saturation "
+                    "would pin it); its interval is unbounded above")
     return result

@@ -104,6 +104,22 @@ def test_routed_intervals_cover_the_truth():
     assert (hits >= 30).all(), hits
 
 
+def test_routed_says_when_the_runs_cannot_bound_e_max():
+    """E_max = 5000 far beyond the largest expert count (16): the profile stays flat up to the
+    grid's edge, so E_max's interval is unbounded above and the fit warns; a, the loss at a
+    point and the gain keep finite intervals around their estimates."""
+    truth = dict(ROUTED_TRUTH, E_max=5000.0)
+    df = routed_points(truth, (1e6, 1e7, 1e8), (1, 4, 16), noise=0.003, seed=0)
+    r = fit_routed(df, {"modality": "text"}, bootstrap=200)
+    ci = r.conf_int()
+    assert ci.loc["E_max", "upper"] == np.inf
+    assert any("E_max is not bounded above" in w for w in r.warnings)
+    assert ci.loc["a", "lower"] < r.params["a"] < ci.loc["a", "upper"]
+    for out in (r.predict_interval([3e6], [8]), r.gain([3e6], [16]).rename(columns={"ratio": "loss"})):
+        assert np.isfinite(out[["lower", "upper"]].to_numpy()).all()
+        assert (out["lower"] < out["loss"]).all() and (out["loss"] < out["upper"]).all()
+
+
 def test_routed_prediction_interval_is_wider_than_the_confidence_interval():
     df = routed_points(ROUTED_TRUTH, (1e6, 1e7, 1e8), (1, 4, 16, 64), noise=0.003, seed=1)
     r = fit_routed(df, {"modality": "text"}, bootstrap=300)
