@@ -12,12 +12,16 @@ and refits everything, grid included). The grid search bends the law towards the
 than a linear fit with 6 parameters would, so the residuals understate the noise by more than
 sqrt(1 - 6/n): a first round of refits measures the share of a known noise's sum of squares a
 refit leaves in its residuals, and the residuals are scaled up by one over its square root.
-Parameters get expanded percentile intervals of the draws (`LawResult.expanded`). The
-quantities a reader uses, the loss at a point and the gain of E experts, are linear in
-(a, b, c, d) given the grid point, so theirs are studentized (bootstrap-t): the draws of
-(q* - q) / se*, with se* OLS's standard error in that draw, scaled by the fit's own se. With
-few runs per parameter a percentile interval of them is too short (it ignores that the noise
-level itself is estimated); bootstrap-t is not.
+The estimates vary more than the bootstrap draws of them (the grid search is nonlinear and
+E_max poorly identified), so percentile intervals run short; profile intervals do not. Every
+parameter and the loss at a point and the gain of E experts get one: the values whose
+profiled sse (the least sse with that value held fixed, grid included) lies below a cut, the
+cut calibrated on the bootstrap data sets, where the truth is known (the 1 - alpha quantile
+of the profile statistic at it), and never below the F test's cut. Given the grid point, (a,
+b, c, d) and the losses are linear, so their profiles are closed-form. A side still inside
+the cut at the grid's edge is unbounded: the data cannot pin it. A prediction interval for a
+new run is studentized (bootstrap-t): the draws of (q* - q) / se*, with se* OLS's standard
+error in that draw, scaled by the fit's own se, plus the noise.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ NAMES = ["a", "b", "c", "d", "E_start", "E_max"]
 E_START_GRID = np.exp(np.linspace(np.log(1.05), np.log(8.0), 16))
 E_MAX_GRID = np.exp(np.linspace(np.log(8.0), np.log(4096.0), 16))
 GRID = [(s, m) for s in E_START_GRID for m in E_MAX_GRID if m > s]
+GRID_ROWS = np.column_stack([np.zeros((len(GRID), 4)), GRID])  # parameter rows of the grid
 CALIBRATION_DRAWS = 200
 
 
@@ -57,19 +62,25 @@ def _design(logN, E, e_start, e_max):
     return np.column_stack([logN, le, logN * le, np.ones_like(logN)])
 
 
+def grid_fits(logN: np.ndarray, E: np.ndarray, logL_BN: np.ndarray):
+    """OLS of (a, b, c, d) at every grid point for B data sets at once: (sse_BG, coef_BG4)."""
+    sse = np.empty((len(logL_BN), len(GRID)))
+    coef = np.empty((len(logL_BN), len(GRID), 4))
+    for g, (s, m) in enumerate(GRID):
+        X = _design(logN, E, s, m)
+        coef[:, g] = logL_BN @ np.linalg.pinv(X).T
+        sse[:, g] = ((coef[:, g] @ X.T - logL_BN) ** 2).sum(1)
+    return sse, coef
+
+
 def fit_draws(logN: np.ndarray, E: np.ndarray, logL_BN: np.ndarray):
     """Least squares over the (E_start, E_max) grid and (a, b, c, d), for B data sets at once
     (rows of logL_BN): (sse_B, coef_B4, grid index_B, cov_B44), cov being OLS's covariance
     of (a, b, c, d) given the chosen grid point."""
-    best_sse = np.full(len(logL_BN), np.inf)
-    best_coef = np.zeros((len(logL_BN), 4))
-    best_g = np.zeros(len(logL_BN), int)
-    for g, (s, m) in enumerate(GRID):
-        X = _design(logN, E, s, m)
-        coef = logL_BN @ np.linalg.pinv(X).T
-        sse = ((coef @ X.T - logL_BN) ** 2).sum(1)
-        better = sse < best_sse
-        best_sse[better], best_coef[better], best_g[better] = sse[better], coef[better], g
+    sse_BG, coef_BG4 = grid_fits(logN, E, logL_BN)
+    best_g = sse_BG.argmin(1)
+    rows = np.arange(len(logL_BN))
+    best_sse, best_coef = sse_BG[rows, best_g], coef_BG4[rows, best_g]
     df_resid = max(len(logN) - len(NAMES), 1)
     cov = np.empty((len(logL_BN), 4, 4))
     for g in np.unique(best_g):
@@ -79,6 +90,24 @@ def fit_draws(logN: np.ndarray, E: np.ndarray, logL_BN: np.ndarray):
     return best_sse, best_coef, best_g, cov
 
 
+def _profile_bounds(prof_J: np.ndarray, grid_J: np.ndarray, level: float,
+                    floor: float) -> tuple[float, float]:
+    """The range of a grid parameter whose profiled sse stays <= level, the profile
+    interpolated linearly in log between grid points; a side still inside at the grid's edge
+    is unbounded (floor below, inf above)."""
+    inside = np.flatnonzero(prof_J <= level)
+    lo_j, hi_j = inside.min(), inside.max()
+    log_grid = np.log(grid_J)
+
+    def cross(j: int, k: int) -> float:  # where the profile reaches `level` between j and k
+        f = (level - prof_J[j]) / (prof_J[k] - prof_J[j])
+        return float(np.exp(log_grid[j] + f * (log_grid[k] - log_grid[j])))
+
+    lower = floor if lo_j == 0 else cross(lo_j, lo_j - 1)
+    upper = np.inf if hi_j == len(grid_J) - 1 else cross(hi_j, hi_j + 1)
+    return lower, upper
+
+
 class RoutedResult(LawResult):
     ols: object = None  # statsmodels OLS results given (E_start, E_max)
     cov: np.ndarray  # [4, 4] covariance of (a, b, c, d) given the grid point, sse / (n - 6)
@@ -86,6 +115,74 @@ class RoutedResult(LawResult):
     boot_sse: np.ndarray  # [B] residual sum of squares in every draw
     resid: np.ndarray  # log-space residuals of the fit
     scatter: float  # variance of the run-to-run noise in log L
+    grid_sse: np.ndarray  # [G] sse of the OLS fit at every grid point
+    grid_coef: np.ndarray  # [G, 4] its (a, b, c, d)
+    grid_inv: np.ndarray  # [G, 4, 4] its (X'X)^-1
+    logN: np.ndarray  # [n] the runs' log params
+    E: np.ndarray  # [n] and expert counts
+    boot_y: np.ndarray  # [B, n] the bootstrap data sets (log losses)
+    boot_grid: tuple | None = None  # grid_fits of boot_y, computed when first needed
+
+    def _boot_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.boot_grid is None:
+            self.boot_grid = grid_fits(self.logN, self.E, self.boot_y)
+        return self.boot_grid
+
+    def threshold(self, stat_BK: np.ndarray, alpha: float) -> np.ndarray:
+        """Where the data's profiled sse is cut: the 1 - alpha quantile over the draws of the
+        profile statistic at the bootstrap world's truth (how far above the minimum, relative
+        to it, the profiled sse of the true value lies), and never below the F test's cut for
+        one parameter of a linear fit, which the bootstrap's few resampled residuals can
+        undercut."""
+        from scipy.stats import f
+
+        df = max(self.nobs - len(NAMES), 1)
+        ratio = np.maximum(np.quantile(stat_BK, 1 - alpha, axis=0), f.ppf(1 - alpha, 1, df) / df)
+        return self.objective * (1 + ratio)
+
+    def _profile_grid(self, index: int, grid_J: np.ndarray, alpha: float,
+                      floor: float) -> tuple[float, float]:
+        """Profile interval of E_start (index 0) or E_max (1)."""
+        values = np.array(GRID)[:, index]
+        of_J = [values == v for v in grid_J]
+        sse_BG = self._boot_grid()[0]
+        truth = np.argmin(np.abs(grid_J - self.params[NAMES[4 + index]]))
+        stat_B = sse_BG[:, of_J[truth]].min(1) / sse_BG.min(1) - 1
+        prof_J = np.array([self.grid_sse[m].min() if m.any() else np.inf for m in of_J])
+        return _profile_bounds(prof_J, grid_J, self.threshold(stat_B, alpha), floor)
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """a, b, c, d: expanded percentile intervals; E_start, E_max: profile intervals (the
+        values whose profiled sse lies below a bootstrap-calibrated threshold), unbounded on
+        a side where the data cannot pin the value inside the grid."""
+        ci = super().conf_int(alpha)
+        if self.boot is not None and len(self.boot) > 1:
+            unit_GK4 = np.broadcast_to(np.eye(4), (len(GRID), 4, 4))
+            _, lo, hi = self.profile_linear(unit_GK4, alpha)
+            ci.loc[["a", "b", "c", "d"], "lower"], ci.loc[["a", "b", "c", "d"], "upper"] = lo, hi
+            ci.loc["E_start"] = self._profile_grid(0, E_START_GRID, alpha, 1.0)
+            ci.loc["E_max"] = self._profile_grid(1, E_MAX_GRID, alpha, 1.0)
+        return ci
+
+    def profile_linear(self, x_GK4: np.ndarray, alpha: float) -> tuple[np.ndarray, ...]:
+        """Estimate and 1 - alpha profile interval of q = x . (a, b, c, d) with rows x_GK4 at
+        every grid point: given the grid point, the least sse with q fixed is
+        sse_g + (q - q_g)^2 / v_g (v_g = x (X'X)^-1 x), so the profile is their minimum over
+        g and the interval the union of closed-form pieces, cut at a threshold calibrated on
+        the bootstrap data sets (profile of their truth, the estimate)."""
+        v_GK = np.einsum("gkp,gpq,gkq->gk", x_GK4, self.grid_inv, x_GK4)
+        q_GK = np.einsum("gkp,gp->gk", x_GK4, self.grid_coef)
+        q = q_GK[self.grid_sse.argmin()]
+        sse_BG, coef_BG4 = self._boot_grid()
+        q_BGK = np.einsum("gkp,bgp->bgk", x_GK4, coef_BG4)
+        prof_BK = (sse_BG[:, :, None] + (q - q_BGK) ** 2 / v_GK).min(1)
+        level_K = self.threshold(prof_BK / sse_BG.min(1)[:, None] - 1, alpha)
+        room_GK = level_K - self.grid_sse[:, None]
+        half_GK = np.sqrt(np.clip(room_GK, 0, None) * v_GK)
+        inside = room_GK >= 0
+        lo = np.where(inside, q_GK - half_GK, np.inf).min(0)
+        hi = np.where(inside, q_GK + half_GK, -np.inf).max(0)
+        return q, lo, hi
 
     def predict(self, N, E) -> np.ndarray:
         p = self.params
@@ -123,19 +220,20 @@ class RoutedResult(LawResult):
         prediction interval for one new run there. Columns loss, lower, upper."""
         if kind not in ("mean", "observation"):
             raise AnalysisError(f"unknown interval kind {kind!r}; use mean or observation")
-        p = self.params[NAMES].to_numpy()
-        q, lo, hi = self.linear_interval(self._rows(p, N, E), self._rows(self.boot, N, E),
-                                         alpha, noise=kind == "observation")
+        if kind == "mean":
+            q, lo, hi = self.profile_linear(self._rows(GRID_ROWS, N, E), alpha)
+        else:
+            p = self.params[NAMES].to_numpy()
+            q, lo, hi = self.linear_interval(self._rows(p, N, E), self._rows(self.boot, N, E),
+                                             alpha, noise=True)
         return pd.DataFrame({"loss": np.exp(q), "lower": np.exp(lo), "upper": np.exp(hi)})
 
     def gain(self, N, E, alpha: float = 0.05) -> pd.DataFrame:
         """L(N, E) / L(N, 1): the loss of E experts relative to the dense model of the same
-        active size (< 1: the experts help), with a 1 - alpha bootstrap-t interval."""
-        p = self.params[NAMES].to_numpy()
-        x = self._rows(p, N, E) - self._rows(p, N, np.ones_like(np.asarray(E, float)))
-        xb = (self._rows(self.boot, N, E)
-              - self._rows(self.boot, N, np.ones_like(np.asarray(E, float))))
-        q, lo, hi = self.linear_interval(x, xb, alpha)
+        active size (< 1: the experts help), with a 1 - alpha profile interval."""
+        dense = np.ones_like(np.asarray(E, float))
+        x = self._rows(GRID_ROWS, N, E) - self._rows(GRID_ROWS, N, dense)
+        q, lo, hi = self.profile_linear(x, alpha)
         return pd.DataFrame({"ratio": np.exp(q), "lower": np.exp(lo), "upper": np.exp(hi)})
 
 
@@ -161,6 +259,10 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
     result.ols = sm.OLS(logL, X).fit()
     result.cov, result.resid = cov, logL - X @ coef
     result.scatter = sse / (len(df) - len(NAMES))
+    result.logN, result.E = logN, E
+    (result.grid_sse,), (result.grid_coef,) = grid_fits(logN, E, logL[None])
+    designs = [_design(logN, E, *point) for point in GRID]
+    result.grid_inv = np.array([np.linalg.pinv(Xg.T @ Xg) for Xg in designs])
     result.df_resid = len(df) - len(NAMES)
     if bootstrap:
         rng = np.random.default_rng(seed)
@@ -174,8 +276,17 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
         sse_B, coef_B, g_B, result.boot_cov = fit_draws(logN, E, logL_BN)
         result.boot = np.column_stack([coef_B, np.array(GRID)[g_B]])
         result.boot_sse = sse_B
+        result.boot_y = logL_BN
     for name, value, grid in (("E_start", s, E_START_GRID), ("E_max", m, E_MAX_GRID)):
         if value in (grid[0], grid[-1]):
             result.warnings.append(f"{name} = {value:.4g} sits on the edge of its grid "
                                    f"[{grid[0]:.3g}, {grid[-1]:.3g}]")
+    if bootstrap:
+        ci = result.conf_int()
+        for name in ("E_start", "E_max"):
+            if not np.isfinite(ci.loc[name, "upper"]):
+                result.warnings.append(
+                    f"{name} is not bounded above by these runs: its profile stays inside the 95% "
+                    "cut up to the edge of its grid (more expert counts beyond the saturation "
+                    "would pin it); its interval is unbounded above")
     return result
