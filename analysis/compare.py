@@ -29,6 +29,7 @@ from statsmodels.stats.weightstats import DescrStatsW
 from analysis.compute import Frontier
 from analysis.errors import AnalysisError
 from analysis.prediction import CHINCHILLA, prediction_interval
+from analysis.records import by_family, family_key
 from analysis.results import interval
 
 TOLERANCE = 0.01  # moe_vs_dense/model/pairing.py matches partners to within 1%
@@ -73,7 +74,9 @@ def match_runs(df: pd.DataFrame, tol: float = TOLERANCE) -> tuple[pd.DataFrame, 
 
 
 def pairs(df: pd.DataFrame, tol: float = TOLERANCE) -> pd.DataFrame:
-    """One row per (pair, modality, other family): dense and other losses and dL."""
+    """One row per (pair, modality, other family): dense and other losses and dL. Families are
+    `family_key` labels; partners share their modality set (match_runs)."""
+    df = df.assign(family=family_key(df))
     match, _ = match_runs(df, tol)
     if match.empty:
         return pd.DataFrame(columns=PAIR_COLUMNS)
@@ -89,7 +92,9 @@ def pairs(df: pd.DataFrame, tol: float = TOLERANCE) -> pd.DataFrame:
 def compare_pairs(df: pd.DataFrame, alpha: float = 0.05, bootstrap: int = 2000,
                   seed: int = 0, tol: float = TOLERANCE) -> pd.DataFrame:
     """Per (family, modality): pairs, runs without a dense partner (`unpaired`, explained in a
-    warning), mean dL, bootstrap interval, t-test, Holm-adjusted p and a verdict."""
+    warning), mean dL, bootstrap interval, t-test, Holm-adjusted p and a verdict. Each MoE
+    family (router, expert count, top-k: records.family_key) is its own row."""
+    df = df.assign(family=family_key(df))
     _, why = match_runs(df, tol)
     p = pairs(df, tol)
     if why:
@@ -221,7 +226,7 @@ def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
     observed compute of the modality and 10x, 100x ... beyond: each family's compute-optimal
     loss with its 1 - alpha prediction interval (a new run at that N*, D*), dL with its
     bootstrap band, and a verdict ("<family> better", "dense better" or "not resolved")."""
-    rows = []
+    rows, df = [], by_family(df)
     for (family, modality), f in sorted(frontiers.items()):
         if family == "dense" or ("dense", modality) not in frontiers:
             continue
@@ -239,8 +244,8 @@ def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
         for i, (c, label) in enumerate(where):
             row = {"family": family, "modality": modality, "C": c, "where": label}
             for fam in ("dense", family):
-                p = pis[fam].iloc[i]
-                row[f"L_{fam}"], row[f"L_{fam} lower"], row[f"L_{fam} upper"] = \
+                p, col = pis[fam].iloc[i], f"L_{fam.split()[0]}"  # L_moe for every MoE family
+                row[col], row[f"{col} lower"], row[f"{col} upper"] = \
                     p["predicted"], p["lower"], p["upper"]
             d = curve.iloc[i]
             row["dL"] = d["dL"]

@@ -20,6 +20,7 @@ import pandas as pd
 
 from analysis.chinchilla import NAMES, ChinchillaResult
 from analysis.chinchilla import frontier as chinchilla_frontier
+from analysis.records import by_family
 from analysis.results import interval
 
 DEFINITION = ("C is training FLOPs spent on a modality's tokens: FLOPs per token (6 x (active "
@@ -93,7 +94,8 @@ class Frontier:
 def frontiers(df: pd.DataFrame, fits: dict[tuple[str, str], ChinchillaResult]
               ) -> dict[tuple[str, str], Frontier]:
     """Per (family, modality) fit: its frontier, with FLOPs per token fitted to the group's runs
-    (columns family, modality, N, flops_per_token of the tidy table)."""
+    (columns family, modality, N, flops_per_token of the tidy table; records.by_family groups)."""
+    df = by_family(df)
     out = {}
     for (family, modality), fit in fits.items():
         g = df[(df["family"] == family) & (df["modality"] == modality)]

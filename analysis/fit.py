@@ -8,15 +8,18 @@ import pandas as pd
 
 from analysis.chinchilla import ChinchillaResult, fit_chinchilla
 from analysis.errors import AnalysisError
+from analysis.records import by_family
 from analysis.results import LawResult
 
 
 def fit_groups(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int = 1000,
                seed: int = 0) -> list[LawResult]:
-    """chinchilla: one fit per (family, modality); bimodal: per (family, modality pair);
+    """chinchilla: one fit per (MoE family as `family_key` labels it, modality) over the runs on
+    the joint mixture (records.by_family); bimodal: per (family, modality pair);
     routed: per modality over MoE runs with varying expert counts."""
     if law == "chinchilla":
-        jobs = [({"family": f, "modality": m}, g) for (f, m), g in df.groupby(["family", "modality"])]
+        jobs = [({"family": f, "modality": m}, g)
+                for (f, m), g in by_family(df).groupby(["family", "modality"])]
         fit = lambda group, g: fit_chinchilla(g, group, bootstrap, seed)  # noqa: E731
     elif law == "bimodal":
         from analysis.bimodal import bimodal_jobs, fit_bimodal

@@ -16,12 +16,12 @@ from analysis.law_bank import fit_law, rank_laws, reduce_to_chinchilla
 from analysis.leverage import (
     FULL_GRID,
     LeverageFit,
-    family_key,
     law_free_leverage,
     leverage_table,
     pair_keys,
     unit_weights,
 )
+from analysis.records import family_key, joint_mixture
 
 COMPUTE = ("C is training FLOPs on the modality's tokens (FLOPs per token x its tokens, "
            "analysis/compute.py); EL(C) = C_dense(L*_MoE(C)) / C along both families' "
@@ -83,7 +83,9 @@ def headline(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, holdout_lar
              grid: Grid = FULL_GRID, chinchilla: dict[tuple[str, str], ChinchillaResult] | None = None
              ) -> Headline:
     """Leverage, law-free leverage and the bank ranking; `chinchilla`: per (family, modality)
-    fits already made, whose estimates are reused."""
+    fits already made, whose estimates are reused. Only runs on the joint mixture take part
+    (records.joint_mixture): unimodal baselines belong to the bimodal law."""
+    df = joint_mixture(df)
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

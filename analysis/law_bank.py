@@ -309,7 +309,7 @@ def split(rows: pd.DataFrame, holdout_largest: int = 3) -> tuple[pd.DataFrame, p
     """(train, held-out MoE runs) of one modality: the `holdout_largest` largest-compute runs of
     each MoE family (backtest.split_largest over all MoE runs, ties held out too), and every
     run, dense or MoE, at or above the smallest held-out compute stays out of training."""
-    from analysis.leverage import family_key
+    from analysis.records import family_key
 
     moe = rows[rows["family"] != "dense"]
     if moe.empty:
@@ -345,7 +345,7 @@ def score_law(name: str, train: pd.DataFrame, held: pd.DataFrame, group: dict, b
               seed: int = 0) -> Scored:
     """Fit one law of the bank to the training runs and predict the held-out MoE runs."""
     if name == "chinchilla":  # one law per MoE family
-        from analysis.leverage import family_key
+        from analysis.records import family_key
 
         law, fits = adapter(CHINCHILLA), []
         tr = train[train["family"] != "dense"]

@@ -38,22 +38,12 @@ from analysis.compare import match_runs
 from analysis.compute import FlopsPerToken, fit_flops_per_token
 from analysis.errors import AnalysisError
 from analysis.law_bank import CHINCHILLA, lse_objective
+from analysis.records import family_key
 from analysis.results import interval
 
 MORE, LESS, UNRESOLVED = "experts worth more compute", "experts worth less", "not resolved"
 EXTRAPOLATE = (10.0, 100.0)
 FULL_GRID = Grid()
-
-
-def family_key(df: pd.DataFrame) -> pd.Series:
-    """An MoE family: family, router, expert count and (above 1) experts per token, e.g.
-    `moe learned E=8`, `moe learned E=16 k=2`; `dense` for dense runs."""
-    router = df["router"].fillna("").astype(str)
-    experts = df["n_experts"].fillna(0).astype(int).astype(str)
-    k = df["top_k"].fillna(0).astype(int) if "top_k" in df else pd.Series(0, index=df.index)
-    label = (df["family"].astype(str) + np.where(router != "", " " + router, "") + " E=" + experts
-             + np.where(k > 1, " k=" + k.astype(str), ""))
-    return label.where(df["family"] != "dense", "dense")
 
 
 def pair_keys(df: pd.DataFrame) -> pd.Series:
@@ -256,10 +246,10 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
         raise AnalysisError(f"modality {modality}: no dense runs; efficiency leverage needs them")
     if moe_df.empty:
         raise AnalysisError(f"modality {modality}: no runs of {family}")
-    dense = _reuse(fits, "dense", modality, dense_df, rows)
+    dense = _reuse(fits, "dense", modality, dense_df)
     if dense is None:
         dense = fit_chinchilla(dense_df, {"family": "dense", "modality": modality}, bootstrap=0, grid=grid)
-    moe = _reuse(fits, str(moe_df["family"].iloc[0]), modality, moe_df, rows)
+    moe = _reuse(fits, family, modality, moe_df)
     if moe is None:
         moe = fit_chinchilla(moe_df, {"family": family, "modality": modality}, bootstrap=0, grid=grid)
     keys = pair_keys(rows)
@@ -273,12 +263,11 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
                        moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)))
 
 
-def _reuse(fits, family: str, modality: str, runs: pd.DataFrame, rows: pd.DataFrame):
-    """A copy of fits[(family, modality)] when that group is exactly `runs`, else None."""
+def _reuse(fits, family: str, modality: str, runs: pd.DataFrame):
+    """A copy of fits[(family, modality)] (keyed by `family_key`, as analysis.fit makes them)
+    when it was fitted to as many runs as `runs`, else None."""
     fit = (fits or {}).get((family, modality))
-    if fit is None or getattr(fit, "theta", None) is None:
-        return None
-    if len(rows[rows["family"] == family]) != len(runs):  # the group mixes routers or expert counts
+    if fit is None or getattr(fit, "theta", None) is None or fit.nobs != len(runs):
         return None
     return copy.copy(fit)
 

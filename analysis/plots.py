@@ -14,8 +14,17 @@ import pandas as pd  # noqa: E402
 
 from analysis.compare import delta_curve  # noqa: E402
 from analysis.compute import Frontier  # noqa: E402
+from analysis.records import by_family  # noqa: E402
 
 COLORS = {"dense": "#1f77b4", "moe": "#d62728", "mot": "#2ca02c"}
+PALETTE = ("#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#ff7f0e", "#17becf", "#bcbd22")
+
+
+def _colors(families) -> dict[str, str]:
+    """dense and the bare families as COLORS has them; each MoE family label
+    (records.family_key) a colour of its own, in sorted order."""
+    labels = sorted(f for f in set(families) if f not in COLORS)
+    return {**COLORS, **{f: PALETTE[i % len(PALETTE)] for i, f in enumerate(labels)}}
 
 
 def _grid(n: int):
@@ -39,13 +48,16 @@ COMPUTE_LABEL = "training FLOPs on this modality's tokens"
 
 def loss_vs_compute(df: pd.DataFrame, frontiers: dict[tuple[str, str], Frontier],
                     path: Path) -> Path:
-    """Runs at their compute C and each family's compute-optimal frontier in the same C."""
+    """Runs at their compute C and each family's compute-optimal frontier in the same C
+    (families and runs as records.by_family gives them, like the frontiers)."""
+    df = by_family(df)
+    colors = _colors(df["family"])
     mods = sorted(df["modality"].unique())
     fig, axes = _grid(len(mods))
     C = np.exp(np.linspace(np.log(df["C"].min() / 3), np.log(df["C"].max() * 3), 100))
     for ax, m in zip(axes, mods, strict=True):
         for family, g in df[df["modality"] == m].groupby("family"):
-            color = COLORS.get(family, "gray")
+            color = colors[family]
             ax.scatter(g["C"], g["loss"], s=14, color=color, alpha=0.7, label=f"{family} runs")
             f = frontiers.get((family, m))
             if f is not None:
@@ -65,9 +77,10 @@ def delta_vs_compute(frontiers: dict[tuple[str, str], Frontier], pair_table: pd.
         return None
     fig, axes = _grid(len(combos))
     C = np.exp(np.linspace(np.log(c_min), np.log(c_max), 150))
+    colors = _colors(f for f, _ in combos)
     for ax, (family, m) in zip(axes, combos, strict=True):
         curve = delta_curve(frontiers[(family, m)], frontiers[("dense", m)], C)
-        color = COLORS.get(family, "gray")
+        color = colors[family]
         ax.plot(curve["C"], curve["dL"], color=color, label="from the fitted laws")
         if "lower" in curve:
             ax.fill_between(curve["C"], curve["lower"], curve["upper"], color=color, alpha=0.2,

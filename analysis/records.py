@@ -20,6 +20,7 @@ import warnings
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
@@ -28,6 +29,40 @@ SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
            "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
            "bits_per_unit", "n_experts", "top_k", "granularity"]
+
+
+def family_key(df: pd.DataFrame) -> pd.Series:
+    """An MoE family: family, router, expert count and (above 1) experts per token, e.g.
+    `moe learned E=8`, `moe learned E=16 k=2` (no E when unknown); `dense` for dense runs."""
+    router = df["router"].fillna("").astype(str)
+    experts = df["n_experts"].fillna(0).astype(int)
+    k = df["top_k"].fillna(0).astype(int) if "top_k" in df else pd.Series(0, index=df.index)
+    label = (df["family"].astype(str) + np.where(router != "", " " + router, "")
+             + np.where(experts > 0, " E=" + experts.astype(str), "")
+             + np.where(k > 1, " k=" + k.astype(str), ""))
+    label = label.where(df["family"] != "dense", "dense")
+    return label.where(~df["family"].astype(str).str.contains(" "), df["family"])  # already one
+
+
+def joint_mixture(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs trained on the joint mixture: per modality, those of the widest
+    modality set among its MoE/MoT runs (among all its runs when there are none; ties go to
+    the set with more runs). Runs on other sets, such as unimodal dense baselines, are left to
+    the bimodal law."""
+    keep = pd.Series(False, index=df.index)
+    for _, g in df.groupby("modality"):
+        others = g[g["family"] != "dense"]
+        sets = (others if len(others) else g)["modalities"].astype(str).value_counts()
+        widest = max(sets.items(), key=lambda kv: (kv[0].count("+"), kv[1]))[0]
+        keep[g.index[g["modalities"].astype(str) == widest]] = True
+    return df[keep]
+
+
+def by_family(df: pd.DataFrame) -> pd.DataFrame:
+    """Joint-mixture rows with `family` set to the MoE family (`family_key`), so that each
+    router, expert count and top-k is compared with dense on its own ("dense" stays "dense")."""
+    rows = joint_mixture(df)
+    return rows.assign(family=family_key(rows))
 
 
 @cache

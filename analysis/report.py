@@ -15,7 +15,7 @@ from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups
 from analysis.isoflop import isoflop
-from analysis.records import load_runs
+from analysis.records import by_family, family_key, load_runs
 from analysis.shared_exponent import shared_table, shared_tests
 from analysis.tables import fits_table, render
 
@@ -77,7 +77,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
              f"the modality. Compute: {DEFINITION}",
              "", _regime(df), "", "## Runs", "",
              "Every run, one row per modality, is in [runs.csv](runs.csv).", "",
-             render(df.groupby(["family", "modality"]).agg(
+             render(df.assign(family=family_key(df)).groupby(["family", "modalities", "modality"]).agg(
                  runs=("run", "nunique"), N_min=("N", "min"), N_max=("N", "max"),
                  D_min=("D", "min"), D_max=("D", "max"), C_min=("C", "min"), C_max=("C", "max"),
                  best_loss=("loss", "min")).reset_index())]
@@ -96,7 +96,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                          f"{f.flops.max_error:.1%} of every run)"
                          + "".join(f"; warning: {w}" for w in r.warnings))
     iso_rows = []
-    for (family, modality), g in df.groupby(["family", "modality"]):
+    for (family, modality), g in by_family(df).groupby(["family", "modality"]):
         table_g, exp = isoflop(g)
         if exp is not None:
             approach3 = fronts.get((family, modality))
@@ -144,7 +144,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "differ\" needs both restrictions rejected; \"offsets differ\" only one law "
                   "for both. p_exponents is closed-test adjusted. Differences: separate fits, "
                   "95% bootstrap intervals.", "", render(shared_table(tests))]
-    bt = _try("backtest", lambda: backtest(df, HOLDOUT, bootstrap=bootstrap), notes)
+    bt = _try("backtest", lambda: backtest(by_family(df), HOLDOUT, bootstrap=bootstrap), notes)
     if bt is not None:
         s = summarize(bt)
         lines += ["", f"## Backtest: predicting the {HOLDOUT} largest-compute runs", "",

@@ -49,6 +49,7 @@ from analysis.chinchilla import (
     polish,
 )
 from analysis.errors import AnalysisError
+from analysis.records import by_family
 from analysis.results import interval
 
 IDX = {"A": 0, "B": 1, "E": 2, "alpha": 3, "beta": 4}  # positions in chinchilla's (a, b, e, alpha, beta)
@@ -375,9 +376,10 @@ def shared_tests(df: pd.DataFrame, shared: tuple[str, ...] = EXPONENTS, bootstra
                  draws: int = 999, level: float = 0.05, seed: int = 0,
                  fits: dict[tuple[str, str], ChinchillaResult] | None = None) -> list[SharedTestResult]:
     """One test per modality and non-dense family that has dense runs of the same modality;
-    `fits`: Chinchilla fits by (family, modality) already made to these runs."""
+    `fits`: Chinchilla fits by (family, modality) already made to these runs. Families are
+    `family_key` labels over joint-mixture runs (records.by_family)."""
     out = []
-    for modality, g in df.groupby("modality"):
+    for modality, g in by_family(df).groupby("modality"):
         if "dense" not in set(g["family"]):
             continue
         for fam in sorted(set(g["family"]) - {"dense"}):

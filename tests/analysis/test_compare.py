@@ -24,13 +24,14 @@ def df(paired_runs):
 
 def test_pairs_match_on_seed_compute_and_tokens(df):
     p = pairs(df)
-    assert len(p) == 24 * 3 and set(p["family"]) == {"moe"}
+    assert len(p) == 24 * 3 and set(p["family"]) == {"moe learned E=8"}
     assert (p["run"].str.replace("moe-", "") == p["run_dense"].str.replace("dense-", "")).all()
 
 
 def test_paired_comparison_verdicts_and_holm(df):
     t = compare_pairs(df).set_index("modality")
-    assert t.loc["text", "verdict"] == "moe better" and t.loc["image", "verdict"] == "dense better"
+    assert t.loc["text", "verdict"] == "moe learned E=8 better"
+    assert t.loc["image", "verdict"] == "dense better"
     assert t.loc["dna", "verdict"] == "no significant difference"
     assert t.loc["text", "dL"] == pytest.approx(-0.05, abs=0.006)
     assert t.loc["text", "lower"] < t.loc["text", "dL"] < t.loc["text", "upper"] < 0
@@ -51,7 +52,7 @@ def test_law_comparison_and_crossover(df):
         assert (pts[f"L_{fam} lower"] < pts[f"L_{fam}"]).all()
         assert (pts[f"L_{fam}"] < pts[f"L_{fam} upper"]).all()
     assert ((pts["dL lower"] <= pts["dL"]) & (pts["dL"] <= pts["dL upper"])).all()
-    assert (pts["verdict"] == np.where(pts["dL upper"] < 0, "moe better", np.where(
+    assert (pts["verdict"] == np.where(pts["dL upper"] < 0, "moe learned E=8 better", np.where(
         pts["dL lower"] > 0, "dense better", "not resolved"))).all()
     # the MoE equals dense on dna: beyond the runs, no verdict
     dna = pts[pts["modality"] == "dna"]
@@ -80,14 +81,14 @@ def test_cli_fit_json_compare_and_report(paired_runs, tmp_path, capsys):
     out = tmp_path / "fits.json"
     assert main(["fit", str(paired_runs), "--bootstrap", "20", "--json", str(out)]) == 0
     fits = json.loads(out.read_text())
-    assert len(fits) == 6 and {f["group"]["family"] for f in fits} == {"dense", "moe"}
+    assert len(fits) == 6 and {f["group"]["family"] for f in fits} == {"dense", "moe learned E=8"}
     for f in fits:
         assert set(f["params"]) == {"E", "A", "B", "alpha", "beta"}
         assert {"estimate", "lower", "upper"} <= set(f["params"]["alpha"])
         assert f["n_points"] == 24 and isinstance(f["converged"], bool)
     assert main(["compare", str(paired_runs), "--bootstrap", "20", "--format", "csv"]) == 0
     printed = capsys.readouterr().out
-    assert "moe,text" in printed and "100x beyond largest run (extrapolated)" in printed
+    assert "moe learned E=8,text" in printed and "100x beyond largest run (extrapolated)" in printed
     # the exponent-or-offset rows: MoE = dense + a constant on text and image, equal on dna
     shared = pd.read_csv(io.StringIO(printed.split("closed testing at 5%:")[1].strip()))
     verdicts = dict(zip(shared["modality"], shared["verdict"], strict=True))
@@ -98,7 +99,7 @@ def test_cli_fit_json_compare_and_report(paired_runs, tmp_path, capsys):
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "## Exponent or offset" in report and "## Backtest: predicting the 3 largest" in report
     assert "prediction interval" in report and "not resolved" in report
-    assert "## MoE/MoT minus dense on matched pairs" in report and "moe better" in report
+    assert "## MoE/MoT minus dense on matched pairs" in report and "moe learned E=8 better" in report
     assert "C is training FLOPs spent on a modality's tokens" in report
     assert "FLOPs per token ~ 6 N^1.000 (within 0.0% of every run)" in report
     for png in ("loss_vs_compute.png", "delta_vs_compute.png"):
@@ -145,7 +146,8 @@ def test_flop_matched_partners_pair_within_one_percent_and_the_rest_are_explaine
     far = record("moe-far", "moe", ["text", "dna"], 90_000, {"text": 1_000_000, "dna": 500_000},
                  {"text": 1.0, "dna": 1.0}, router="learned")
     recs.append(_with_flops(far, 1.2345e6 * 0.97))
-    lone = record("moe-lone", "moe", ["text"], 1000, {"text": 10}, {"text": 3.0}, seed=7)
+    lone = record("moe-lone", "moe", ["text"], 1000, {"text": 10}, {"text": 3.0}, seed=7,
+                  router="learned")
     df = _runs(tmp_path, recs + [lone])
     match, why = match_runs(df)
     assert len(match) == 18 and (match["run"].str[4:] == match["run_dense"].str[6:]).all()
@@ -155,7 +157,7 @@ def test_flop_matched_partners_pair_within_one_percent_and_the_rest_are_explaine
     with pytest.warns(UserWarning, match="2 of 20 MoE/MoT run"):
         t = compare_pairs(df).set_index("modality")
     assert t.loc["text", "pairs"] == 18 and t.loc["text", "unpaired"] == 2
-    assert t.loc["text", "verdict"] == "moe better"
+    assert t.loc["text", "verdict"] == "moe learned better"
 
 
 def test_identical_differences_are_a_result_not_missing_data(tmp_path):
@@ -170,7 +172,7 @@ def test_identical_differences_are_a_result_not_missing_data(tmp_path):
         warnings.simplefilter("error")  # every run has its partner
         row = compare_pairs(df).iloc[0]
     assert row["pairs"] == 18 and row["dL"] == -0.125 and row["lower"] == row["upper"] == -0.125
-    assert row["p"] == 0 and row["verdict"] == "moe better"
+    assert row["p"] == 0 and row["verdict"] == "moe learned better"
     equal = [{**r, "eval": {"final": {"text": {"loss": 2.5}}}} for r in recs]
     (tmp_path / "equal").mkdir()
     row = compare_pairs(_runs(tmp_path / "equal", equal)).iloc[0]
