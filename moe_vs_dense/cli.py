@@ -449,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    # numpy's floating-point RuntimeWarnings from bootstrap draws and optimizer starts that
+    # wander into overflow: the fits drop such draws and say in their own warnings what failed
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"analysis(\.|$)")
     try:
         return args.func(args)
     except (UserError, AnalysisError) as e:
