@@ -182,9 +182,12 @@ def _shared_names(text: str | None) -> tuple[str, ...]:
 def _backtest(df, args: argparse.Namespace):
     from analysis.backtest import backtest, summarize
     from analysis.prediction import LAWS
+    from analysis.records import by_family
     from analysis.tables import render
 
-    table = backtest(df, args.holdout_largest, LAWS[args.law], args.bootstrap, seed=args.seed)
+    # the Chinchilla law groups by MoE family on the joint mixture, as `fit` and `report` do
+    rows = by_family(df) if args.law == "chinchilla" else df
+    table = backtest(rows, args.holdout_largest, LAWS[args.law], args.bootstrap, seed=args.seed)
     print(f"\nBacktest: fitted without the {args.holdout_largest} largest-compute run(s) of each "
           "group (and any tied with them), then predicted; losses in nats/token, 95% prediction "
           "intervals (bootstrap refits x resampled residuals), `beyond`: compute over the "

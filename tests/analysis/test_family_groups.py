@@ -63,3 +63,18 @@ def test_chinchilla_groups_and_frontiers_split_routers_and_drop_baselines(df):
     assert mid.loc[("text", "moe modality E=6"), "dL"] == pytest.approx(-0.1, abs=0.02)
     assert mid.loc[("text", "moe learned E=8"), "dL"] == pytest.approx(0.1, abs=0.02)
     assert mid.loc[("text", "moe learned E=8"), "verdict"] == "dense better"
+
+
+def test_cli_backtest_groups_like_fit(df, tmp_path, capsys):
+    """`fit --holdout-largest` backtests each router as its own family, not one pooled MoE."""
+    import json
+
+    from moe_vs_dense.cli import main
+
+    path = tmp_path / "runs.csv"
+    df.rename(columns={"N": "params", "D": "tokens", "C": "flops"}).to_csv(path, index=False)
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(path), "--holdout-largest", "1", "--bootstrap", "20",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["backtest"]
+    assert {r["family"] for r in rows} == {"dense", "moe modality E=6", "moe learned E=8"}
