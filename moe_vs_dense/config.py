@@ -343,7 +343,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
-    raw, where = _read(path, (path.resolve(),))
+    raw, where = read_with_bases(path, (path.resolve(),))
     for item in overrides or []:
         key, value = parse_override(item)
         set_path(raw, key, value)
@@ -352,7 +352,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return validate(Config, raw, source=str(path), where=where)
 
 
-def _read(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Where]:
+def read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Where]:
     """A config file's mapping with its `base:` chain merged in, and where each key was set."""
     text = path.read_text()
     try:
@@ -364,7 +364,7 @@ def _read(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Where]:
         raise UserError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys")
-    where = _key_lines(root, str(path))
+    where = key_lines(root, str(path))
     if "base" not in raw:
         return _plain(raw), where
     base, at = raw.pop("base"), where.pop(("base",))
@@ -376,7 +376,7 @@ def _read(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Where]:
         raise UserError(f"{at}: base: {base} makes a cycle ({cycle})")
     if not base_path.is_file():
         raise UserError(f"{at}: base: file not found: {base_path}")
-    inherited, inherited_where = _read(base_path, (*chain, base_path.resolve()))
+    inherited, inherited_where = read_with_bases(base_path, (*chain, base_path.resolve()))
     merged, replaced = _merge(inherited, raw)
     _forget(inherited_where, replaced)
     return merged, {**inherited_where, **where}
@@ -413,7 +413,7 @@ def _forget(where: Where, replaced: list[tuple[str, ...]]) -> None:
         del where[key]
 
 
-def _key_lines(node: yaml.Node, source: str, at: tuple[str, ...] = ()) -> Where:
+def key_lines(node: yaml.Node, source: str, at: tuple[str, ...] = ()) -> Where:
     """`file:line` of every key (and list item) in a composed YAML document."""
     out: Where = {}
     if isinstance(node, yaml.MappingNode):
@@ -424,7 +424,7 @@ def _key_lines(node: yaml.Node, source: str, at: tuple[str, ...] = ()) -> Where:
         return out
     for here, mark_node, value in children:
         out[here] = f"{source}:{mark_node.start_mark.line + 1}"
-        out.update(_key_lines(value, source, here))
+        out.update(key_lines(value, source, here))
     return out
 
 

@@ -127,7 +127,7 @@ class SweepConfig(Strict):
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
     """The validated sweep and its base run config as a raw mapping (a file is read relative to
     the sweep file, with its own `base:` chain merged in). Errors name the file, line and key path."""
-    from moe_vs_dense.config import _key_lines, _read, parse_override, set_path
+    from moe_vs_dense.config import key_lines, parse_override, read_with_bases, set_path
 
     path = Path(path)
     if not path.is_file():
@@ -135,7 +135,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
     text = path.read_text()
     try:
         raw = yaml.safe_load(text) or {}
-        where = _key_lines(yaml.compose(text), str(path))
+        where = key_lines(yaml.compose(text), str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise UserError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: "
@@ -152,5 +152,5 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
     base_path = path.parent / sweep.base
     if not base_path.is_file():
         raise UserError(f"{where.get(('base',), path)}: base: config file {base_path} not found")
-    base, _ = _read(base_path, (base_path.resolve(),))
+    base, _ = read_with_bases(base_path, (base_path.resolve(),))
     return sweep, base
