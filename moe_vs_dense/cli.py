@@ -87,6 +87,7 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from moe_vs_dense.config import load_config
     from moe_vs_dense.train import train
+    from moe_vs_dense.train.record import se_shortfall
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
@@ -98,8 +99,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{out}: diverged at step {rec['diverged_step']} (last good checkpoint kept)",
               file=sys.stderr)
         return 1
-    losses = "  ".join(f"{m} {v['loss']:.4f}" for m, v in rec["eval"]["final"].items())
-    print(f"{out}: {rec['status']}, {rec['tokens']['total']:,} tokens; loss (nats/token): {losses}")
+    losses = "  ".join(f"{m} {v['loss']:.4f}" + (f" ± {v['se']:.4f}" if v["se"] else "")
+                       for m, v in rec["eval"]["final"].items())
+    print(f"{out}: {rec['status']}, {rec['tokens']['total']:,} tokens; loss (nats/token ± SE): "
+          f"{losses}")
+    short = se_shortfall(rec)
+    if short:
+        print(f"{out}: {short}", file=sys.stderr)
     return 0
 
 
@@ -375,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="*", help="source names (default: one per modality)")
     p.add_argument("--list", action="store_true", help="list the built-in sources")
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
-    p.add_argument("--speech-utterances", type=int, default=400,
-                   help="sentences to synthesize for the espeak speech source (default 400)")
+    p.add_argument("--speech-utterances", type=int, metavar="N",
+                   help="sentences to synthesize for the espeak speech source (default: 400, or "
+                   "as many as are cached; another N fetches it again)")
     _data_dir_arg(p)
     p.set_defaults(func=_cmd_fetch)
     p = dsub.add_parser("prepare", help="tokenize and pack a config's mixture into shards")

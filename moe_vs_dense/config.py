@@ -68,7 +68,10 @@ class StreamConfig(Strict):
     """One component of the data mixture: a source of documents of one modality, and its weight.
 
     `source` is a built-in name (see `moe-vs-dense data fetch --list`), `files` (local files in
-    `paths`) or `hf` (a Hugging Face dataset `name`, or a local dataset directory).
+    `paths`) or `hf` (a Hugging Face dataset `name`, or a local dataset directory). `val_docs`
+    holds out at least that many documents for validation (beyond `data.val_fraction`): the
+    standard error of a final loss falls as 1/sqrt(validation documents), and a record's
+    `docs_for_target` says how many its SE target needs.
     """
 
     modality: Modality | None = None
@@ -82,6 +85,7 @@ class StreamConfig(Strict):
     label_column: str | None = None
     weight: float = Field(1.0, gt=0)
     max_units: int | None = Field(None, gt=0)
+    val_docs: int | None = Field(None, ge=1)
     paired: bool = False
 
     @model_validator(mode="after")

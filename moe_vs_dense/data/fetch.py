@@ -193,6 +193,7 @@ UNIPROT = Pin("debian", "mmseqs2-examples", "14-7e284+ds-1",
               "ad2a14a4ca48735eff75de49b702ba969187c4e3b7814b8ae4ec0073f17cd4d2")
 # The speech synthesizer is a dependency pinned in pyproject.toml, not a download.
 ESPEAK_PACKAGE, ESPEAK_VERSION = "espeakng-loader", "0.2.4"
+ESPEAK_UTTERANCES = 400  # sentences spoken unless `data fetch --speech-utterances` asks for more
 
 
 def fetch_austen(out: Path, _data: Path, _opts: dict) -> dict:
@@ -364,7 +365,7 @@ def fetch_espeak(out: Path, data: Path, opts: dict) -> dict:
     austen = data / "raw" / "austen" / "austen.txt"
     if not austen.exists():
         raise SourceUnavailable("needs the 'austen' text source first (its sentences are spoken)")
-    sentences = speech_sentences(austen.read_text(), int(opts.get("utterances", 400)))
+    sentences = speech_sentences(austen.read_text(), opts.get("utterances") or ESPEAK_UTTERANCES)
     voices = [ESPEAK_VOICES[i % len(ESPEAK_VOICES)] for i in range(len(sentences))]
     lengths, rate = synthesize(list(zip(sentences, voices, strict=True)), out)
     if not sum(lengths):
@@ -375,7 +376,8 @@ def fetch_espeak(out: Path, data: Path, opts: dict) -> dict:
         for t, v, a, n in zip(sentences, voices, starts, lengths, strict=True)))
     _, library = _espeak_library()
     return {"registry": "pypi", "package": ESPEAK_PACKAGE, "version": ESPEAK_VERSION,
-            "library": library.name, "library_sha256": sha256_file(library)}
+            "library": library.name, "library_sha256": sha256_file(library),
+            "utterances": len(sentences)}
 
 
 def fetch_uniprot(out: Path, _data: Path, _opts: dict) -> dict:
@@ -452,6 +454,15 @@ def stale_reason(name: str, entry: dict) -> str | None:
     return f"has files other than the pinned release's ({', '.join(changed)})" if changed else None
 
 
+def _other_options(name: str, entry: dict, options: dict) -> str | None:
+    """Why a cached source differs from what `options` ask for (None when they ask nothing)."""
+    want = options.get("utterances")
+    have = entry["artifact"].get("utterances", ESPEAK_UTTERANCES)
+    if name == "espeak" and want and want != have:
+        return f"holds {have} utterances, not {want}"
+    return None
+
+
 def _check_content(b: Builtin, out: Path, artifact: dict) -> None:
     """The fetched files must be exactly the pinned bytes (the same on every machine)."""
     for name, want in b.content.items():
@@ -485,7 +496,7 @@ def fetch(
         target = raw / name
         entry = read_manifest(data).get(name)
         if not force and target.exists() and entry:
-            why = stale_reason(name, entry)
+            why = stale_reason(name, entry) or _other_options(name, entry, options or {})
             if why is None:
                 status[name] = "cached"
                 log(f"{name:14s} cached      {target}")

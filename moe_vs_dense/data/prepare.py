@@ -35,14 +35,15 @@ def key_hash(key: str) -> float:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
 
 
-def split_flags(hashes: list[float], fraction: float) -> np.ndarray:
+def split_flags(hashes: list[float], fraction: float, min_docs: int = 1) -> np.ndarray:
     """Validation flags: a document is held out when the hash of its key falls below
-    `fraction`; with few documents, the lowest (highest) hash is forced to val (train) so that
-    both splits are non-empty. Deterministic."""
+    `fraction`, or when it is among the `min_docs` lowest hashes; the highest hash is forced to
+    train so that both splits are non-empty. Deterministic, and a document's split depends only
+    on its own stream's documents."""
     h = np.asarray(hashes)
     val = h < fraction
-    if not val.any():
-        val[np.argmin(h)] = True
+    if val.sum() < min_docs:
+        val[np.argsort(h, kind="stable")[:min_docs]] = True
     if val.all():
         val[np.argmax(h)] = False
     return val
@@ -50,6 +51,9 @@ def split_flags(hashes: list[float], fraction: float) -> np.ndarray:
 
 def cache_key(cfg: DataConfig, data: Path) -> str:
     content = cfg.model_dump(exclude={"dir", "num_proc"})
+    for stream in content["mixture"].values():
+        if stream["val_docs"] is None:  # unset: the key of data prepared before val_docs existed
+            del stream["val_docs"]
     content["sources"] = {k: source_fingerprint(s, data) for k, s in cfg.mixture.items()}
     content["format_version"] = FORMAT_VERSION
     blob = json.dumps(content, sort_keys=True, default=str).encode()
@@ -78,7 +82,13 @@ def _collect(cfg: DataConfig, data: Path, log: Callable[[str], None]) -> dict[st
                 f"data.mixture.{name}: one document cannot be split into train and validation; "
                 "add data or lower doc_units"
             )
-        out[name] = {"docs": docs, "val": split_flags(hashes, cfg.val_fraction)}
+        if s.val_docs and s.val_docs >= len(docs):
+            raise UserError(
+                f"data.mixture.{name}.val_docs: {s.val_docs} validation documents leave none "
+                f"of the {len(docs)} read for training; raise max_units (or fetch more data) "
+                "or lower val_docs"
+            )
+        out[name] = {"docs": docs, "val": split_flags(hashes, cfg.val_fraction, s.val_docs or 1)}
         log(f"read {name:10s} {len(docs):8d} docs  {units:12,d} {s.modality} units")
     return out
 

@@ -86,11 +86,14 @@ def status_table(runs: list[PlannedRun], out: Path) -> pd.DataFrame:
     for r in runs:
         state, detail = st.run_state(out, r.run_id)
         record = st.read_record(out, r.run_id) or {}
-        final = (record.get("eval") or {}).get("final") or {}
+        ev = record.get("eval") or {}
+        final = ev.get("final") or {}
+        ses = [v.get("se") for v in {**final, **(ev.get("paired") or {})}.values()]
+        done = bool(final) and state == "done"
         rows.append({"run": r.run_id, "family": r.family, "state": state,
                      "tokens/s": (record.get("throughput") or {}).get("tokens_per_s"),
-                     "mean loss": (sum(v["loss"] for v in final.values()) / len(final)
-                                   if final and state == "done" else None),
+                     "mean loss": sum(v["loss"] for v in final.values()) / len(final) if done else None,
+                     "max SE (nats)": max((x for x in ses if x is not None), default=None) if done else None,
                      "detail": detail[:80]})
     return pd.DataFrame(rows)
 

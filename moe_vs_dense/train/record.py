@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -53,11 +54,37 @@ def host(device: torch.device, processes: int) -> dict:
             "cpu_count": os.cpu_count()}
 
 
-def split_final(losses: dict) -> tuple[dict, dict]:
-    """Pure-modality results and paired-document results ("image->text")."""
-    pure = {k: v for k, v in losses.items() if "->" not in k}
-    paired = {k: v for k, v in losses.items() if "->" in k}
+def docs_for_target(docs: int, se: float | None, target: float) -> int | None:
+    """Validation documents that would bring `se` to `target` at the same per-document spread
+    (a cluster SE falls as 1/sqrt(documents))."""
+    return None if se is None else max(2, math.ceil(docs * (se / target) ** 2))
+
+
+def split_final(losses: dict, target: float) -> tuple[dict, dict]:
+    """Pure-modality results and paired-document results ("image->text"), each with the
+    validation documents its SE target needs."""
+    out = {k: {**v, "docs_for_target": docs_for_target(v["docs"], v["se"], target)}
+           for k, v in losses.items()}
+    pure = {k: v for k, v in out.items() if "->" not in k}
+    paired = {k: v for k, v in out.items() if "->" in k}
     return pure, paired
+
+
+def se_shortfall(rec: dict) -> str | None:
+    """A line naming the final losses whose SE is above the target and how to meet it, or None
+    when all are met."""
+    ev = rec["eval"]
+    short = [f"{k} {v['se']:.4f} ({v['docs']} docs, ~{v['docs_for_target']} needed)"
+             if v["se"] is not None else f"{k} (one document: no SE)"
+             for k, v in {**ev["final"], **ev["paired"]}.items()
+             if v["se"] is None or v["se"] > ev["target_se"]]
+    if not short:
+        return None
+    more = ("raise eval.final_rows (null scores every validation row)"
+            if ev["rows_per_stream"]["final"] is not None else
+            "hold out more documents with data.mixture.<stream>.val_docs")
+    return (f"standard error above eval.target_se = {ev['target_se']} nats for "
+            f"{', '.join(short)}: {more}")
 
 
 def build_record(cfg: Config, run_dir: Path, acc: Accounting, data: PreparedData,
@@ -66,7 +93,7 @@ def build_record(cfg: Config, run_dir: Path, acc: Accounting, data: PreparedData
     step, batch_rows = state["step"], cfg.train.batch_rows
     total = step * batch_rows * data.seq_len
     final = state.get("final")
-    pure, paired = split_final(final["losses"]) if final else ({}, {})
+    pure, paired = split_final(final["losses"], cfg.eval.target_se) if final else ({}, {})
     tps = state["tokens_timed"] / state["train_seconds"] if state["train_seconds"] > 0 else 0.0
     peak = extra.get("peak_flops")
     moe = cfg.model.moe

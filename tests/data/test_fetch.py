@@ -225,3 +225,21 @@ if __name__ == "__main__":  # rewrite the committed checksums from a data dir fe
     config = json.loads(SHARDS.read_text())
     config["sha256"] = shard_checksums(prepare_slice(Path(sys.argv[1])))
     SHARDS.write_text(json.dumps(config, indent=2) + "\n")
+
+
+@pytest.mark.slow
+def test_asking_for_another_number_of_utterances_fetches_speech_again(fetched, tmp_path):
+    shutil.copytree(fetched / "raw" / "austen", tmp_path / "raw" / "austen")
+    manifest = json.loads((fetched / "raw" / "manifest.json").read_text())
+    (tmp_path / "raw" / "manifest.json").write_text(json.dumps({"austen": manifest["austen"]}))
+
+    def espeak(n):
+        return fetch(tmp_path, ["espeak"], options={"utterances": n}, log=lambda _m: None)["espeak"]
+
+    assert espeak(3) == "ok"
+    assert espeak(3) == espeak(None) == "cached"
+    assert espeak(4) == "ok"
+    lines = (tmp_path / "raw" / "espeak" / "utterances.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["espeak"]["artifact"][
+        "utterances"] == 4

@@ -165,3 +165,31 @@ def test_split_flags_keep_both_sides_non_empty():
     assert split_flags([0.01, 0.02], 0.5).tolist() == [True, False]
     flags = split_flags([0.05, 0.5, 0.01, 0.9], 0.1)
     assert flags.tolist() == [True, False, True, False]  # no forcing when both sides have docs
+
+
+def test_split_flags_hold_out_at_least_min_docs_by_lowest_hash():
+    h = [0.3, 0.05, 0.9, 0.2, 0.6]
+    assert split_flags(h, 0.1).tolist() == [False, True, False, False, False]
+    assert split_flags(h, 0.1, min_docs=3).tolist() == [True, True, False, True, False]
+    # the fraction wins when it already holds out more
+    assert split_flags(h, 0.5, min_docs=2).tolist() == [True, True, False, True, False]
+    # never everything: the highest hash stays in train
+    assert split_flags(h, 0.1, min_docs=5).tolist() == [True, True, False, True, True]
+
+
+def test_val_docs_grows_one_streams_validation_split_and_only_that(tmp_path, small_config):
+    small_config["data"]["mixture"] = {k: small_mixture()[k] for k in ("text", "dna")}
+    base = PreparedData(_prepare(tmp_path, small_config))
+    small_config["data"]["mixture"]["text"]["val_docs"] = 12
+    grown = PreparedData(_prepare(tmp_path, small_config))
+    text_before, text_after = base.meta["streams"]["text"], grown.meta["streams"]["text"]
+    assert text_before["val"]["docs"] < 12 == text_after["val"]["docs"]
+    assert text_before["val"]["docs"] + text_before["train"]["docs"] == \
+        text_after["val"]["docs"] + text_after["train"]["docs"]
+    # the old validation documents are still held out; the other stream is unchanged
+    assert set(_docs(base.array("text", "val"))) <= set(_docs(grown.array("text", "val")))
+    assert np.array_equal(base.array("dna", "val"), grown.array("dna", "val"))
+    small_config["data"]["mixture"]["text"]["val_docs"] = 10_000
+    with pytest.raises(UserError, match=r"data.mixture.text.val_docs: 10000 validation documents "
+                                        r"leave none of the \d+ read"):
+        _prepare(tmp_path, small_config)

@@ -21,7 +21,7 @@ def assert_close_fp32(got: torch.Tensor, want: torch.Tensor) -> None:
     (BLAS kernel, threads, AVX2 or AMX) moves fp32 sums by about 1e-6 of their terms' scale,
     also for entries that cancel to near 0; a routing, weighting or gradient bug moves them by
     a sizeable share of it."""
-    scale = float(want.abs().max())
+    scale = float(want.detach().abs().max())
     torch.testing.assert_close(got.detach().double(), want.detach().double(), rtol=1e-5,
                                atol=1e-5 * scale)
 

@@ -9,10 +9,12 @@ from moe_vs_dense.data.loader import PreparedData, val_batches
 from moe_vs_dense.data.prepare import prepare
 from moe_vs_dense.data.tokenizers import N_SPECIAL
 from moe_vs_dense.train.evaluate import evaluate, expert_summary, ratio_se
+from moe_vs_dense.train.loop import train
+from moe_vs_dense.train.record import docs_for_target, se_shortfall
 from moe_vs_dense.train.rundir import open_data
 from moe_vs_dense.train.step import build
 from tests.conftest import write_config
-from tests.train.conftest import tiny
+from tests.train.conftest import SMOKE, TINY, tiny
 
 
 def raw_tokens(data: PreparedData, stream: str) -> np.ndarray:
@@ -76,6 +78,67 @@ def test_ratio_se_covers_at_the_nominal_rate_with_correlated_tokens():
         loss, se = ratio_se(sums, n)
         hits += abs(loss - truth) <= 1.96 * se
     assert 0.93 <= hits / reps <= 0.97
+
+
+def test_docs_for_target_predicts_the_se_of_a_larger_split():
+    """From the SE over 60 documents, the documents needed for a 4x smaller SE; scoring that
+    many documents (documents of unequal length and difficulty) gives about the target."""
+    rng = np.random.default_rng(1)
+
+    def docs(k):
+        n = rng.integers(100, 4000, size=k).astype(float)
+        return n * (3.0 + rng.normal(0, 0.3, size=k)), n
+
+    predicted, reached = [], []
+    for _ in range(200):
+        _, se = ratio_se(*docs(60))
+        need = docs_for_target(60, se, se / 4)
+        predicted.append(need)
+        reached.append(ratio_se(*docs(need))[1] / (se / 4))
+    assert 900 <= np.median(predicted) <= 1050  # 60 x 16, up to the small sample's noise
+    assert 0.9 <= np.median(reached) <= 1.1
+    assert docs_for_target(60, None, 0.005) is None
+
+
+def test_se_shortfall_names_the_losses_and_the_knob():
+    loss = {"loss": 3.0, "se": 0.02, "docs": 35, "docs_for_target": 560}
+    rec = {"eval": {"final": {"code": loss, "dna": {**loss, "se": 0.001, "docs_for_target": 2}},
+                    "paired": {"speech->text": {**loss, "se": None, "docs": 1,
+                                                "docs_for_target": None}},
+                    "target_se": 0.005, "rows_per_stream": {"curve": 16, "final": 64}}}
+    line = se_shortfall(rec)
+    assert "code 0.0200 (35 docs, ~560 needed)" in line and "dna" not in line
+    assert "speech->text (one document: no SE)" in line and "eval.final_rows" in line
+    rec["eval"]["rows_per_stream"]["final"] = None
+    assert "data.mixture.<stream>.val_docs" in se_shortfall(rec)
+    rec["eval"]["final"] = {"dna": rec["eval"]["final"]["dna"]}
+    rec["eval"]["paired"] = {}
+    assert se_shortfall(rec) is None
+
+
+@pytest.mark.slow
+def test_val_docs_bring_every_final_se_under_the_target_on_real_data(tmp_path, demo_data):
+    """Text, DNA and protein with enough validation documents held out (val_docs) and all of
+    them scored: every final loss of a short real run has an SE under 0.005 nats."""
+    os.symlink(demo_data / "raw", tmp_path / "raw")
+    (tmp_path / "se.yaml").write_text(f"""base: {SMOKE}
+data:
+  mixture: !replace
+    text: {{source: austen, val_docs: 150}}
+    dna: {{source: ecoli, max_units: 1000000}}
+    protein: {{source: uniprot, max_units: 1000000, val_docs: 400}}
+""")
+    cfg = load_config(tmp_path / "se.yaml", TINY + [
+        "train.tokens=65536", "train.batch_rows=16", "model.d_model=32", "eval.final_rows=null",
+        "eval.batch_rows=32", "eval.every=null", "run.checkpoint_every=null"])
+    rec = train(cfg, tmp_path / "run", data_root=tmp_path, progress=False, prepare=True)
+    ev = rec["eval"]
+    # (the last, partial row of a split is dropped, and a short document with it)
+    assert 148 <= ev["final"]["text"]["docs"] <= 150
+    assert 395 <= ev["final"]["protein"]["docs"] <= 400
+    assert ev["se_target_met"] and se_shortfall(rec) is None
+    for v in ev["final"].values():
+        assert 0 < v["se"] <= 0.005 and v["docs_for_target"] <= v["docs"]
 
 
 def test_expert_summary_mutual_information():
