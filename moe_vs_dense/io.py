@@ -1,4 +1,7 @@
-"""Atomic file writes: write to a temporary name beside the target, then rename."""
+"""Atomic file writes: write to a temporary name beside the target, then rename.
+
+The results get the permissions of a plain `open` (0666 and 0777 less the umask), not the
+owner-only ones `tempfile` gives, so records and data can be shared with collaborators."""
 
 from __future__ import annotations
 
@@ -12,11 +15,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces `path`, on error it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -31,6 +41,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `path`, on error it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
