@@ -144,12 +144,14 @@ def _verdict(r, alpha: float) -> str:
 
 def delta_curve(other: Frontier, dense: Frontier, C: np.ndarray,
                 alpha: float = 0.05) -> pd.DataFrame:
-    """dL(C) = L*_other(C) - L*_dense(C) on compute-optimal frontiers, with bootstrap bands."""
+    """dL(C) = L*_other(C) - L*_dense(C) on compute-optimal frontiers, with bootstrap bands
+    (expanded percentiles at the wider of the two fits' expansions)."""
     out = pd.DataFrame({"C": C, "dL": other.at(C)["loss_opt"] - dense.at(C)["loss_opt"]})
     a, b = other.draws(C), dense.draws(C)
     if a is not None and b is not None:
         n = min(len(a), len(b))
-        out["lower"], out["upper"] = interval(a[:n, 2] - b[:n, 2], alpha, axis=0)
+        level = min(other.fit.expanded(alpha), dense.fit.expanded(alpha))
+        out["lower"], out["upper"] = interval(a[:n, 2] - b[:n, 2], level, axis=0)
     return out
 
 

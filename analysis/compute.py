@@ -71,14 +71,16 @@ class Frontier:
 
     def at(self, C, alpha: float = 0.05) -> pd.DataFrame:
         """N_opt, D_opt and loss_opt at compute C, with bootstrap intervals when the fit has
-        draws; attrs a and b: the exponents of N* ~ C^a and D* ~ C^b."""
+        draws (expanded percentiles, as the fit's own); attrs a and b: the exponents of
+        N* ~ C^a and D* ~ C^b."""
         C = np.atleast_1d(np.asarray(C, float))
         n, d, loss = frontier(self.fit.params[NAMES].to_numpy(), C, self.flops)
         out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": loss})
         draws = self.draws(C)
         if draws is not None:
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
-                out[f"{name}_lower"], out[f"{name}_upper"] = interval(draws[:, j], alpha, axis=0)
+                out[f"{name}_lower"], out[f"{name}_upper"] = interval(
+                    draws[:, j], self.fit.expanded(alpha), axis=0)
         al, be, s = self.fit.params["alpha"], self.fit.params["beta"], self.flops.s
         out.attrs["a"], out.attrs["b"] = be / (al + s * be), al / (al + s * be)
         return out

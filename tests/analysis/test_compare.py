@@ -227,3 +227,21 @@ def test_one_compute_for_runs_frontiers_and_crossovers(tmp_path):
           for c in grid]
     (want,) = crossovers(pd.DataFrame({"C": grid, "dL": dL}))
     assert x == pytest.approx(want, rel=0.05)
+
+
+def test_frontier_intervals_are_the_fits_own_expanded_intervals():
+    """With FLOPs per token = 6 N the frontier is the fit's compute_optimal, intervals included:
+    both expand their percentiles for a fit of few points (10 runs, 5 parameters)."""
+    rng = np.random.default_rng(0)
+    boot = TRUTH.to_numpy() * np.exp(rng.normal(0, 0.03, size=(400, 5)))
+    fit = ChinchillaResult("chinchilla", {"family": "dense", "modality": "text"}, TRUTH, boot,
+                           10, 0.0, True, "", df_resid=5)
+    C = np.array([1e15, 1e18])
+    got = Frontier(fit, FlopsPerToken(6.0, 1.0)).at(C)
+    want = fit.compute_optimal(C)
+    for col in ("loss_opt_lower", "loss_opt_upper", "N_opt_lower", "N_opt_upper"):
+        assert got[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=1e-9)
+    plain = ChinchillaResult("chinchilla", fit.group, TRUTH, boot, 10, 0.0, True, "")
+    narrow = Frontier(plain, FlopsPerToken(6.0, 1.0)).at(C)
+    assert ((got["loss_opt_upper"] - got["loss_opt_lower"])
+            > 1.2 * (narrow["loss_opt_upper"] - narrow["loss_opt_lower"])).all()
