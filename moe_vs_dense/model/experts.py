@@ -59,6 +59,13 @@ def grouped_matmul(x_TI: torch.Tensor, w_GIO: torch.Tensor, counts_G: torch.Tens
     return out
 
 
+def count_ids(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """How often each of 0..n-1 occurs in `ids` (int64 [n]). Unlike torch.bincount, which reads
+    the largest id back to size its output, it never waits for the GPU."""
+    ones = torch.ones_like(ids, dtype=torch.long)
+    return torch.zeros(n, dtype=torch.long, device=ids.device).scatter_add_(0, ids.long(), ones)
+
+
 def grouped_weight_grad(x_TI: torch.Tensor, dy_TO: torch.Tensor, counts_G: torch.Tensor,
                         impl: str = "auto") -> torch.Tensor:
     """Per group g: x_g^T @ dy_g, stacked [G, I, O] (the weight gradient of grouped_matmul)."""

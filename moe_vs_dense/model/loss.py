@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_vs_dense.modalities import MODALITIES
+from moe_vs_dense.model.experts import count_ids
 
 
 def lm_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, mods_BT: torch.Tensor):
@@ -17,5 +18,5 @@ def lm_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, mods_BT: torch.T
     m = mods_BT.reshape(-1)
     sums = torch.zeros(len(MODALITIES), dtype=torch.float64, device=nll_N.device)
     sums.index_add_(0, m, nll_N.detach().double())
-    counts = torch.bincount(m, minlength=len(MODALITIES))
+    counts = count_ids(m, len(MODALITIES))
     return nll_N.mean(), sums, counts

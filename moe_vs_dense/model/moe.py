@@ -16,7 +16,7 @@ from torch import nn
 
 from moe_vs_dense.config import MoEConfig
 from moe_vs_dense.errors import UserError
-from moe_vs_dense.model.experts import Experts, SwiGLU, compute_dtype
+from moe_vs_dense.model.experts import Experts, SwiGLU, compute_dtype, count_ids
 from moe_vs_dense.model.routers import LearnedRouter, ModalityRouter, Routing
 
 
@@ -82,7 +82,7 @@ class MoE(nn.Module):
 
     def _torch_forward(self, x_ND: torch.Tensor, r: Routing):
         order = torch.argsort(r.exp_A, stable=True)
-        counts_E = torch.bincount(r.exp_A, minlength=self.n_experts)
+        counts_E = count_ids(r.exp_A, self.n_experts)
         y_ND = self.experts(x_ND, r.tok_A[order], counts_E, r.w_A[order], self.impl)
         return y_ND, counts_E
 

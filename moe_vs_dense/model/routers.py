@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe_vs_dense.model.experts import count_ids
+
 
 @dataclass
 class Routing:
@@ -27,7 +29,7 @@ def switch_balance_loss(probs_NE: torch.Tensor, idx_NK: torch.Tensor, n_experts:
     """Switch/GShard load-balancing loss E * sum_e f_e * P_e; equals 1 under uniform routing.
     f_e: fraction of the N*k assignments that went to e; P_e: mean router probability of e."""
     N, k = idx_NK.shape
-    f_E = torch.bincount(idx_NK.reshape(-1), minlength=n_experts).to(probs_NE.dtype) / (N * k)
+    f_E = count_ids(idx_NK.reshape(-1), n_experts).to(probs_NE.dtype) / (N * k)
     return n_experts * torch.sum(f_E * probs_NE.mean(0))
 
 

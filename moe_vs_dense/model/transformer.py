@@ -18,7 +18,14 @@ from torch import nn
 from moe_vs_dense.config import ModelConfig
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.modalities import MODALITIES
-from moe_vs_dense.model.experts import Experts, SwiGLU, compute_dtype, grouped_matmul, init_std_out
+from moe_vs_dense.model.experts import (
+    Experts,
+    SwiGLU,
+    compute_dtype,
+    count_ids,
+    grouped_matmul,
+    init_std_out,
+)
 from moe_vs_dense.model.layers import Rotary, causal_attention
 from moe_vs_dense.model.moe import MoE
 
@@ -35,7 +42,7 @@ class GroupPlan:
     @classmethod
     def build(cls, group_N: torch.Tensor, n_groups: int) -> GroupPlan:
         order = torch.argsort(group_N, stable=True)
-        return cls(group_N, order, torch.argsort(order), torch.bincount(group_N, minlength=n_groups))
+        return cls(group_N, order, torch.argsort(order), count_ids(group_N, n_groups))
 
 
 class GroupRMSNorm(nn.Module):

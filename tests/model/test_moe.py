@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from moe_vs_dense.config import MoEConfig
 from moe_vs_dense.errors import UserError
-from moe_vs_dense.model.experts import can_use_grouped_mm
+from moe_vs_dense.model.experts import can_use_grouped_mm, count_ids
 from moe_vs_dense.model.moe import MoE
 from moe_vs_dense.model.routers import switch_balance_loss
 
@@ -239,3 +239,13 @@ def test_megablocks_matches_reference_on_gpu():
     layer.backend = "torch"
     for g, want in zip(got, _outputs_and_grads(layer, x, group), strict=True):
         torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4)
+
+
+def test_count_ids_is_bincount_without_the_host_sync():
+    """The counts every MoE layer, group plan and loss use: equal to torch.bincount with
+    minlength, ids that never occur included (tokens per expert, dead experts)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 5, (1000,), generator=g)
+    assert torch.equal(count_ids(ids, 8), torch.bincount(ids, minlength=8))
+    assert count_ids(ids[:0], 3).tolist() == [0, 0, 0]
+    assert count_ids(ids.int(), 8).dtype == torch.long
