@@ -126,12 +126,30 @@ def tokens_per_unit(data: PreparedData, key_streams: dict[str, list[tuple[str, s
     return out
 
 
-def doc_ids(rows_RT: np.ndarray) -> np.ndarray:
-    """Document index of every target position of consecutive validation rows: documents end
-    at EOD (which belongs to the document it ends)."""
+def doc_ids(rows_RT: np.ndarray, first: int = 0) -> np.ndarray:
+    """Document index of every target position of consecutive validation rows, counting from
+    `first` (the EODs before these rows): documents end at EOD (which belongs to the document
+    it ends)."""
     eod = (rows_RT == EOD).reshape(-1)
-    doc = np.cumsum(eod) - eod
+    doc = first + np.cumsum(eod) - eod
     return doc.reshape(rows_RT.shape)[:, 1:]
+
+
+class DocSums:
+    """Summed loss and tokens per document, added batch by batch (memory grows with the
+    documents, not the tokens)."""
+
+    def __init__(self) -> None:
+        self.sums = np.zeros(0)
+        self.counts = np.zeros(0)
+
+    def add(self, doc_M: np.ndarray, nll_M: np.ndarray) -> None:
+        s, n = np.bincount(doc_M, nll_M), np.bincount(doc_M).astype(np.float64)
+        if len(s) > len(self.sums):
+            self.sums = np.pad(self.sums, (0, len(s) - len(self.sums)))
+            self.counts = np.pad(self.counts, (0, len(s) - len(self.counts)))
+        self.sums[: len(s)] += s
+        self.counts[: len(n)] += n
 
 
 @torch.no_grad()
@@ -145,41 +163,39 @@ def evaluate(model: Transformer, data: PreparedData, rows: int | None, batch_row
     was_training = model.training
     model.eval()
     counter = ExpertCounter(model)
-    sums: dict[str, list[np.ndarray]] = {}
-    counts: dict[str, list[np.ndarray]] = {}
+    per_doc: dict[str, list[DocSums]] = {}
     n_rows: dict[str, int] = {}
     parts: dict[str, list[tuple[str, str]]] = {}
     try:
         for stream in data.streams:
-            xs, nlls = [], []
+            acc: dict[str, DocSums] = {}
+            eods = 0
             for x, m in val_batches(data, stream, batch_rows, rows):
                 x_BT, m_BT = torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)
                 with autocast(device, precision):
                     logits = model(x_BT[:, :-1], m_BT[:, :-1])
                 nll_BT = F.cross_entropy(logits.float().transpose(1, 2), x_BT[:, 1:],
-                                         reduction="none")
-                xs.append((x, m[:, 1:]))
-                nlls.append(nll_BT.double().cpu().numpy())
-            x_RT = np.concatenate([a for a, _ in xs])
-            mod_RT = np.concatenate([b for _, b in xs])
-            nll_RT = np.concatenate(nlls)
-            doc_RT = doc_ids(x_RT)
-            for i, mod in enumerate(MODALITIES):
-                mask = mod_RT == i
-                if not mask.any():
-                    continue
-                key = stream_key(data, stream, mod)
-                sums.setdefault(key, []).append(np.bincount(doc_RT[mask], nll_RT[mask]))
-                counts.setdefault(key, []).append(np.bincount(doc_RT[mask]).astype(np.float64))
-                n_rows[key] = n_rows.get(key, 0) + int(mask.any(axis=1).sum())
-                parts.setdefault(key, []).append((stream, mod))
+                                         reduction="none").double().cpu().numpy()
+                doc_BT, mod_BT = doc_ids(x, eods), m[:, 1:]
+                eods += int((x == EOD).sum())
+                for i, mod in enumerate(MODALITIES):
+                    mask = mod_BT == i
+                    if not mask.any():
+                        continue
+                    key = stream_key(data, stream, mod)
+                    if key not in acc:
+                        acc[key] = DocSums()
+                        per_doc.setdefault(key, []).append(acc[key])
+                        parts.setdefault(key, []).append((stream, mod))
+                    acc[key].add(doc_BT[mask], nll_BT[mask])
+                    n_rows[key] = n_rows.get(key, 0) + int(mask.any(axis=1).sum())
     finally:
         experts = counter.close()
         model.train(was_training)
     tpu = tokens_per_unit(data, parts)
     losses, docs = {}, {}
-    for key in sums:
-        s, n = np.concatenate(sums[key]), np.concatenate(counts[key])
+    for key, accs in per_doc.items():
+        s, n = np.concatenate([a.sums for a in accs]), np.concatenate([a.counts for a in accs])
         loss, se = ratio_se(s, n)
         losses[key] = {
             "loss": loss,
