@@ -28,7 +28,7 @@ from analysis.errors import AnalysisError
 SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
            "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
-           "bits_per_unit", "n_experts", "top_k", "granularity"]
+           "loss_se", "bits_per_unit", "n_experts", "top_k", "granularity"]
 
 
 def family_key(df: pd.DataFrame) -> pd.Series:
@@ -87,6 +87,7 @@ def record_rows(record: dict) -> list[dict]:
             "N_active": record["params"]["active"], "N_total": record["params"]["total"],
             "D": D, "D_total": record["tokens"]["total"], "flops_per_token": fpt,
             "C": fpt * D, "C_total": fpt * record["tokens"]["total"], "loss": ev["loss"],
+            "loss_se": ev.get("se"),
             "bits_per_unit": ev.get("bits_per_unit"),
             "n_experts": model.get("n_experts", 0) or 0, "top_k": model.get("top_k") or 0,
             "granularity": d_ff / d_expert if d_ff and d_expert else float("nan"),
@@ -133,15 +134,15 @@ def load_runs(paths: list[str | Path], params: str = "active") -> tuple[pd.DataF
 def load_csv(path: str | Path, columns: dict[str, str] | None = None,
              params: str = "active") -> pd.DataFrame:
     """A CSV with columns params, tokens, loss and optionally family, modality, flops (training
-    FLOPs, else 6 x params x tokens), seed, n_experts, top_k, router, granularity, run; `columns`
-    maps those names to the CSV's own."""
+    FLOPs, else 6 x params x tokens), seed, n_experts, top_k, router, granularity, run, loss_se;
+    `columns` maps those names to the CSV's own."""
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"{path}: no such file")
     names = {"params": "params", "tokens": "tokens", "loss": "loss", "family": "family",
              "modality": "modality", "flops": "flops", "seed": "seed", "n_experts": "n_experts",
              "top_k": "top_k", "router": "router", "granularity": "granularity",
-             "run": "run"} | (columns or {})
+             "run": "run", "loss_se": "loss_se"} | (columns or {})
     try:
         raw = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -158,7 +159,8 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
         "N_active": raw[names["params"]], "N_total": raw[names["params"]],
         "D": raw[names["tokens"]], "D_total": raw[names["tokens"]],
         "C": get("flops", 6.0 * raw[names["params"]] * raw[names["tokens"]]),
-        "loss": raw[names["loss"]], "bits_per_unit": None, "n_experts": get("n_experts", 0),
+        "loss": raw[names["loss"]], "loss_se": get("loss_se", float("nan")),
+        "bits_per_unit": None, "n_experts": get("n_experts", 0),
         "top_k": get("top_k", 0), "granularity": get("granularity", float("nan")),
     })
     df["modalities"] = df["modality"]
@@ -185,7 +187,8 @@ def _finish(df: pd.DataFrame, params: str) -> pd.DataFrame:
     if params not in ("active", "total"):
         raise AnalysisError(f"params must be 'active' or 'total', not {params!r}")
     df["N"] = df["N_active"] if params == "active" else df["N_total"]
-    for c in ("N", "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss"):
+    for c in ("N", "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
+              "loss_se"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     bad = ~df[["N", "D", "C", "loss"]].map(_positive_finite).all(axis=1)
     if bad.any():

@@ -28,6 +28,18 @@ def _regime(df: pd.DataFrame) -> str:
             f"(median {ratio.median():.3g}); Chinchilla's compute-optimal ratio is about 20")
 
 
+def _precision(df: pd.DataFrame) -> str:
+    """How precisely each run's final losses are measured (records carry their SEs)."""
+    se = df["loss_se"].dropna() if "loss_se" in df else pd.Series(dtype=float)
+    if se.empty:
+        return "The runs' final losses carry no standard errors."
+    below = int((se <= 0.005).sum())
+    return (f"Standard errors of the runs' final losses (validation documents as clusters): "
+            f"median {se.median():.2g}, max {se.max():.2g} nats/token; {below} of {len(se)} are "
+            "below 0.005 (each record's eval.final.<modality>.docs_for_target says what more "
+            "validation data would take).")
+
+
 def _try(what: str, fn, notes: list[str]):
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -75,12 +87,12 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
              "Losses are held-out nats/token; N is the "
              f"{'active' if params == 'active' else 'total'} parameter count; D is tokens of "
              f"the modality. Compute: {DEFINITION}",
-             "", _regime(df), "", "## Runs", "",
+             "", _regime(df), "", _precision(df), "", "## Runs", "",
              "Every run, one row per modality, is in [runs.csv](runs.csv).", "",
              render(df.assign(family=family_key(df)).groupby(["family", "modalities", "modality"]).agg(
                  runs=("run", "nunique"), N_min=("N", "min"), N_max=("N", "max"),
                  D_min=("D", "min"), D_max=("D", "max"), C_min=("C", "min"), C_max=("C", "max"),
-                 best_loss=("loss", "min")).reset_index())]
+                 best_loss=("loss", "min"), max_loss_se=("loss_se", "max")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
     chin = _try("Chinchilla fits", lambda: fit_groups(df, "chinchilla", bootstrap), notes) or []
     lines += _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)

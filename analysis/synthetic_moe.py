@@ -31,7 +31,7 @@ def rows(family: str, N, D, loss, modality: str, seed: int = 0, n_experts: int =
         "pair": pair if pair is not None else [None] * n, "modality": modality,
         "modalities": modality, "N": N, "N_active": N, "N_total": N * total_per_active, "D": D,
         "D_total": D, "flops_per_token": flops_per_param * N, "C": flops_per_param * N * D,
-        "C_total": flops_per_param * N * D, "loss": np.asarray(loss, float),
+        "C_total": flops_per_param * N * D, "loss": np.asarray(loss, float), "loss_se": np.nan,
         "bits_per_unit": np.nan, "n_experts": n_experts, "top_k": 1 if n_experts else 0,
         "granularity": np.nan, **extra})
     return out[COLUMNS]
