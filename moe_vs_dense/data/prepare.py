@@ -37,13 +37,18 @@ def key_hash(key: str) -> float:
 
 def split_flags(hashes: list[float], fraction: float, min_docs: int = 1) -> np.ndarray:
     """Validation flags: a document is held out when the hash of its key falls below
-    `fraction`, or when it is among the `min_docs` lowest hashes; the highest hash is forced to
-    train so that both splits are non-empty. Deterministic, and a document's split depends only
-    on its own stream's documents."""
+    `fraction`; with `min_docs` > 1, also at or below the `min_docs`-th lowest hash (documents
+    sharing a key, the chunks of one file, stay on one side). With very few documents the
+    lowest (highest) hash is forced to val (train) so that both splits are non-empty.
+    Deterministic, and a document's split depends only on its own stream."""
     h = np.asarray(hashes)
     val = h < fraction
-    if val.sum() < min_docs:
-        val[np.argsort(h, kind="stable")[:min_docs]] = True
+    if min_docs > 1 and val.sum() < min_docs:
+        k = min(min_docs, len(h)) - 1
+        cut = np.partition(h, k)[k]
+        val |= (h <= cut) if cut < h.max() else (h < cut)
+    if not val.any():
+        val[np.argmin(h)] = True
     if val.all():
         val[np.argmax(h)] = False
     return val

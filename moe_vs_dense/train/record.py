@@ -72,19 +72,22 @@ def split_final(losses: dict, target: float) -> tuple[dict, dict]:
 
 def se_shortfall(rec: dict) -> str | None:
     """A line naming the final losses whose SE is above the target and how to meet it, or None
-    when all are met."""
+    when all are met (records from before `docs_for_target` get it computed here)."""
     ev = rec["eval"]
-    short = [f"{k} {v['se']:.4f} ({v['docs']} docs, ~{v['docs_for_target']} needed)"
-             if v["se"] is not None else f"{k} (one document: no SE)"
-             for k, v in {**ev["final"], **ev["paired"]}.items()
-             if v["se"] is None or v["se"] > ev["target_se"]]
+    target = ev["target_se"]
+    short = []
+    for k, v in {**ev["final"], **ev["paired"]}.items():
+        if v["se"] is None:
+            short.append(f"{k} (one document: no SE)")
+        elif v["se"] > target:
+            need = v.get("docs_for_target") or docs_for_target(v["docs"], v["se"], target)
+            short.append(f"{k} {v['se']:.4f} ({v['docs']} docs, ~{need} needed)")
     if not short:
         return None
-    more = ("raise eval.final_rows (null scores every validation row)"
-            if ev["rows_per_stream"]["final"] is not None else
-            "hold out more documents with data.mixture.<stream>.val_docs")
-    return (f"standard error above eval.target_se = {ev['target_se']} nats for "
-            f"{', '.join(short)}: {more}")
+    more = "hold out more documents with data.mixture.<stream>.val_docs"
+    if ev["rows_per_stream"]["final"] is not None:
+        more = f"score more rows (eval.final_rows: null scores all of them) or {more}"
+    return f"standard error above eval.target_se = {target} nats for {', '.join(short)}: {more}"
 
 
 def build_record(cfg: Config, run_dir: Path, acc: Accounting, data: PreparedData,

@@ -175,6 +175,12 @@ def test_split_flags_hold_out_at_least_min_docs_by_lowest_hash():
     assert split_flags(h, 0.5, min_docs=2).tolist() == [True, True, False, True, False]
     # never everything: the highest hash stays in train
     assert split_flags(h, 0.1, min_docs=5).tolist() == [True, True, False, True, True]
+    # documents sharing a key (the chunks of one file) are never split between train and val
+    tied = [0.3, 0.05, 0.2, 0.2, 0.2, 0.6]
+    assert split_flags(tied, 0.1, min_docs=3).tolist() == [False, True, True, True, True, False]
+    assert split_flags([0.4, 0.4, 0.9, 0.9], 0.1, min_docs=3).tolist() == [True, True, False, False]
+    assert split_flags([0.4, 0.4, 0.4], 0.1).tolist() == [True, False, False]  # one key: split
+    assert split_flags([0.4, 0.4, 0.4], 0.1, min_docs=2).tolist() == [True, False, False]
 
 
 def test_val_docs_grows_one_streams_validation_split_and_only_that(tmp_path, small_config):

@@ -111,6 +111,9 @@ def test_se_shortfall_names_the_losses_and_the_knob():
     assert "speech->text (one document: no SE)" in line and "eval.final_rows" in line
     rec["eval"]["rows_per_stream"]["final"] = None
     assert "data.mixture.<stream>.val_docs" in se_shortfall(rec)
+    assert "eval.final_rows" not in se_shortfall(rec)
+    del loss["docs_for_target"]  # a record written before the field existed
+    assert "code 0.0200 (35 docs, ~560 needed)" in se_shortfall(rec)
     rec["eval"]["final"] = {"dna": rec["eval"]["final"]["dna"]}
     rec["eval"]["paired"] = {}
     assert se_shortfall(rec) is None
