@@ -36,8 +36,8 @@ def _precision(df: pd.DataFrame) -> str:
     below = int((se <= 0.005).sum())
     return (f"Standard errors of the runs' final losses (validation documents as clusters): "
             f"median {se.median():.2g}, max {se.max():.2g} nats/token; {below} of {len(se)} are "
-            "below 0.005 (each record's eval.final.<modality>.docs_for_target says what more "
-            "validation data would take).")
+            "at most 0.005, the trainer's default target (each record's "
+            "eval.final.<modality>.docs_for_target says what more validation data would take).")
 
 
 def _try(what: str, fn, notes: list[str]):

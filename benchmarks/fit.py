@@ -51,7 +51,8 @@ def main() -> None:
               f"{ci.loc[k, 'upper']:9.4g}]")
     # the key names 1000 refits: other --bootstrap counts scale to it (refits cost alike)
     print(json.dumps({"grid_fit_s": round(grid_s, 3),
-                      "bootstrap_1000_s": round(boot_s * 1000 / args.bootstrap, 3),
+                      "bootstrap_1000_s": (round(boot_s * 1000 / args.bootstrap, 3)
+                                           if args.bootstrap else None),
                       "bootstrap_refits": args.bootstrap, "objective_eval_s": round(eval_s, 4)}))
 
 

@@ -26,6 +26,12 @@ def _data_dir_arg(p: argparse.ArgumentParser) -> None:
                    "then data.dir from the config, then the user cache directory)")
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from moe_vs_dense.data.fetch import BUILTINS, DEFAULT_SOURCES, data_dir, fetch
 
@@ -99,7 +105,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{out}: diverged at step {rec['diverged_step']} (last good checkpoint kept)",
               file=sys.stderr)
         return 1
-    losses = "  ".join(f"{m} {v['loss']:.4f}" + (f" ± {v['se']:.4f}" if v["se"] else "")
+    losses = "  ".join(f"{m} {v['loss']:.4f}" + (f" ± {v['se']:.4f}" if v["se"] is not None else "")
                        for m, v in rec["eval"]["final"].items())
     print(f"{out}: {rec['status']}, {rec['tokens']['total']:,} tokens; loss (nats/token ± SE): "
           f"{losses}")
@@ -381,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="*", help="source names (default: one per modality)")
     p.add_argument("--list", action="store_true", help="list the built-in sources")
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
-    p.add_argument("--speech-utterances", type=int, metavar="N",
+    p.add_argument("--speech-utterances", type=_positive_int, metavar="N",
                    help="sentences to synthesize for the espeak speech source (default: 400, or "
                    "as many as are cached; another N fetches it again)")
     _data_dir_arg(p)

@@ -16,6 +16,14 @@ from typing import Any
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it, for
+    a moment that another thread's new file could fall into)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

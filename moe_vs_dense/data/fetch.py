@@ -365,7 +365,11 @@ def fetch_espeak(out: Path, data: Path, opts: dict) -> dict:
     austen = data / "raw" / "austen" / "austen.txt"
     if not austen.exists():
         raise SourceUnavailable("needs the 'austen' text source first (its sentences are spoken)")
-    sentences = speech_sentences(austen.read_text(), opts.get("utterances") or ESPEAK_UTTERANCES)
+    want = opts.get("utterances") or ESPEAK_UTTERANCES
+    sentences = speech_sentences(austen.read_text(), want)
+    if len(sentences) < want:
+        raise UserError(f"--speech-utterances {want}: the Austen text has {len(sentences)} "
+                        "sentences of 40-240 characters to speak; ask for at most that many")
     voices = [ESPEAK_VOICES[i % len(ESPEAK_VOICES)] for i in range(len(sentences))]
     lengths, rate = synthesize(list(zip(sentences, voices, strict=True)), out)
     if not sum(lengths):
@@ -377,7 +381,7 @@ def fetch_espeak(out: Path, data: Path, opts: dict) -> dict:
     _, library = _espeak_library()
     return {"registry": "pypi", "package": ESPEAK_PACKAGE, "version": ESPEAK_VERSION,
             "library": library.name, "library_sha256": sha256_file(library),
-            "utterances": len(sentences)}
+            "utterances": want}
 
 
 def fetch_uniprot(out: Path, _data: Path, _opts: dict) -> dict:
@@ -456,11 +460,11 @@ def stale_reason(name: str, entry: dict) -> str | None:
 
 def _other_options(name: str, entry: dict, options: dict) -> str | None:
     """Why a cached source differs from what `options` ask for (None when they ask nothing)."""
-    want = options.get("utterances")
+    if name != "espeak" or not options.get("utterances"):
+        return None
     have = entry["artifact"].get("utterances", ESPEAK_UTTERANCES)
-    if name == "espeak" and want and want != have:
-        return f"holds {have} utterances, not {want}"
-    return None
+    return None if have == options["utterances"] else \
+        f"holds {have} utterances, not {options['utterances']}"
 
 
 def _check_content(b: Builtin, out: Path, artifact: dict) -> None:

@@ -55,7 +55,7 @@ def test_report_shows_isoflop_exponent(tmp_path):
     text = write_report([tmp_path / "runs"], tmp_path / "out", bootstrap=10).read_text()
     index = isoflop_runs(noise=0.002).iloc[::2].index
     high = sum(1 for i in index if i % 4 == 0)  # the records' SEs, as the report counts them
-    assert f"max 0.02 nats/token; {len(index) - high} of {len(index)} are below 0.005" in text
+    assert f"max 0.02 nats/token; {len(index) - high} of {len(index)} are at most 0.005" in text
     section = text.split("## IsoFLOP profiles")[1].split("##")[0]
     row = next(line for line in section.splitlines() if line.startswith("| dense"))
     a_iso, a3 = float(row.split("|")[3]), float(row.split("|")[-2])

@@ -243,3 +243,16 @@ def test_asking_for_another_number_of_utterances_fetches_speech_again(fetched, t
     assert len(lines) == 4
     assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["espeak"]["artifact"][
         "utterances"] == 4
+    with pytest.raises(UserError, match=r"--speech-utterances 1000000: the Austen text has "
+                                        r"\d+ sentences"):
+        espeak(1_000_000)
+    assert espeak(4) == "cached"  # the failed fetch left the cached one as it was
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "many"])
+def test_speech_utterances_must_be_a_positive_number(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "fetch", "--speech-utterances", bad])
+    assert e.value.code == 2
+    assert f"--speech-utterances: expected a positive whole number, got '{bad}'" in \
+        capsys.readouterr().err

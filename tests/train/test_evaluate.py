@@ -55,9 +55,15 @@ def test_evaluation_is_deterministic_and_independent_of_eval_batch_size(demo_dat
     first = evaluate(model, data, rows=6, batch_rows=4)
     assert evaluate(model, data, rows=6, batch_rows=4) == first
     other = evaluate(model, data, rows=6, batch_rows=6)
+    single = evaluate(model, data, rows=6, batch_rows=1)  # every document crosses batches
     for k, v in first["losses"].items():
-        assert other["losses"][k]["loss"] == pytest.approx(v["loss"], rel=1e-9)
-        assert other["losses"][k]["tokens"] == v["tokens"]
+        for o in (other, single):
+            assert o["losses"][k]["loss"] == pytest.approx(v["loss"], rel=1e-9)
+            assert o["losses"][k]["se"] == (v["se"] and pytest.approx(v["se"], rel=1e-9))
+            assert o["losses"][k]["tokens"] == v["tokens"] and o["losses"][k]["docs"] == v["docs"]
+            assert o["docs"][k]["tokens"] == first["docs"][k]["tokens"]
+            assert o["docs"][k]["nll_sum"] == pytest.approx(first["docs"][k]["nll_sum"], rel=1e-9)
+    assert first["losses"]["image"]["docs"] >= 2  # an image spans about three rows (batches of 1)
     assert first["losses"]["text"]["tokens"] == 6 * 256
     assert "image->text" in first["losses"] and first["losses"]["image"]["rows"] == 6
     assert 1 <= first["losses"]["text"]["docs"] <= 2  # 6 rows of a 4096-byte document chunk
