@@ -33,6 +33,31 @@ def switch_balance_loss(probs_NE: torch.Tensor, idx_NK: torch.Tensor, n_experts:
     return n_experts * torch.sum(f_E * probs_NE.mean(0))
 
 
+def _group_size(expert_group_E: torch.Tensor) -> torch.Tensor:
+    """[E]: the number of experts in each expert's group."""
+    return _group_sum(torch.ones_like(expert_group_E, dtype=torch.float), expert_group_E)
+
+
+def _group_sum(v_E: torch.Tensor, expert_group_E: torch.Tensor) -> torch.Tensor:
+    """[E]: the sum of v over each expert's group."""
+    sums = v_E.new_zeros(len(v_E)).index_add_(0, expert_group_E, v_E)
+    return sums[expert_group_E]
+
+
+def group_balance_loss(probs_NE: torch.Tensor, idx_NK: torch.Tensor, group_N: torch.Tensor,
+                       expert_group_E: torch.Tensor) -> torch.Tensor:
+    """The switch loss within each group's experts, weighted by the group's share of tokens:
+    sum_g (N_g / N) E_g sum_{e in g} f_e P_e, with f_e and P_e over the group's N_g tokens.
+    A token's probabilities and choices lie in its own group, so every term is a column sum;
+    no host sync (groups absent from the batch add 0)."""
+    N, k = idx_NK.shape
+    E = probs_NE.shape[1]
+    tokens_E = count_ids(group_N, E)[expert_group_E].to(probs_NE.dtype)  # N_g of e's group
+    assigned_E = count_ids(idx_NK.reshape(-1), E).to(probs_NE.dtype)
+    terms = _group_size(expert_group_E) * assigned_E * probs_NE.sum(0) / tokens_E.clamp(min=1)
+    return terms.sum() / (N * k)
+
+
 class LearnedRouter(nn.Module):
     """Token-choice top-k softmax router (fp32). With `expert_group`, a token only sees the
     experts of its group (modality_group). With bias balancing, a per-expert bias shifts which
@@ -69,13 +94,7 @@ class LearnedRouter(nn.Module):
         if self.expert_group is None:
             aux = switch_balance_loss(probs_NE, idx_NK, self.n_experts)
         else:
-            aux = logits_NE.new_zeros(())
-            for g in torch.unique(group_N).tolist():
-                rows = group_N == g
-                experts = torch.nonzero(self.expert_group == g).squeeze(1)
-                local = torch.searchsorted(experts, idx_NK[rows])
-                aux = aux + rows.float().mean() * switch_balance_loss(
-                    probs_NE[rows][:, experts], local, len(experts))
+            aux = group_balance_loss(probs_NE, idx_NK, group_N, self.expert_group)
         N = x_ND.shape[0]
         tok_A = torch.arange(N, device=x_ND.device).repeat_interleave(self.top_k)
         return Routing(tok_A, idx_NK.reshape(-1), w_NK.reshape(-1), aux, z, self.top_k)
@@ -87,10 +106,7 @@ class LearnedRouter(nn.Module):
         if self.expert_group is None:
             target = load.mean().expand_as(load)
         else:
-            target = torch.zeros_like(load)
-            for g in torch.unique(self.expert_group).tolist():
-                sel = self.expert_group == g
-                target[sel] = load[sel].mean()
+            target = _group_sum(load, self.expert_group) / _group_size(self.expert_group)
         self.bias += rate * torch.sign(target - load)
 
 

@@ -157,6 +157,13 @@ def test_bias_update_moves_load_toward_balance():
     layer = make(router="learned", num_experts=4, top_k=1, bias_balancing=True)
     layer.router.update_bias(torch.tensor([10, 0, 5, 5]), rate=0.1)
     assert layer.router.bias.tolist() == pytest.approx([-0.1, 0.1, 0.0, 0.0])
+    # within groups: each expert is compared with its own group's mean load
+    grouped = make(router="modality_group", experts_per_modality=2, top_k=1, bias_balancing=True)
+    groups = grouped.router.expert_group.tolist()
+    load = torch.tensor([float(10 * g + i % 2) for i, g in enumerate(groups)])
+    grouped.router.update_bias(load, rate=0.1)
+    assert groups == [0, 0, 1, 1, 2, 2]
+    assert grouped.router.bias.tolist() == pytest.approx([0.1, -0.1] * 3)
 
 
 def test_megablocks_without_cuda_is_a_clear_error():
@@ -249,3 +256,25 @@ def test_count_ids_is_bincount_without_the_host_sync():
     assert torch.equal(count_ids(ids, 8), torch.bincount(ids, minlength=8))
     assert count_ids(ids[:0], 3).tolist() == [0, 0, 0]
     assert count_ids(ids.int(), 8).dtype == torch.long
+
+
+def test_group_balance_loss_is_the_switch_loss_within_each_group():
+    """Sync-free form against the per-group definition (tokens of a group, its experts only,
+    weighted by the group's share); group 2 has experts but no tokens in the batch."""
+    from moe_vs_dense.model.routers import group_balance_loss
+
+    g = torch.Generator().manual_seed(0)
+    expert_group = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    group_N = torch.randint(0, 2, (300,), generator=g)
+    logits = torch.randn(300, 8, generator=g).masked_fill(
+        expert_group[None, :] != group_N[:, None], float("-inf"))
+    probs = torch.softmax(logits, -1)
+    idx = torch.topk(probs, 2, dim=-1).indices
+    want = 0.0
+    for grp in (0, 1):
+        rows, experts = group_N == grp, torch.nonzero(expert_group == grp).squeeze(1)
+        local = torch.searchsorted(experts, idx[rows])
+        want += rows.float().mean() * switch_balance_loss(probs[rows][:, experts], local,
+                                                          len(experts))
+    got = group_balance_loss(probs, idx, group_N, expert_group)
+    torch.testing.assert_close(got, torch.as_tensor(want), rtol=1e-6, atol=0)
