@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_vs_dense.data.loader import PreparedData, val_batches
+from moe_vs_dense.data.prepare import bits_per_unit
 from moe_vs_dense.data.tokenizers import EOD
 from moe_vs_dense.modalities import MODALITIES
 from moe_vs_dense.model.transformer import Transformer
@@ -200,7 +201,7 @@ def evaluate(model: Transformer, data: PreparedData, rows: int | None, batch_row
         losses[key] = {
             "loss": loss,
             "se": se,
-            "bits_per_unit": None if tpu[key] is None else loss * tpu[key] / math.log(2),
+            "bits_per_unit": None if tpu[key] is None else bits_per_unit(loss, tpu[key]),
             "tokens": int(n.sum()),
             "rows": n_rows[key],
             "docs": int((n > 0).sum()),
