@@ -71,6 +71,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def mismatch(expected: dict, saved: dict) -> str | None:
+    """How a saved model state differs from the model's own (missing, unexpected and reshaped
+    tensors, a few named), or None when it fits."""
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    shaped = [f"{k} {list(saved[k].shape)} saved, {list(v.shape)} here" for k, v in expected.items()
+              if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    parts = [f"{len(v)} {what} (e.g. {', '.join(v[:2])})" for what, v in
+             (("missing tensors", missing), ("unexpected tensors", extra),
+              ("tensors of another shape", shaped)) if v]
+    return "; ".join(parts) or None
+
+
 def load_latest(run_dir: Path) -> dict | None:
     """The newest readable checkpoint's state, or None when there is none."""
     for path in reversed(checkpoints(run_dir)):

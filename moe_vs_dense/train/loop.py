@@ -27,15 +27,16 @@ from moe_vs_dense.model import checkpoint as weights
 from moe_vs_dense.model.accounting import account
 from moe_vs_dense.train import checkpoint, metrics, record, rundir
 from moe_vs_dense.train.evaluate import evaluate
-from moe_vs_dense.train.metrics import Monitor
 from moe_vs_dense.train.speed import matmul_peak
+from moe_vs_dense.train.state import Cadence, Outcome, TrainerState
 from moe_vs_dense.train.step import build, split_batch, train_step
 
 
 def train(cfg: Config, run_dir: str | Path, *, data_root: str | Path | None = None,
           force: bool = False, progress: bool = True, prepare: bool = False) -> dict:
     """Train (or resume) the run in `run_dir` and return its final record. A run already
-    completed (or diverged) with the same config returns its record at once."""
+    completed (or diverged) with the same config returns its record at once; `force`
+    continues one to a larger train.tokens (see `rundir.check`)."""
     run_dir = Path(run_dir)
     acc = _accelerator(cfg, run_dir)
     finished = rundir.check(cfg, run_dir, force)
@@ -46,7 +47,7 @@ def train(cfg: Config, run_dir: str | Path, *, data_root: str | Path | None = No
         rundir.start(cfg, run_dir)
     acc.wait_for_everyone()
     with _threads(cfg.train.threads), torch.random.fork_rng(devices=[]):
-        return _run(cfg, run_dir, data, acc, progress)
+        return Trainer(cfg, run_dir, data, acc).run(progress)
 
 
 def _accelerator(cfg: Config, run_dir: Path):
@@ -77,135 +78,184 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _run(cfg: Config, run_dir: Path, data, acc, progress: bool) -> dict:
-    tc, main = cfg.train, acc.is_main_process
-    world, rank, device = acc.num_processes, acc.process_index, acc.device
-    if tc.batch_rows % (tc.grad_accum * world):
-        raise UserError(f"train.batch_rows: {tc.batch_rows} rows do not split into grad_accum "
-                        f"{tc.grad_accum} x {world} processes")
-    steps = tc.steps(data.seq_len)
-    every = cfg.eval.every
-    ckpt_every = cfg.run.checkpoint_every or every or max(1, steps // 10)
-    step_tokens = tc.batch_rows * data.seq_len
-    model, opt, sched = build(cfg, data, device)
-    acct = account(cfg.model, data.vocab.size, data.seq_len, data.meta["modalities"])
-    state = {"status": "running", "step": 0, "steps": steps, "curve": [], "final": None,
-             "train_seconds": 0.0, "tokens_timed": 0, "error": None, "diverged_step": None,
-             "monitor": Monitor.create(cfg.run.spike_sigma, cfg.run.spike_window).state_dict()}
-    torch.manual_seed(cfg.seed)
-    saved = checkpoint.load_latest(run_dir)
-    if saved is not None:
+class Trainer:
+    """One run on one rank: the model, its optimizer and schedule, the data order, the
+    trainer state, and the steps of `run` (resume, train, flush, log, validate, checkpoint,
+    finish)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, data, acc) -> None:
+        tc = cfg.train
+        self.cfg, self.run_dir, self.data, self.acc = cfg, run_dir, data, acc
+        self.main, self.world, self.rank = acc.is_main_process, acc.num_processes, acc.process_index
+        if tc.batch_rows % (tc.grad_accum * self.world):
+            raise UserError(f"train.batch_rows: {tc.batch_rows} rows do not split into grad_accum "
+                            f"{tc.grad_accum} x {self.world} processes")
+        self.cadence = Cadence.create(cfg, tc.steps(data.seq_len))
+        self.step_tokens = tc.batch_rows * data.seq_len
+        self.model, self.opt, self.sched = build(cfg, data, acc.device)
+        self.acct = account(cfg.model, data.vocab.size, data.seq_len, data.meta["modalities"])
+        self.loader = MixtureLoader(data, tc.batch_rows, cfg.seed)
+        self.state, self.outcome = TrainerState.create(cfg), Outcome()
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.extra: dict = {"host": record.host(acc.device, self.world)}
+        self.net = self.model
+        self.pending: list[torch.Tensor] = []
+
+    def run(self, progress: bool) -> dict:
+        """Resume, then train to the last step (or divergence) and finish; the record of how
+        it ended. Any exception is recorded as a failed run and raised again."""
+        steps, cfg = self.cadence.steps, self.cfg
+        self.resume()
+        self.net = self.wrap()
+        if self.main and cfg.run.trackers:
+            self.acc.init_trackers(self.run_dir.name, config=rundir.flat(rundir.resolved(cfg)))
+        bar = tqdm(total=steps * self.step_tokens, initial=self.state.step * self.step_tokens,
+                   unit="tok", unit_scale=True, dynamic_ncols=True, mininterval=1.0,
+                   disable=not (progress and self.main), desc=self.run_dir.name)
         try:
-            model.load_state_dict(saved["model"])
-        except RuntimeError as e:
-            raise UserError(f"{run_dir}: its checkpoint does not fit this model ({e}); "
-                            "use another --out") from None
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        checkpoint.set_rng_state(saved["rng"])
-        state.update(saved["trainer"], status="running", steps=steps, final=None)
-    monitor = Monitor.from_state(state["monitor"])
-    metrics_path = run_dir / "metrics.jsonl"
-    if main:
-        metrics.truncate(metrics_path, state["step"])
-    net = acc.prepare_model(model) if world > 1 else model
-    compiled = tc.compile and device.type == "cuda"
-    if compiled:
-        net = torch.compile(net)
-    loader = MixtureLoader(data, tc.batch_rows, cfg.seed)
-    extra = {"compiled": compiled, "host": record.host(device, world)}
-    bias = cfg.model.family == "moe" and cfg.model.moe.bias_balancing
-
-    def write_record() -> dict:
-        state["monitor"] = monitor.state_dict()
-        rec = record.build_record(cfg, run_dir, acct, data, loader.sampler, state, extra)
-        if main:
-            record.write(run_dir, rec)
-        return rec
-
-    def score(rows):
-        return evaluate(model, data, rows, cfg.eval.batch_rows, tc.precision)
-
-    if main and cfg.run.trackers:
-        acc.init_trackers(run_dir.name, config=rundir.flat(rundir.resolved(cfg)))
-    bar = tqdm(total=steps * step_tokens, initial=state["step"] * step_tokens, unit="tok",
-               unit_scale=True, dynamic_ncols=True, mininterval=1.0,
-               disable=not (progress and main), desc=run_dir.name)
-    try:
-        write_record()
-        pending: list[torch.Tensor] = []
-        t0 = time.perf_counter()
-        for step in range(state["step"], steps):
-            micro = split_batch(*loader.batch(step), rank, world, tc.grad_accum, device)
-            loss, gnorm = train_step(net, opt, sched, micro, grad_clip=tc.grad_clip,
-                                     precision=tc.precision, bias_balancing=bias)
-            pending.append(torch.stack([loss.float(), gnorm.float()]))
-            bar.update(step_tokens)
-            n = step + 1
-            do_eval = bool(every) and n % every == 0
-            do_ckpt = n % ckpt_every == 0 or n == steps
-            if not (do_eval or do_ckpt or n % cfg.run.log_every == 0 or n == steps):
-                continue
-            values = acc.reduce(torch.stack(pending), "mean").tolist()  # the one host sync
-            elapsed = time.perf_counter() - t0
-            state["train_seconds"] += elapsed
-            state["tokens_timed"] += len(pending) * step_tokens
-            for i, (lv, gv) in enumerate(values):
-                if not (math.isfinite(lv) and math.isfinite(gv)):
-                    state.update(status="diverged", diverged_step=n - len(values) + i + 1)
-                    if main:
-                        metrics.append(metrics_path, {"step": state["diverged_step"],
-                                                      "diverged": True, "loss": lv, "grad_norm": gv})
-                    return write_record()
-                monitor.observe(n - len(values) + i + 1, lv, gv)
-            state["step"] = n
-            rate = len(pending) * step_tokens / max(elapsed, 1e-9)
-            pending = []
-            if monitor.pending and (n % cfg.run.log_every == 0 or n == steps):
-                line = monitor.line(n, n * step_tokens, sched.get_last_lr()[0], rate)
-                bar.set_postfix(loss=f"{line['loss']:.3f}", refresh=False)
-                if main:
-                    metrics.append(metrics_path, line)
-                    if cfg.run.trackers:
-                        acc.log(line, step=n)
-            if do_eval:
-                ev = score(cfg.eval.rows)
-                state["curve"].append({
-                    "step": n, "tokens": n * step_tokens,
-                    "losses": {k: v["loss"] for k, v in ev["losses"].items()},
-                    "se": {k: v["se"] for k, v in ev["losses"].items()},
-                    "expert_stats": ev["expert_stats"]})
-                if main:
-                    metrics.append(metrics_path, {"step": n, "eval": state["curve"][-1]["losses"]})
-            if do_ckpt:
-                state["monitor"] = monitor.state_dict()
-                if main:
-                    checkpoint.save(run_dir, n, {
-                        "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "rng": checkpoint.rng_state(),
-                        "trainer": {k: v for k, v in state.items() if k != "final"}},
-                        cfg.run.keep_checkpoints)
-                acc.wait_for_everyone()
-            if do_eval or do_ckpt:
-                write_record()
+            self.write_record()
             t0 = time.perf_counter()
-        bar.close()
-        state["final"] = score(cfg.eval.final_rows)
-        if main:
-            write_json(run_dir / "eval_docs.json", state["final"]["docs"])
-            weights.save(model, run_dir / "model.safetensors", data.seq_len)
-            extra["peak_flops"] = tc.peak_flops or matmul_peak(device.type, tc.precision,
-                                                               torch.get_num_threads())
-            extra["peak_source"] = ("train.peak_flops" if tc.peak_flops else
-                                    f"measured {tc.precision} matmul peak of this device")
-        state["status"] = "completed"
-        return write_record()
-    except (Exception, KeyboardInterrupt) as e:
-        state.update(status="failed", error=f"{type(e).__name__}: {e}")
-        with suppress(OSError):
-            write_record()
-        raise
-    finally:
-        bar.close()
-        if main and cfg.run.trackers:
-            acc.end_training()
+            for step in range(self.state.step, steps):
+                self.train_step(step)
+                bar.update(self.step_tokens)
+                n = step + 1
+                if not self.cadence.flush(n):
+                    continue
+                rate = self.flush(n, time.perf_counter() - t0)
+                if self.outcome.status == "diverged":
+                    return self.write_record()
+                if self.cadence.log(n) and self.state.monitor.pending:
+                    bar.set_postfix(loss=f"{self.log(n, rate):.3f}", refresh=False)
+                if self.cadence.eval(n):
+                    self.validate(n)
+                if self.cadence.checkpoint(n):
+                    self.save(n)
+                if self.cadence.eval(n) or self.cadence.checkpoint(n):
+                    self.write_record()
+                t0 = time.perf_counter()
+            bar.close()
+            return self.finish()
+        except (Exception, KeyboardInterrupt) as e:
+            self.outcome.status, self.outcome.error = "failed", f"{type(e).__name__}: {e}"
+            with suppress(OSError):
+                self.write_record()
+            raise
+        finally:
+            bar.close()
+            if self.main and cfg.run.trackers:
+                self.acc.end_training()
+
+    def resume(self) -> None:
+        """Seed, then load the newest checkpoint if there is one (a clear error when it does not
+        fit this model); only then is config.yaml written and metrics.jsonl cut back to it."""
+        torch.manual_seed(self.cfg.seed)
+        saved = checkpoint.load_latest(self.run_dir)
+        if saved is not None:
+            why = checkpoint.mismatch(self.model.state_dict(), saved["model"])
+            if why:
+                raise UserError(f"{self.run_dir}: its checkpoint does not fit this model ({why}); "
+                                "use another --out")
+            self.model.load_state_dict(saved["model"])
+            self.opt.load_state_dict(saved["optimizer"])
+            self.sched.load_state_dict(saved["scheduler"])
+            checkpoint.set_rng_state(saved["rng"])
+            self.state.load_state_dict(saved["trainer"])
+        if self.main:
+            rundir.write_config(self.cfg, self.run_dir)
+            metrics.truncate(self.metrics_path, self.state.step)
+        self.acc.wait_for_everyone()
+
+    def wrap(self):
+        """The model as trained: under DDP when several processes, compiled on CUDA if asked."""
+        net = self.acc.prepare_model(self.model) if self.world > 1 else self.model
+        self.extra["compiled"] = self.cfg.train.compile and self.acc.device.type == "cuda"
+        return torch.compile(net) if self.extra["compiled"] else net
+
+    def train_step(self, step: int) -> None:
+        """One optimizer step on global batch `step`; its loss and grad norm stay on the device."""
+        tc = self.cfg.train
+        micro = split_batch(*self.loader.batch(step), self.rank, self.world, tc.grad_accum,
+                            self.acc.device)
+        bias = self.cfg.model.family == "moe" and self.cfg.model.moe.bias_balancing
+        loss, gnorm = train_step(self.net, self.opt, self.sched, micro, grad_clip=tc.grad_clip,
+                                 precision=tc.precision, bias_balancing=bias)
+        self.pending.append(torch.stack([loss.float(), gnorm.float()]))
+
+    def flush(self, n: int, elapsed: float) -> float:
+        """Bring the buffered losses and grad norms to the host (the one host sync), time them,
+        feed the monitor, and stop at the first non-finite value as diverged. Tokens/s."""
+        values = self.acc.reduce(torch.stack(self.pending), "mean").tolist()
+        done = len(values) * self.step_tokens
+        self.pending = []
+        self.state.train_seconds += elapsed
+        self.state.tokens_timed += done
+        for i, (lv, gv) in enumerate(values):
+            at = n - len(values) + i + 1
+            if not (math.isfinite(lv) and math.isfinite(gv)):
+                self.outcome.status, self.outcome.diverged_step = "diverged", at
+                if self.main:
+                    metrics.append(self.metrics_path, {"step": at, "diverged": True, "loss": lv,
+                                                       "grad_norm": gv})
+                return 0.0
+            self.state.monitor.observe(at, lv, gv)
+        self.state.step = n
+        return done / max(elapsed, 1e-9)
+
+    def log(self, n: int, rate: float) -> float:
+        """A metrics line (and tracker log) for the steps since the last one; its mean loss."""
+        line = self.state.monitor.line(n, n * self.step_tokens, self.sched.get_last_lr()[0], rate)
+        if self.main:
+            metrics.append(self.metrics_path, line)
+            if self.cfg.run.trackers:
+                self.acc.log(line, step=n)
+        return line["loss"]
+
+    def evaluate(self, rows: int | None) -> dict:
+        return evaluate(self.model, self.data, rows, self.cfg.eval.batch_rows,
+                        self.cfg.train.precision)
+
+    def validate(self, n: int) -> None:
+        """Score the fixed validation rows and add a point to the eval curve."""
+        ev = self.evaluate(self.cfg.eval.rows)
+        self.state.curve.append({
+            "step": n, "tokens": n * self.step_tokens,
+            "losses": {k: v["loss"] for k, v in ev["losses"].items()},
+            "se": {k: v["se"] for k, v in ev["losses"].items()},
+            "expert_stats": ev["expert_stats"]})
+        if self.main:
+            metrics.append(self.metrics_path, {"step": n, "eval": self.state.curve[-1]["losses"]})
+
+    def save(self, n: int) -> None:
+        """Checkpoint every stateful object (main process), then wait for every rank."""
+        if self.main:
+            checkpoint.save(self.run_dir, n, {
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "rng": checkpoint.rng_state(),
+                "trainer": self.state.state_dict()}, self.cfg.run.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def finish(self) -> dict:
+        """Final evaluation on all final rows, eval_docs.json, the weights, the peak FLOP/s
+        behind MFU, and the completed record."""
+        tc = self.cfg.train
+        self.outcome.final = self.evaluate(self.cfg.eval.final_rows)
+        if self.main:
+            write_json(self.run_dir / "eval_docs.json", self.outcome.final["docs"])
+            weights.save(self.model, self.run_dir / "model.safetensors", self.data.seq_len)
+            self.extra["peak_flops"] = tc.peak_flops or matmul_peak(
+                self.acc.device.type, tc.precision, torch.get_num_threads())
+            self.extra["peak_source"] = ("train.peak_flops" if tc.peak_flops else
+                                         f"measured {tc.precision} matmul peak of this device")
+        self.outcome.status = "completed"
+        return self.write_record()
+
+    def write_record(self) -> dict:
+        """record.json from the config, accounting, trainer state and outcome (main process)."""
+        o = self.outcome
+        state = {**self.state.state_dict(), "steps": self.cadence.steps, "status": o.status,
+                 "error": o.error, "diverged_step": o.diverged_step, "final": o.final}
+        rec = record.build_record(self.cfg, self.run_dir, self.acct, self.data,
+                                  self.loader.sampler, state, self.extra)
+        if self.main:
+            record.write(self.run_dir, rec)
+        return rec
