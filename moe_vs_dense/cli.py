@@ -317,7 +317,7 @@ def _cmd_sweep_run(args: argparse.Namespace) -> int:
     sweep, runs = load_plan(args.sweep, args.overrides)
     out = out_dir(sweep, args.out)
     outcome = run_sweep(runs, out, args.workers, args.data_dir, args.threads,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, retrain_stale=args.retrain_stale)
     failed = {k: v for k, v in outcome.items() if v[0] == "failed"}
     diverged = [k for k, v in outcome.items() if v[0] == "diverged"]
     print(f"trained {len(outcome)} run(s) into {out / 'runs'}: {len(failed)} failed, "
@@ -367,6 +367,8 @@ def _add_sweep_parsers(sub) -> None:
     _sweep_args(p)
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    p.add_argument("--retrain-stale", action="store_true",
+                   help="train again runs trained with another config (old ones move to DIR/stale/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep_run)
     p = ssub.add_parser("status", help="done / running / partial / failed / diverged / missing")

@@ -59,6 +59,9 @@ def estimate(runs: list[PlannedRun], threads: int = 1) -> dict[str, float]:
     """Estimated seconds per run id."""
     import torch
 
+    from moe_vs_dense.sweep import check_workers
+
+    check_workers(1, threads)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

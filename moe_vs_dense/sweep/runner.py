@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -41,10 +42,11 @@ def _attempt_path(out: Path, run_id: str) -> Path:
     return out / "locks" / f"{run_id}.attempt"
 
 
-def _claim(out: Path, run_id: str, token: str) -> bool:
-    """Under the run's lock: whether this invocation may train it (not yet tried here, not done)."""
-    state, _ = st.run_state(out, run_id)
-    if state in ("done", "diverged"):
+def _claim(out: Path, run_id: str, cfg: Config, token: str) -> bool:
+    """Under the run's lock: whether this invocation may train it (not yet tried here, not done,
+    not trained with another config)."""
+    state, _ = st.run_state(out, run_id, cfg)
+    if state in ("done", "diverged", "stale"):
         return False
     path = _attempt_path(out, run_id)
     if path.exists() and path.read_text() == token:
@@ -72,7 +74,19 @@ def _train_one(cfg: Config, out: Path, run_id: str, data_root: str | None) -> tu
 
 def worker(wid: int, out: str, runs: list[tuple[str, Config]], token: str, data_root: str | None,
            threads: int, gpu: str | None, events) -> None:
-    """Train every run of `runs` that no other process holds, until each one has finished."""
+    """Train every run of `runs` that no other process holds, until each one has finished. A
+    worker that cannot go on says why (an "error" event) and exits with code 1."""
+    try:
+        _work(wid, out, runs, token, data_root, threads, gpu, events)
+    except Exception as e:
+        events.put(("error", wid, "", 0.0, f"{type(e).__name__}: {e}"))
+        sys.exit(1)
+    events.put(("exit", wid, "", 0.0, ""))
+
+
+def _work(wid: int, out: str, runs: list[tuple[str, Config]], token: str, data_root: str | None,
+          threads: int, gpu: str | None, events) -> None:
+    """The worker's loop: take each run whose lock it gets, train it, report start and end."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     if gpu is not None:  # before the first CUDA call, which is where torch reads it
@@ -89,20 +103,19 @@ def worker(wid: int, out: str, runs: list[tuple[str, Config]], token: str, data_
                 if not got:
                     waiting.append((run_id, cfg))
                     continue
-                if not _claim(out_p, run_id, token):
+                if not _claim(out_p, run_id, cfg, token):
                     continue
                 events.put(("start", wid, run_id, 0.0, ""))
                 t0 = time.perf_counter()
                 status, detail = _train_one(cfg, out_p, run_id, data_root)
                 events.put(("end", wid, run_id, time.perf_counter() - t0, f"{status}\t{detail}"))
         pending = [(r, c) for r, c in waiting
-                   if st.run_state(out_p, r)[0] not in ("done", "diverged")
+                   if st.run_state(out_p, r, c)[0] not in ("done", "diverged", "stale")
                    and not (_attempt_path(out_p, r).exists()
                             and _attempt_path(out_p, r).read_text() == token
                             and not st.is_locked(out_p, r))]
         if pending:
             time.sleep(POLL_S)
-    events.put(("exit", wid, "", 0.0, ""))
 
 
 @dataclass
@@ -112,6 +125,7 @@ class Progress:
     runs: dict[str, PlannedRun]
     running: dict[int, str] = field(default_factory=dict)
     outcome: dict[str, tuple[str, str]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)  # worker -> why it stopped early
 
     def compute_done(self, out: Path) -> float:
         done = sum(self.runs[r].compute for r in self.outcome)
@@ -150,7 +164,8 @@ def execute(runs: list[PlannedRun], out: Path, workers: int, data_root: str | No
     runs resume on the next call) and raises KeyboardInterrupt."""
     from tqdm import tqdm
 
-    todo = [r for r in order(runs) if st.run_state(out, r.run_id)[0] not in ("done", "diverged")]
+    todo = [r for r in order(runs)
+            if st.run_state(out, r.run_id, r.config)[0] not in ("done", "diverged", "stale")]
     if not todo:
         return {}
     token = f"{os.getpid()}-{time.time_ns()}"
@@ -189,6 +204,9 @@ def execute(runs: list[PlannedRun], out: Path, workers: int, data_root: str | No
                         bar.write(f"{run_id}: {status}" + (f" ({why})" if why else ""))
                 elif kind == "exit":
                     exited.add(wid)
+                elif kind == "error":
+                    prog.errors[wid] = detail
+                    bar.write(f"worker {wid} stopped: {detail}")
             except queue.Empty:
                 pass
             for wid, p in list(procs.items()):
@@ -204,6 +222,7 @@ def execute(runs: list[PlannedRun], out: Path, workers: int, data_root: str | No
                     procs[wid] = start(wid)
                 else:
                     exited.add(wid)
+                    prog.errors.setdefault(wid, f"exit code {p.exitcode}")
             bar.n = min(bar.total, prog.compute_done(out))
             bar.set_description_str(prog.line(), refresh=False)
             bar.refresh()
@@ -216,7 +235,20 @@ def execute(runs: list[PlannedRun], out: Path, workers: int, data_root: str | No
         raise
     finally:
         bar.close()
+    _unfinished(prog, out)
     return prog.outcome
+
+
+def _unfinished(prog: Progress, out: Path) -> None:
+    """When a worker stopped early, every run left untrained by this invocation is a failure
+    naming why (never a silent 'trained 0 runs, 0 failed')."""
+    if not prog.errors:
+        return
+    why = "; ".join(f"worker {w}: {e}" for w, e in sorted(prog.errors.items()))
+    for run_id, r in prog.runs.items():
+        if run_id not in prog.outcome and st.run_state(out, run_id, r.config)[0] not in (
+                "done", "diverged", "running"):
+            prog.outcome[run_id] = ("failed", f"not trained: {why}")
 
 
 def _gpus() -> list[str]:

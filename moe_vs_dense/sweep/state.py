@@ -15,8 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from moe_vs_dense.config import Config
+from moe_vs_dense.errors import UserError
+
 FAILURE = "sweep_failure.json"  # written by a worker when train raised before recording a status
-STATES = ("done", "running", "partial", "failed", "diverged", "missing")
+STATES = ("done", "running", "partial", "failed", "diverged", "stale", "missing")
 
 
 def run_dir(out: Path, run_id: str) -> Path:
@@ -71,9 +74,24 @@ def read_record(out: Path, run_id: str) -> dict | None:
         return None
 
 
-def run_state(out: Path, run_id: str) -> tuple[str, str]:
+def stale(out: Path, run_id: str, cfg: Config) -> str | None:
+    """How the run directory's config differs from `cfg` ('key: old -> new; ...'), or None when
+    it holds `cfg`'s run (or nothing yet). Decided by the trainer's own `rundir.identify`."""
+    from moe_vs_dense.train.rundir import identify
+
+    try:
+        ident = identify(cfg, run_dir(out, run_id))
+    except UserError as e:
+        return str(e)
+    return "; ".join(ident.diff) if ident.kind in ("longer", "changed") else None
+
+
+def run_state(out: Path, run_id: str, cfg: Config | None = None) -> tuple[str, str]:
     """(state, detail) of one run: done, running, partial (started, will resume), failed,
-    diverged or missing."""
+    diverged, stale (trained with another config than `cfg`, when given) or missing."""
+    differs = stale(out, run_id, cfg) if cfg is not None else None
+    if differs:
+        return "stale", differs
     record = read_record(out, run_id)
     status = (record or {}).get("status")
     if status == "completed":

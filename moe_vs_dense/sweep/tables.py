@@ -28,10 +28,13 @@ def command(out: Path, run_id: str, data_dir: str | None = None) -> str:
 
 
 def write_configs(runs: list[PlannedRun], out: Path, data_dir: str | None = None) -> Path:
-    """configs/<run_id>.yaml for every run (rewritten only when changed) and commands.txt, one
-    `moe-vs-dense train` line per run, in plan order (line i is array task i)."""
+    """configs/<run_id>.yaml for every run (rewritten only when changed, never under a run
+    trained with another config) and commands.txt, one `moe-vs-dense train` line per run, in
+    plan order (line i is array task i)."""
     for r in runs:
         path = st.config_path(out, r.run_id)
+        if st.stale(out, r.run_id, r.config):
+            continue
         text = (f"# run {r.run_id} of a sweep; train it with:\n# {command(out, r.run_id, data_dir)}\n"
                 + yaml.safe_dump(r.config.model_dump(mode="json"), sort_keys=False))
         if not path.exists() or path.read_text() != text:
@@ -84,7 +87,7 @@ def summary(runs: list[PlannedRun], seconds: dict[str, float] | None, workers: i
 def status_table(runs: list[PlannedRun], out: Path) -> pd.DataFrame:
     rows = []
     for r in runs:
-        state, detail = st.run_state(out, r.run_id)
+        state, detail = st.run_state(out, r.run_id, r.config)
         record = st.read_record(out, r.run_id) or {}
         ev = record.get("eval") or {}
         final = ev.get("final") or {}
