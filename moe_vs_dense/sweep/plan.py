@@ -231,7 +231,17 @@ def _same_pair(b: _Builder, anchor: Config, cfg: Config, run_id: str) -> None:
 
 
 def load_plan(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, list[PlannedRun]]:
+    """The sweep and its runs, each checked against the memory of the GPU it trains on: the
+    sweep's `device_memory_gb` (grad_accum set to fit), else this machine's GPU if any."""
+    from moe_vs_dense.sweep import memory
     from moe_vs_dense.sweep.spec import load_sweep
 
     sweep, base = load_sweep(path, overrides)
-    return sweep, expand(sweep, base, str(path))
+    runs = expand(sweep, base, str(path))
+    if sweep.device_memory_gb is not None:
+        return sweep, memory.fit(runs, int(sweep.device_memory_gb * memory.GB), True,
+                                 f"{path}: device_memory_gb")
+    device = memory.device_memory()
+    if device is not None:
+        runs = memory.fit(runs, device, False, "this machine's GPU")
+    return sweep, runs

@@ -77,6 +77,7 @@ class SweepConfig(Strict):
     unimodal: Literal["all", "none"] | list[str] = "none"
     bimodal: Literal["all", "none"] | list[list[str]] = "none"
     axes: list[dict[str, list[Any]]] = []
+    device_memory_gb: float | None = Field(None, gt=0)  # GPU each run trains on (sweep/memory.py)
 
     @field_validator("axes")
     @classmethod

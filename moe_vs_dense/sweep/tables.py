@@ -45,6 +45,8 @@ def write_configs(runs: list[PlannedRun], out: Path, data_dir: str | None = None
 
 
 def plan_table(runs: list[PlannedRun], seconds: dict[str, float] | None = None) -> pd.DataFrame:
+    from moe_vs_dense.sweep.memory import GB, need
+
     rows = []
     for r in runs:
         acc = r.accounting
@@ -53,7 +55,9 @@ def plan_table(runs: list[PlannedRun], seconds: dict[str, float] | None = None) 
                "active params": acc.active_params, "total params": acc.total_params,
                "tokens": r.tokens, "tokens/param": r.tokens / acc.active_params,
                "FLOPs": r.compute,
-               "match": "-" if r.mismatch is None else f"{r.mismatch:+.2%}"}
+               "match": "-" if r.mismatch is None else f"{r.mismatch:+.2%}",
+               "grad_accum": r.config.train.grad_accum,
+               "memory (GB)": need(r.config, acc)["total"] / GB}
         if seconds is not None:
             row["est. time (s)"] = seconds[r.run_id]
         rows.append(row)
@@ -66,6 +70,7 @@ def render_plan(table: pd.DataFrame) -> str:
         fmt[c] = fmt[c].map(lambda v: f"{v:,}")
     fmt["tokens/param"] = fmt["tokens/param"].map(lambda v: f"{v:.3g}")
     fmt["FLOPs"] = fmt["FLOPs"].map(lambda v: f"{v:.3g}")
+    fmt["memory (GB)"] = fmt["memory (GB)"].map(lambda v: f"{v:.3g}")
     if "est. time (s)" in fmt:
         fmt["est. time (s)"] = fmt["est. time (s)"].map(lambda v: f"{v:.1f}")
     return fmt.to_markdown(index=False)
