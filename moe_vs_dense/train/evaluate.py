@@ -52,16 +52,17 @@ def ratio_se(sums_R: np.ndarray, counts_R: np.ndarray) -> tuple[float, float | N
 
 
 class ExpertCounter:
-    """Forward hooks on the MoE layers: tokens per expert by modality during evaluation."""
+    """Forward hooks on the MoE layers: tokens per expert by modality, and the aux and z losses
+    of each validation batch (by batch index, so that ranks' shares merge in data order)."""
 
     def __init__(self, model: Transformer) -> None:
         self.model = model
         layers = model.moe_layers()
         self.counts = [torch.zeros(len(model.modalities), m.n_experts, dtype=torch.long)
                        for m in layers]
-        self.aux = [0.0] * len(layers)
-        self.z = [0.0] * len(layers)
-        self.calls = 0
+        self.aux: list[dict[int, float]] = [{} for _ in layers]
+        self.z: list[dict[int, float]] = [{} for _ in layers]
+        self.batch = 0  # index of the batch being scored
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(layers)]
 
     def _hook(self, i: int):
@@ -72,17 +73,31 @@ class ExpertCounter:
             pair = group_N[r.tok_A] * module.n_experts + r.exp_A
             flat = torch.bincount(pair, minlength=self.counts[i].numel()).cpu()
             self.counts[i] += flat.view_as(self.counts[i])
-            self.aux[i] += float(module.stats["aux"])
-            self.z[i] += float(module.stats["z"])
-            if i == 0:
-                self.calls += 1
+            self.aux[i][self.batch] = float(module.stats["aux"])
+            self.z[i][self.batch] = float(module.stats["z"])
         return hook
 
-    def close(self) -> list[dict]:
+    def remove(self) -> None:
         for h in self.handles:
             h.remove()
-        return [expert_summary(i, c.numpy(), self.model.modalities, self.aux[i] / max(1, self.calls),
-                               self.z[i] / max(1, self.calls)) for i, c in enumerate(self.counts)]
+
+    def merge(self, others: list[ExpertCounter]) -> None:
+        """Add other ranks' counts and per-batch losses (as gathered) to this one's."""
+        for o in others:
+            for i in range(len(self.counts)):
+                self.counts[i] += o.counts[i]
+                self.aux[i].update(o.aux[i])
+                self.z[i].update(o.z[i])
+
+    def summary(self) -> list[dict]:
+        """Per layer: expert use, and the aux and z losses averaged over batches in data order."""
+        def mean(d: dict[int, float]) -> float:
+            return sum(v for _, v in sorted(d.items())) / max(1, len(d))
+        return [expert_summary(i, c.numpy(), self.model.modalities, mean(self.aux[i]),
+                               mean(self.z[i])) for i, c in enumerate(self.counts)]
+
+    def __getstate__(self) -> dict:  # what all_gather_object sends: no model, no hooks
+        return {"counts": self.counts, "aux": self.aux, "z": self.z}
 
 
 def expert_summary(layer: int, counts_GE: np.ndarray, modalities: list[str], aux: float,
@@ -144,13 +159,48 @@ class DocSums:
         self.sums = np.zeros(0)
         self.counts = np.zeros(0)
 
-    def add(self, doc_M: np.ndarray, nll_M: np.ndarray) -> None:
-        s, n = np.bincount(doc_M, nll_M), np.bincount(doc_M).astype(np.float64)
-        if len(s) > len(self.sums):
-            self.sums = np.pad(self.sums, (0, len(s) - len(self.sums)))
-            self.counts = np.pad(self.counts, (0, len(s) - len(self.counts)))
-        self.sums[: len(s)] += s
-        self.counts[: len(n)] += n
+    def add(self, lo: int, s: np.ndarray, n: np.ndarray) -> None:
+        """Add one batch's sums and counts of documents lo, lo+1, ... (see `doc_sums`)."""
+        hi = lo + len(s)
+        if hi > len(self.sums):
+            self.sums = np.pad(self.sums, (0, hi - len(self.sums)))
+            self.counts = np.pad(self.counts, (0, hi - len(self.counts)))
+        self.sums[lo:hi] += s
+        self.counts[lo:hi] += n
+
+
+def doc_sums(doc_M: np.ndarray, nll_M: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(first document, summed loss and token count per document from it) of one batch."""
+    lo = int(doc_M.min())
+    return lo, np.bincount(doc_M - lo, nll_M), np.bincount(doc_M - lo).astype(np.float64)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside torch.distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _score(model: Transformer, data: PreparedData, stream: str, x: np.ndarray, m: np.ndarray,
+           eods: int, precision: str) -> dict[str, tuple]:
+    """One validation batch: result key -> (first document, loss sums, token counts, rows)."""
+    device = next(model.parameters()).device
+    x_BT, m_BT = torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)
+    with autocast(device, precision):
+        logits = model(x_BT[:, :-1], m_BT[:, :-1])
+    nll_BT = F.cross_entropy(logits.float().transpose(1, 2), x_BT[:, 1:],
+                             reduction="none").double().cpu().numpy()
+    doc_BT, mod_BT = doc_ids(x, eods), m[:, 1:]
+    out = {}
+    for i, mod in enumerate(MODALITIES):
+        mask = mod_BT == i
+        if mask.any():
+            out[stream_key(data, stream, mod)] = (*doc_sums(doc_BT[mask], nll_BT[mask]),
+                                                  int(mask.any(axis=1).sum()))
+    return out
 
 
 @torch.no_grad()
@@ -159,40 +209,57 @@ def evaluate(model: Transformer, data: PreparedData, rows: int | None, batch_row
     """Loss per modality (nats/token, bits per raw unit, SE, tokens, rows, documents) on the
     first `rows` validation rows of every stream (None: all), expert use per MoE layer, and the
     summed loss and tokens of every validation document (in data order: two runs on the same
-    data align document by document, for paired differences)."""
-    device = next(model.parameters()).device
+    data align document by document, for paired differences).
+
+    Under torch.distributed each rank scores every world-th batch; the per-batch sums are
+    gathered and added in data order on every rank, so the result is the one-process result."""
+    rank, world = rank_and_world()
     was_training = model.training
     model.eval()
     counter = ExpertCounter(model)
+    scored: dict[int, dict[str, tuple]] = {}
+    order: list[tuple[int, str]] = []  # (batch index, stream) of every batch, in data order
+    try:
+        for stream in data.streams:
+            eods = 0
+            for x, m in val_batches(data, stream, batch_rows, rows):
+                b = len(order)
+                order.append((b, stream))
+                if b % world == rank:
+                    counter.batch = b
+                    scored[b] = _score(model, data, stream, x, m, eods, precision)
+                eods += int((x == EOD).sum())
+    finally:
+        counter.remove()
+        model.train(was_training)
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (scored, counter))
+        scored = {b: r for part, _ in gathered for b, r in part.items()}
+        counter.counts = [torch.zeros_like(c) for c in counter.counts]
+        counter.aux, counter.z = [{} for _ in counter.aux], [{} for _ in counter.z]
+        counter.merge([c for _, c in gathered])
+    return _results(data, order, scored, counter.summary())
+
+
+def _results(data: PreparedData, order: list[tuple[int, str]], scored: dict[int, dict[str, tuple]],
+             experts: list[dict]) -> dict:
+    """Add the batches' document sums in data order into losses, SEs and per-document sums."""
     per_doc: dict[str, list[DocSums]] = {}
     n_rows: dict[str, int] = {}
     parts: dict[str, list[tuple[str, str]]] = {}
-    try:
-        for stream in data.streams:
-            acc: dict[str, DocSums] = {}
-            eods = 0
-            for x, m in val_batches(data, stream, batch_rows, rows):
-                x_BT, m_BT = torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)
-                with autocast(device, precision):
-                    logits = model(x_BT[:, :-1], m_BT[:, :-1])
-                nll_BT = F.cross_entropy(logits.float().transpose(1, 2), x_BT[:, 1:],
-                                         reduction="none").double().cpu().numpy()
-                doc_BT, mod_BT = doc_ids(x, eods), m[:, 1:]
-                eods += int((x == EOD).sum())
-                for i, mod in enumerate(MODALITIES):
-                    mask = mod_BT == i
-                    if not mask.any():
-                        continue
-                    key = stream_key(data, stream, mod)
-                    if key not in acc:
-                        acc[key] = DocSums()
-                        per_doc.setdefault(key, []).append(acc[key])
-                        parts.setdefault(key, []).append((stream, mod))
-                    acc[key].add(doc_BT[mask], nll_BT[mask])
-                    n_rows[key] = n_rows.get(key, 0) + int(mask.any(axis=1).sum())
-    finally:
-        experts = counter.close()
-        model.train(was_training)
+    acc: dict[tuple[str, str], DocSums] = {}
+    for b, stream in order:
+        for key, (lo, s, n, r) in scored[b].items():
+            if (stream, key) not in acc:
+                acc[stream, key] = DocSums()
+                per_doc.setdefault(key, []).append(acc[stream, key])
+                own = data.meta["streams"][stream]["modality"]
+                parts.setdefault(key, []).append((stream, key.split("->")[-1] if "->" in key else own))
+            acc[stream, key].add(lo, s, n)
+            n_rows[key] = n_rows.get(key, 0) + r
     tpu = tokens_per_unit(data, parts)
     losses, docs = {}, {}
     for key, accs in per_doc.items():

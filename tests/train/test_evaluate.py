@@ -14,7 +14,7 @@ from moe_vs_dense.train.record import docs_for_target, se_shortfall
 from moe_vs_dense.train.rundir import open_data
 from moe_vs_dense.train.step import build
 from tests.conftest import write_config
-from tests.train.conftest import SMOKE, TINY, tiny
+from tests.train.conftest import ROOT, SMOKE, TINY, tiny
 
 
 def raw_tokens(data: PreparedData, stream: str) -> np.ndarray:
@@ -178,3 +178,56 @@ def test_documents_end_at_eod_across_rows():
 
     rows = np.array([[5, 6, 1, 7], [8, 1, 9, 9]])  # EOD = 1 ends documents 0 and 1
     np.testing.assert_array_equal(doc_ids(rows), [[0, 0, 1], [1, 2, 2]])
+
+
+# One rank of a two-process evaluation (gloo on CPU): writes rank 0's result as JSON.
+RANK_SCRIPT = r"""
+import json, sys
+import torch
+import torch.distributed as dist
+from moe_vs_dense.train import evaluate as ev
+from moe_vs_dense.train.evaluate import evaluate
+from moe_vs_dense.train.rundir import open_data
+from moe_vs_dense.train.step import build
+from tests.train.conftest import tiny
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+cfg = tiny(moe=True)
+data = open_data(cfg, sys.argv[1], prepare=False)
+model, _, _ = build(cfg, data)
+scored, real = [], ev._score
+ev._score = lambda *a, **k: scored.append(1) or real(*a, **k)
+out = evaluate(model, data, rows=5, batch_rows=2)
+open(f"{sys.argv[2]}.{dist.get_rank()}", "w").write(str(len(scored)))
+if dist.get_rank() == 0:
+    open(sys.argv[2], "w").write(json.dumps(out))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_validation_rows_and_match_one_process_exactly(tmp_path, demo_data):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two.json"
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", RANK_SCRIPT, str(demo_data), str(out)], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RANK": str(r), "WORLD_SIZE": "2",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+        stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    errs = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    cfg = tiny(moe=True)
+    data = open_data(cfg, demo_data, prepare=False)
+    model, _, _ = build(cfg, data)
+    one = evaluate(model, data, rows=5, batch_rows=2)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(one))  # bit for bit
+    batches = len(data.streams) * 3  # 5 rows in batches of 2 per stream
+    counts = [int((tmp_path / f"two.json.{r}").read_text()) for r in (0, 1)]
+    assert counts == [(batches + 1) // 2, batches // 2]  # each rank scored its share only
