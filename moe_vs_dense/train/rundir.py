@@ -11,6 +11,7 @@ run.log_every) may differ freely.
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def identify(cfg: Config, run_dir: Path) -> Identity:
     old = read_config(run_dir)
     if old is None:
         return Identity("new")
+    with suppress(ValueError):  # under today's schema a key added since, at its default, is no difference
+        old = resolved(Config.model_validate(old))
     diff = tuple(config_diff(old, resolved(cfg)))
     record = read_record(run_dir)
     finished = record if (record or {}).get("status") in ("completed", "diverged") else None

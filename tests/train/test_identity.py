@@ -63,3 +63,15 @@ def test_a_checkpoint_of_another_model_is_a_short_clear_error(tmp_path, demo_dat
         train(tiny(), odd, data_root=demo_data, progress=False)
     assert len(str(e.value)) < 600 and "tensors" in str(e.value)
     assert snapshot(odd) == before
+
+
+def test_a_key_added_since_at_its_default_is_no_difference(tmp_path, demo_data):
+    run = tmp_path / "run"
+    first = train(tiny(), run, data_root=demo_data, progress=False)
+    text = (run / "config.yaml").read_text()
+    assert "  spike_window: " in text
+    (run / "config.yaml").write_text("".join(line for line in text.splitlines(keepends=True)
+                                             if "spike_window" not in line))
+    assert identify(tiny(), run).kind == "finished"
+    assert identify(tiny("run.spike_window=7"), run).diff == ("run.spike_window: 50 -> 7",)
+    assert train(tiny(), run, data_root=demo_data, progress=False) == first
