@@ -1,12 +1,12 @@
 """The run: config -> trained model, checkpoints, metrics.jsonl and record.json.
 
-One optimizer step per global batch (`train_step`); every `run.log_every` steps the buffered
-losses and grad norms come to the host at once (the only per-step sync), NaN/inf stops the run
-as diverged, and a metrics line is written; every `eval.every` steps the fixed validation rows
-are scored; every `run.checkpoint_every` steps (and at the end) a checkpoint is written. A
-killed run resumes from its newest checkpoint and ends bit-identical to an uninterrupted one
-(same device, precision and threads). Only the main process writes.
-"""
+`train` decides what the run directory holds (`rundir.check`), opens the data and hands over to
+a `Trainer`, whose `run` is a short sequence of named steps: resume, then one optimizer step
+per global batch (`train_step`) and, at the steps `Cadence` names, flush (the buffered losses
+and grad norms come to the host at once, the only per-step sync; NaN/inf stops the run as
+diverged), log, validate, save and write the record; then finish. A killed run resumes from
+its newest checkpoint and ends bit-identical to an uninterrupted one (same device, precision
+and threads). Only the main process writes."""
 
 from __future__ import annotations
 
