@@ -44,7 +44,7 @@ def train(cfg: Config, run_dir: str | Path, *, data_root: str | Path | None = No
         return finished
     data = rundir.open_data(cfg, data_root, prepare)
     if acc.is_main_process:
-        rundir.start(cfg, run_dir)
+        rundir.start(run_dir)
     acc.wait_for_everyone()
     with _threads(cfg.train.threads), torch.random.fork_rng(devices=[]):
         return Trainer(cfg, run_dir, data, acc).run(progress)

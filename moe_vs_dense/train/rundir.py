@@ -120,7 +120,7 @@ def check(cfg: Config, run_dir: Path, force: bool) -> dict | None:
     return None
 
 
-def start(cfg: Config, run_dir: Path) -> None:
+def start(run_dir: Path) -> None:
     """Create the directory (a clear error when it cannot be written) and clear temporary files
     a killed write left behind."""
     try:
