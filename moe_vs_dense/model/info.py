@@ -29,7 +29,7 @@ def info_table(cfg: Config, partner: str | None = None, match: str = "flops",
     rows = {}
     for name, model_cfg, acc in (("config", cfg.model, p.reference),
                                  ("partner", p.config, p.accounting)):
-        mem = memory_estimate(acc, model_cfg, batch_rows, T)
+        mem = memory_estimate(acc, model_cfg, batch_rows, T, modalities=mods)
         rows[name] = {"model": describe(model_cfg), "total params": f"{acc.total_params:,}",
                       "embedding params": f"{acc.embedding_params:,}",
                       "non-embedding params": f"{acc.non_embedding_params:,}",
