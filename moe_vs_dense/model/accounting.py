@@ -73,26 +73,29 @@ def memory_estimate(acc: Accounting, cfg: ModelConfig, batch_rows: int, seq_len:
                     bytes_per_activation: int = 4, attention_scores: bool = True,
                     modalities: list[str] | None = None) -> dict[str, int]:
     """Training memory in bytes of one process at a micro-batch of `batch_rows` rows: fp32
-    weights, gradients and AdamW moments (16 bytes per parameter, bf16 autocast included), and
-    the activations kept for the backward pass, in the manner of Korthikanti et al. (2022) for
-    this block: per layer and token 14*d (norm, QKV, attention output and residual inputs) +
-    8*f (SwiGLU: two projections, the gate and their product at the active FFN width f) + 4*k*d
-    (MoE token permutation, k experts per token) units of 2 bytes, scaled to
-    `bytes_per_activation`, plus 4*n_heads*T per token for materialized attention scores
-    (`attention_scores`: False for the flash and memory-efficient SDPA kernels CUDA uses), and
-    the fp32 logits with their gradient. No allocator slack or CUDA context: leave headroom."""
+    weights, gradients and AdamW moments (16 bytes per parameter), and the tensors saved for
+    the backward pass, per layer and token 16*d bytes that stay fp32 under autocast (norm
+    inputs, residual stream) plus, at `bytes_per_activation` (4 fp32, 2 bf16), 9*d (QKV, RoPE'd
+    q and k, attention output) + 4*f (SwiGLU at the active FFN width f) + 2*k*d (MoE token
+    permutation, k experts per token) + 2*n_heads*T for materialized attention scores
+    (`attention_scores`: False for the flash and memory-efficient SDPA kernels), then the fp32
+    logits and their gradient, and under bf16 the autocast copies of the weights (2 bytes per
+    parameter). Checked against the tensors autograd really saves (tests/sweep/test_memory.py);
+    no allocator slack or CUDA context: leave headroom."""
     s, b, h, a = seq_len, batch_rows, cfg.d_model, cfg.n_heads
+    bpa = bytes_per_activation
     mods = modalities or ["text"]
-    units = 0.0
+    per_token = 0.0
     for layer in range(cfg.n_layers):
         _, ffn_active, n = _ffn_layer(cfg, layer, mods)
         f = ffn_active / (3 * h)
         k = 0 if n == 0 else 1 if cfg.family == "mot" else (
             max(experts_per_group(cfg.moe, mods)) if cfg.moe.router == "modality" else cfg.moe.top_k)
-        units += 14 * h + 8 * f + 4 * k * h + (4 * a * s if attention_scores else 0)
+        per_token += 16 * h + bpa * (9 * h + 4 * f + 2 * k * h + (2 * a * s if attention_scores else 0))
     vocab = acc.embedding_params // (1 if cfg.tie_embeddings else 2) // h
+    casts = 2 * acc.total_params if bpa == 2 else 0
     out = {"weights": 4 * acc.total_params, "grads": 4 * acc.total_params,
            "optimizer": 8 * acc.total_params,
-           "activations": int(s * b * units * bytes_per_activation / 2 + 2 * b * s * vocab * 4)}
+           "activations": int(s * b * (per_token + 8 * vocab) + casts)}
     out["total"] = sum(out.values())
     return out
