@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -31,14 +32,21 @@ def write_configs(runs: list[PlannedRun], out: Path, data_dir: str | None = None
     """configs/<run_id>.yaml for every run (rewritten only when changed, never under a run
     trained with another config) and commands.txt, one `moe-vs-dense train` line per run, in
     plan order (line i is array task i)."""
+    stale = []
     for r in runs:
         path = st.config_path(out, r.run_id)
         if st.stale(out, r.run_id, r.config):
+            stale.append(r.run_id)
             continue
         text = (f"# run {r.run_id} of a sweep; train it with:\n# {command(out, r.run_id, data_dir)}\n"
                 + yaml.safe_dump(r.config.model_dump(mode="json"), sort_keys=False))
         if not path.exists() or path.read_text() != text:
             write_text(path, text)
+    if stale:
+        warnings.warn(f"{len(stale)} run(s) in {out / 'runs'} were trained with another config "
+                      f"(e.g. {stale[0]}); their configs/*.yaml are left as they were: `sweep "
+                      "status` lists the keys, `sweep run --retrain-stale` trains them again",
+                      stacklevel=2)
     path = out / "commands.txt"
     write_text(path, "".join(command(out, r.run_id, data_dir) + "\n" for r in runs))
     return path

@@ -57,6 +57,8 @@ def test_a_changed_sweep_reports_stale_runs_and_rewrites_nothing(tmp_path, demo_
     assert main(["sweep", "status", str(path), "--out", str(out)]) == 0
     status = capsys.readouterr().out
     assert "2 stale" in status and "done" not in status.split("\n", 1)[0]
+    assert main(["sweep", "plan", str(path), "--out", str(out), "--no-timing"]) == 0
+    assert "2 run(s) in" in capsys.readouterr().err
     assert {r.run_id: config_path(out, r.run_id).read_text() for r in runs} == configs
     assert {r.run_id: (run_dir(out, r.run_id) / "record.json").read_bytes() for r in runs} == records
 
