@@ -155,11 +155,15 @@ class Trainer:
             if why:
                 raise UserError(f"{self.run_dir}: its checkpoint does not fit this model ({why}); "
                                 "use another --out")
-            self.model.load_state_dict(saved["model"])
-            self.opt.load_state_dict(saved["optimizer"])
-            self.sched.load_state_dict(saved["scheduler"])
-            checkpoint.set_rng_state(saved["rng"])
-            self.state.load_state_dict(saved["trainer"])
+            try:
+                self.model.load_state_dict(saved["model"])
+                self.opt.load_state_dict(saved["optimizer"])
+                self.sched.load_state_dict(saved["scheduler"])
+                checkpoint.set_rng_state(saved["rng"])
+                self.state.load_state_dict(saved["trainer"])
+            except (KeyError, ValueError, RuntimeError, TypeError) as e:
+                raise UserError(f"{self.run_dir}: its checkpoint does not resume this run "
+                                f"({type(e).__name__}: {str(e)[:200]}); use another --out") from None
         if self.main:
             rundir.write_config(self.cfg, self.run_dir)
             metrics.truncate(self.metrics_path, self.state.step)

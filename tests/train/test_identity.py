@@ -75,3 +75,20 @@ def test_a_key_added_since_at_its_default_is_no_difference(tmp_path, demo_data):
     assert identify(tiny(), run).kind == "finished"
     assert identify(tiny("run.spike_window=7"), run).diff == ("run.spike_window: 50 -> 7",)
     assert train(tiny(), run, data_root=demo_data, progress=False) == first
+
+
+def test_an_optimizer_state_that_does_not_fit_is_a_clear_error(tmp_path, demo_data):
+    import torch
+
+    from moe_vs_dense.train import checkpoint
+
+    run = tmp_path / "run"
+    train(tiny("train.tokens=4096"), run, data_root=demo_data, progress=False)
+    path = checkpoint.checkpoints(run)[-1]
+    saved = torch.load(path, weights_only=True)
+    saved["optimizer"]["param_groups"] = saved["optimizer"]["param_groups"][:1]
+    torch.save(saved, path)
+    before = snapshot(run)
+    with pytest.raises(UserError, match="checkpoint does not resume this run.*ValueError"):
+        train(tiny(), run, data_root=demo_data, progress=False, force=True)
+    assert snapshot(run) == before
