@@ -22,16 +22,18 @@ def test_three_by_two_is_refused_with_a_third_budget_to_add():
     assert "add a third token budget (for example 1.3e+05)" in ident.line
 
 
-def test_three_by_three_is_accepted_and_eight_of_it_refused():
-    df = grid((1e5, 3e5, 1e6), (3.2e4, 6.5e4, 1.3e5))
+def test_four_by_three_is_accepted_and_three_by_three_refused():
+    df = grid((1e5, 3e5, 1e6, 3e6), (3.2e4, 6.5e4, 1.3e5))
     assert check_design(df, 5, ("N", "D"), "x").ok
-    short = check_design(df.iloc[:8], 5, ("N", "D"), "x")
-    assert not short.ok and "8 runs" in short.reason and "add 1 or more runs" in short.suggestion
+    short = check_design(df[df["N"] < 2e6], 5, ("N", "D"), "x")
+    assert not short.ok and "9 runs (3 sizes x 3 budgets)" in short.reason
+    assert "add 3 or more runs" in short.suggestion
+    assert check_design(df[df["N"] < 2e6], 5, ("N", "D"), "x", min_resid_df=4).ok
 
 
 def test_a_linear_variable_needs_two_levels_only():
     df = pd.DataFrame({"N": np.repeat([1e5, 3e5, 1e6, 3e6], 3), "E": np.tile([1, 8, 16], 4)})
-    assert check_design(df, 6, ("E",), "routed", linear=("N",)).ok
+    assert check_design(df, 6, ("E",), "routed", linear=("N",), min_resid_df=6).ok
     one = check_design(df[df["N"] == 1e5], 6, ("E",), "routed", linear=("N",))
     assert not one.ok and "a second size" in one.suggestion
 
