@@ -44,6 +44,7 @@ from analysis.chinchilla import (
     to_natural,
 )
 from analysis.errors import AnalysisError
+from analysis.identify import MIN_RESID_DF, NotIdentified, check_design, check_fit, numeric_jacobian
 from analysis.results import LawResult, group_label, resample_residuals
 
 NAMES = ["C", "A", "alpha", "B", "beta"]
@@ -205,18 +206,18 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
         if rows.empty:
             raise AnalysisError(f"group ({label}): no unimodal dense runs of {m} to compare with")
         unimodal[m] = fit_chinchilla(rows, {"family": "dense", "modality": m}, bootstrap=0,
-                                     grid=grid or Grid(), workers=workers)
+                                     grid=grid or Grid(), workers=workers,
+                                     min_resid_df=MIN_RESID_DF["bimodal"])
         logs[m] = [np.log(rows[c].to_numpy(float))[None] for c in ("N", "D")]
     joint = df[df["modalities"] == group["pair"]].pivot_table(
         index="run", columns="modality", values=["loss", "D", "N"], aggfunc="first")
     joint = joint.dropna()
-    if len(joint) < 5:
-        raise AnalysisError(f"group ({label}): {len(joint)} joint runs, fewer than the 5 parameters "
-                            "of the bimodal law")
-    N = joint[("N", i)].to_numpy(float)
-    Di, Dj = joint[("D", i)].to_numpy(float), joint[("D", j)].to_numpy(float)
-    if len(np.unique(N)) < 2:
-        raise AnalysisError(f"group ({label}): every joint run has the same size; alpha cannot be fitted")
+    N = joint[("N", i)].to_numpy(float) if len(joint) else np.zeros(0)
+    Di, Dj = (joint[("D", m)].to_numpy(float) if len(joint) else np.zeros(0) for m in (i, j))
+    ident = check_design(pd.DataFrame({"N": N, "D": Di + Dj}), 5, ("N", "D"), "bimodal",
+                         min_resid_df=MIN_RESID_DF["bimodal"])
+    if not ident.ok:
+        raise NotIdentified(f"group ({label}), joint runs", ident)
     observed = (joint[("loss", i)].to_numpy(float) + joint[("loss", j)].to_numpy(float)) / 2
     logN, logDi, logDj = np.log(N)[None], np.log(Di)[None], np.log(Dj)[None]
 
@@ -233,6 +234,11 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
     res = min((polish(lambda th: _objective(th, logN, logD, y[None]), x[k], gtol=1e-9)
                for k in np.argsort(finite)[:5]), key=lambda r: r.fun)
     theta = res.x
+    jac = numeric_jacobian(lambda th: -th[0] + np.exp(th[1] - th[2] * logN[0])
+                           + np.exp(th[3] - th[4] * logD[0]), theta)
+    ident = check_fit(jac, NAMES, suggestion="add joint runs at more sizes and token budgets")
+    if not ident.ok and not _ridge(theta, logN, logD):
+        raise NotIdentified(f"group ({label})", ident)
     params = pd.Series(_natural(theta[None])[0], index=NAMES)
     result = BimodalResult("bimodal", group, params, None, len(y), float(res.fun),
                            bool(res.success), str(res.message))
@@ -272,6 +278,12 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
     if not res.success:
         result.warnings.append(f"the optimizer did not converge: {res.message}")
     return result
+
+
+def _ridge(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray) -> bool:
+    """An estimate on the flat ridge the module docstring describes (a term a straight line in
+    the log): ill conditioned by construction, and reported with unbounded intervals instead."""
+    return bool(abs(theta[2]) * np.ptp(logN) < FLAT or abs(theta[4]) * np.ptp(logD) < FLAT)
 
 
 def _natural(theta: np.ndarray) -> np.ndarray:

@@ -75,9 +75,15 @@ def _ordinal(k: int) -> str:
     return {1: "second", 2: "third", 3: "fourth", 4: "fifth"}.get(k, f"{k + 1}th")
 
 
+def _count(k: int, column: str) -> str:
+    """'3 sizes', '1 size'."""
+    one, many = VARIABLES.get(column, (column, column))
+    return f"{k} {one if k == 1 else many}"
+
+
 def design_words(df: pd.DataFrame, columns: tuple[str, ...]) -> str:
     """'6 runs (3 sizes x 2 budgets)'."""
-    parts = [f"{df[c].nunique()} {VARIABLES.get(c, (c, c))[1]}" for c in columns if c in df]
+    parts = [_count(df[c].nunique(), c) for c in columns if c in df]
     return f"{len(df)} runs" + (f" ({' x '.join(parts)})" if parts else "")
 
 
@@ -100,7 +106,7 @@ def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label
             adds.append(f"a {_ordinal(have)} {name} (for example {_fmt(value)})" if k - have == 1
                         else f"{k - have} more {VARIABLES.get(c, (c, c))[1]} (for example "
                              f"{_fmt(value)})")
-        what = ", ".join(f"{df[c].nunique()} {VARIABLES.get(c, (c, c))[1]}" for c in short)
+        what = ", ".join(_count(df[c].nunique(), c) for c in short)
         return Identification(
             False, f"{words} for {n_params} parameters; {what}, and the law needs at least "
             + ", ".join(f"{k} {VARIABLES.get(c, (c, c))[1]}" for c, k in short.items()),

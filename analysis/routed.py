@@ -31,6 +31,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from analysis.errors import AnalysisError
+from analysis.identify import MIN_RESID_DF, NotIdentified, check_design
 from analysis.results import LawResult, group_label, interval, resample_residuals
 
 NAMES = ["a", "b", "c", "d", "E_start", "E_max"]
@@ -244,11 +245,11 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
     if df["E"].nunique() < 2:
         raise AnalysisError(f"group ({label}): the expert count does not vary; the routed law needs "
                             "runs with at least two expert counts")
-    if df["N"].nunique() < 2:
-        raise AnalysisError(f"group ({label}): every run has the same size; a cannot be fitted")
-    if len(df) < 7:
-        raise AnalysisError(f"group ({label}): {len(df)} points; the routed law's 6 parameters need "
-                            "at least 7 to leave a residual to estimate the noise from")
+    # E_hat saturates (curved in E: dense plus two expert counts at least); linear in log N
+    ident = check_design(df, len(NAMES), ("E",), "routed", linear=("N",),
+                         min_resid_df=MIN_RESID_DF["routed"])
+    if not ident.ok:
+        raise NotIdentified(f"group ({label})", ident)
     logN, logL = np.log(df["N"].to_numpy(float)), np.log(df["loss"].to_numpy(float))
     E = df["E"].to_numpy(float)
     (sse,), (coef,), (g,), (cov,) = fit_draws(logN, E, logL[None])
