@@ -45,7 +45,7 @@ from analysis.chinchilla import (
 )
 from analysis.errors import AnalysisError
 from analysis.identify import MIN_RESID_DF, NotIdentified, check_design, check_fit, numeric_jacobian
-from analysis.results import LawResult, group_label, resample_residuals
+from analysis.results import LawResult, group_label, held, resample_residuals
 
 NAMES = ["C", "A", "alpha", "B", "beta"]
 # starts for (c, a = log A, alpha, b = log B, beta)
@@ -150,7 +150,7 @@ class BimodalResult(LawResult):
         if self.boot is not None and len(self.boot) > 1:
             half = np.nanpercentile(np.abs(interaction_law(self.boot, N, D) - est),
                                     100 * (1 - self.expanded(alpha)), axis=0)
-            out["lower"], out["upper"] = est - half, est + half
+            out["lower"], out["upper"] = held(est, est - half, est + half)
         return out
 
     def barrier(self, tokens_per_param: float | None = None, alpha_level: float = 0.05) -> dict:
@@ -168,6 +168,7 @@ class BimodalResult(LawResult):
             level = self.expanded(alpha_level)
             lo, hi = np.exp(np.percentile(draws, [100 * level / 2, 100 * (1 - level / 2)],
                                           method="inverted_cdf"))
+            lo, hi = (float(v) for v in held(n, lo, hi))
             out.update(N_lower=lo, N_upper=hi, C_lower=6 * r * lo**2, C_upper=6 * r * hi**2)
         return out
 

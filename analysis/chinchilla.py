@@ -39,7 +39,7 @@ from analysis.identify import (
     check_fit,
     numeric_jacobian,
 )
-from analysis.results import LawResult, group_label, interval, resample_residuals
+from analysis.results import LawResult, group_label, held, interval, resample_residuals
 
 DELTA = 1e-3
 NAMES = ["E", "A", "B", "alpha", "beta"]
@@ -266,7 +266,7 @@ class ChinchillaResult(LawResult):
             draws = draws * np.exp(resample_residuals(self.resid, 5, len(draws), rng, len(N)))
         elif kind != "mean":
             raise AnalysisError(f"unknown interval kind {kind!r}; use mean or observation")
-        out["lower"], out["upper"] = interval(draws, self.expanded(alpha), axis=0)
+        out["lower"], out["upper"] = held(out["loss"], *interval(draws, self.expanded(alpha), axis=0))
         return out
 
     def compute_optimal(self, C, alpha_level: float = 0.05) -> pd.DataFrame:
@@ -279,13 +279,13 @@ class ChinchillaResult(LawResult):
         if self.boot is not None and len(self.boot) > 1:
             draws = np.array([frontier(p, C) for p in self.boot])  # [draws, 3, len(C)]
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
-                out[f"{name}_lower"], out[f"{name}_upper"] = interval(
-                    draws[:, j], self.expanded(alpha_level), axis=0)
+                out[f"{name}_lower"], out[f"{name}_upper"] = held(out[name], *interval(
+                    draws[:, j], self.expanded(alpha_level), axis=0))
         al, be = self.params["alpha"], self.params["beta"]
         out.attrs["a"], out.attrs["b"] = be / (al + be), al / (al + be)
         if self.boot is not None and len(self.boot) > 1:
-            lo, hi = interval(self.boot[:, 4] / (self.boot[:, 3] + self.boot[:, 4]),
-                              self.expanded(alpha_level))
+            lo, hi = (float(v) for v in held(out.attrs["a"], *interval(
+                self.boot[:, 4] / (self.boot[:, 3] + self.boot[:, 4]), self.expanded(alpha_level))))
             out.attrs.update(a_lower=lo, a_upper=hi, b_lower=1 - hi, b_upper=1 - lo)
         return out
 

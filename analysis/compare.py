@@ -30,7 +30,7 @@ from analysis.compute import Frontier
 from analysis.errors import AnalysisError
 from analysis.prediction import CHINCHILLA, prediction_interval
 from analysis.records import by_family, family_key
-from analysis.results import interval
+from analysis.results import held, interval
 
 TOLERANCE = 0.01  # moe_vs_dense/model/pairing.py matches partners to within 1%
 PAIR_COLUMNS = ["family", "modality", "pair", "run", "run_dense", "C", "N_active", "loss",
@@ -151,7 +151,7 @@ def delta_curve(other: Frontier, dense: Frontier, C: np.ndarray,
     if a is not None and b is not None:
         n = min(len(a), len(b))
         level = min(other.fit.expanded(alpha), dense.fit.expanded(alpha))
-        out["lower"], out["upper"] = interval(a[:n, 2] - b[:n, 2], level, axis=0)
+        out["lower"], out["upper"] = held(out["dL"], *interval(a[:n, 2] - b[:n, 2], level, axis=0))
     return out
 
 
@@ -190,8 +190,11 @@ def crossover_interval(other: Frontier, dense: Frontier, C: np.ndarray,
     if not (sure(below, sign) and sure(above, -sign)) or np.mean(np.isfinite(firsts)) < 1 - alpha:
         out["crossover"] = "none resolved (the band includes 0 on one side of it)"
         return out
-    lo, hi = interval(firsts, alpha)
-    out["crossover_lower"], out["crossover_upper"] = float(lo), float(hi)
+    lo, hi = (float(v) for v in held(x[0], *interval(firsts, alpha)))
+    if np.isnan(lo):
+        out["crossover"] = "none resolved (the draws' crossovers do not bracket the estimate)"
+        return out
+    out["crossover_lower"], out["crossover_upper"] = lo, hi
     out["crossover"] = f"{x[0]:.3g} FLOPs ({1 - alpha:.0%}: {lo:.3g} to {hi:.3g})"
     return out
 

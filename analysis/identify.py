@@ -84,7 +84,7 @@ def _count(k: int, column: str) -> str:
 def design_words(df: pd.DataFrame, columns: tuple[str, ...]) -> str:
     """'6 runs (3 sizes x 2 budgets)'."""
     parts = [_count(df[c].nunique(), c) for c in columns if c in df]
-    return f"{len(df)} runs" + (f" ({' x '.join(parts)})" if parts else "")
+    return f"{len(df)} run{'' if len(df) == 1 else 's'}" + (f" ({' x '.join(parts)})" if parts else "")
 
 
 def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label: str,

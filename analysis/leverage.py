@@ -39,8 +39,11 @@ from analysis.compute import FlopsPerToken, fit_flops_per_token
 from analysis.errors import AnalysisError
 from analysis.law_bank import CHINCHILLA, lse_objective
 from analysis.records import family_key
-from analysis.results import interval
+from analysis.results import held, interval
 
+# a law-free interval needs this many distinct bootstrap values, so that each 2.5% tail of
+# 1000 draws holds more than one: fewer runs leave too few distinct resamples to bound EL
+MIN_DISTINCT_DRAWS = 40
 MORE, LESS, UNRESOLVED = "experts worth more compute", "experts worth less", "not resolved"
 EXTRAPOLATE = (10.0, 100.0)
 FULL_GRID = Grid()
@@ -156,10 +159,13 @@ def optimal_params(p: np.ndarray, C: np.ndarray, flops: FlopsPerToken) -> np.nda
 
 def interval_with_inf(draws: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     """Percentile interval over axis 0 where some draws are +inf (the dense law never reaches
-    the loss): those rank above every finite draw, so a bound among them is +inf."""
-    big = np.finfo(float).max
-    lo, hi = interval(np.where(np.isinf(draws), big, draws), alpha, axis=0)
-    return np.where(lo >= big, np.inf, lo), np.where(hi >= big, np.inf, hi)
+    the loss): those rank above every finite draw, so a bound among them is +inf. Order
+    statistics (no interpolation), so a bound is a draw or inf, never a blend of the two."""
+    x = np.where(np.isnan(draws), np.nan, draws)
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.nanpercentile(x, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0,
+                                  method="inverted_cdf")
+    return lo, hi
 
 
 def verdict(lower: float, upper: float) -> str:
@@ -198,7 +204,7 @@ class LeverageFit:
         out = pd.DataFrame({"C": C, "EL": el, "lower": np.nan, "upper": np.nan})
         if self.dense.boot is not None and self.moe.boot is not None:
             draws = leverage(self.dense.boot, self.moe.boot, C, self.flops_dense, self.flops_moe)
-            out["lower"], out["upper"] = interval_with_inf(draws, alpha)
+            out["lower"], out["upper"] = held(el, *interval_with_inf(draws, alpha))
             out["unreachable_share"] = np.isinf(draws).mean(0)
         out["verdict"] = [verdict(lo, hi) for lo, hi in zip(out["lower"], out["upper"], strict=True)]
         out["MoE total params"] = n_moe * self.total_per_active
@@ -309,23 +315,32 @@ def envelope(C: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return C[keep], L[keep]
 
 
-def law_free_ratio(dense_C, dense_L, moe_C, moe_L) -> tuple[float, np.ndarray]:
+def law_free_ratio(dense_C, dense_L, moe_C, moe_L, moe_w=None) -> tuple[float, np.ndarray]:
     """Geometric mean over the MoE's Pareto runs of C_dense / C_moe, where C_dense is the compute
     at which the dense Pareto front (log-log interpolated) reaches that run's loss; only runs
-    whose loss the dense front brackets count (no extrapolation). (ratio, their compute)."""
+    whose loss the dense front brackets count (no extrapolation). moe_w: each MoE run's
+    multiplicity in a bootstrap draw (a run drawn twice counts twice in the mean; runs of
+    weight 0 are left out). (ratio, their compute)."""
+    mC, mL = np.asarray(moe_C, float), np.asarray(moe_L, float)
+    w = np.ones_like(mC) if moe_w is None else np.asarray(moe_w, float)
     dc, dl = envelope(np.asarray(dense_C, float), np.asarray(dense_L, float))
-    mc, ml = envelope(np.asarray(moe_C, float), np.asarray(moe_L, float))
+    mc, ml = envelope(mC[w > 0], mL[w > 0])
     inside = (ml >= dl.min()) & (ml <= dl.max())
     if len(dc) < 2 or not inside.any():
         return np.nan, mc[:0]
+    weight = np.array([w[w > 0][(mC[w > 0] == c) & (mL[w > 0] == v)].sum()
+                       for c, v in zip(mc[inside], ml[inside], strict=True)])
     logc = np.interp(-np.log(ml[inside]), -np.log(dl), np.log(dc))
-    return float(np.exp(np.mean(logc - np.log(mc[inside])))), mc[inside]
+    return float(np.exp(np.average(logc - np.log(mc[inside]), weights=weight))), mc[inside]
 
 
 def law_free_leverage(fit: LeverageFit, df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
                       alpha: float = 0.05) -> dict:
     """EL from the runs alone on the observed range, with a bootstrap interval over the same
-    paired resampling as the laws, and the law-based EL at the compared runs' compute."""
+    paired resampling as the laws (runs, not residuals, resampled; each MoE run weighted by how
+    often a draw holds it), and the law-based EL at the compared runs' compute. No interval
+    where the draws take fewer than MIN_DISTINCT_DRAWS distinct values (column `distinct
+    draws`) or where it would not hold its estimate."""
     rows = df[df["modality"] == fit.modality].assign(fkey=lambda x: family_key(x))
     rows = rows.assign(key=pair_keys(rows))
     d, m = rows[rows["fkey"] == "dense"], rows[rows["fkey"] == fit.family]
@@ -338,7 +353,10 @@ def law_free_leverage(fit: LeverageFit, df: pd.DataFrame, bootstrap: int = 1000,
         wd, wm = paired_weights(d["key"].to_numpy(), m["key"].to_numpy(), bootstrap,
                                 np.random.default_rng(seed + 1))
         dC, dL, mC, mL = (x.to_numpy(float) for x in (d["C"], d["loss"], m["C"], m["loss"]))
-        draws = np.array([law_free_ratio(dC[a > 0], dL[a > 0], mC[b > 0], mL[b > 0])[0]
+        draws = np.array([law_free_ratio(dC[a > 0], dL[a > 0], mC, mL, b)[0]
                           for a, b in zip(wd, wm, strict=True)])
-        out["lower"], out["upper"] = interval(draws, alpha)
+        distinct = len(np.unique(draws[np.isfinite(draws)].round(12)))
+        out["distinct draws"] = distinct
+        if distinct >= MIN_DISTINCT_DRAWS:
+            out["lower"], out["upper"] = (float(v) for v in held(est, *interval(draws, alpha)))
     return out
