@@ -230,7 +230,9 @@ def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
     """Per (family, modality) with a dense frontier too, at the smallest, median and largest
     observed compute of the modality and 10x, 100x ... beyond: each family's compute-optimal
     loss with its 1 - alpha prediction interval (a new run at that N*, D*), dL with its
-    bootstrap band, and a verdict ("<family> better", "dense better" or "not resolved")."""
+    bootstrap band, and a verdict ("<family> better", "dense better" or "not resolved");
+    `extrapolated in` names what lies outside the runs: C beyond the largest run's compute,
+    and each family's N* or D* outside the range of its runs' sizes or tokens."""
     rows, df = [], by_family(df)
     for (family, modality), f in sorted(frontiers.items()):
         if family == "dense" or ("dense", modality) not in frontiers:
@@ -240,10 +242,13 @@ def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
         where = _computes(runs["C"].to_numpy(float), extrapolate)
         C = np.array([c for c, _ in where])
         curve = delta_curve(f, dense, C, alpha)
-        pis = {}
+        pis, outside = {}, [[] for _ in C]
         for fam, fr in (("dense", dense), (family, f)):
             at = fr.at(C)
             train = runs[runs["family"] == fam]
+            for i, marks in enumerate(outside):
+                marks += [f"{v}* of {fam.split()[0]}" for v, col in (("N", "N_opt"), ("D", "D_opt"))
+                          if not train[v].min() <= at[col].iloc[i] <= train[v].max()]
             pis[fam] = prediction_interval(fr.fit, CHINCHILLA, train,
                                            at.rename(columns={"N_opt": "N", "D_opt": "D"}), alpha)
         for i, (c, label) in enumerate(where):
@@ -257,5 +262,7 @@ def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
             row["dL lower"], row["dL upper"] = d.get("lower", np.nan), d.get("upper", np.nan)
             row["verdict"] = (f"{family} better" if row["dL upper"] < 0 else
                               "dense better" if row["dL lower"] > 0 else "not resolved")
+            beyond = ["C"] if c > runs["C"].max() else []
+            row["extrapolated in"] = ", ".join(beyond + outside[i]) or "-"
             rows.append(row)
     return pd.DataFrame(rows)

@@ -63,3 +63,32 @@ def test_identical_bootstrap_draws_are_degenerate():
 def test_interval_ok_needs_width_and_the_estimate():
     ok = interval_ok([1.0, 1.0, 1.0, 1.0], [0.5, 1.0, 1.1, 0.5], [1.5, 1.0, 1.2, np.inf])
     assert ok.tolist() == [True, False, False, True]
+
+
+def test_report_on_a_three_by_two_design_prints_what_to_add_and_no_estimate(tmp_path):
+    """The demo's design: 3 sizes x 2 token budgets per family. No Chinchilla estimate,
+    interval or verdict is printed; each group gets one line with the budget to add."""
+    import json
+
+    from analysis.report import write_report
+    from analysis.synthetic import chinchilla_law, record
+
+    rng = np.random.default_rng(0)
+    truth = {"E": 1.2, "A": 300.0, "B": 200.0, "alpha": 0.35, "beta": 0.30}
+    for k, (N, D) in enumerate((n, d) for n in (1e5, 3e5, 1e6) for d in (3.2e4, 6.5e4)):
+        for family, shift in (("dense", 0.0), ("moe", -0.03)):
+            loss = float(chinchilla_law(N, D, truth)) * np.exp(rng.normal(0, 0.005)) + shift
+            rec = record(f"{family}-{k}", family, ["text"], int(N), {"text": int(D)},
+                         {"text": loss}, n_experts=8 if family == "moe" else 0, router="learned",
+                         pair_id=f"p{k}")
+            d = tmp_path / "runs" / rec["run_id"]
+            d.mkdir(parents=True)
+            (d / "record.json").write_text(json.dumps(rec))
+    text = write_report([tmp_path / "runs"], tmp_path / "out", bootstrap=20).read_text()
+    gaps = [line for line in text.splitlines() if line.startswith("- group (family=")]
+    assert len(gaps) == 2, text
+    for line in gaps:
+        assert "not identified: 6 runs (3 sizes x 2 budgets) for 5 parameters" in line
+        assert "add a third token budget (for example 1.3e+05)" in line
+    assert "| E " not in text and "competition barrier" not in text
+    assert "experts worth" not in text
