@@ -160,7 +160,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   f"{c_min:.3g} to {c_max:.3g} FLOPs:", "",
                   render(compare_laws(fronts, c_min, c_max))]
         figs.append(plots.delta_vs_compute(fronts, pair_rows, c_min, c_max,
-                                           out / "delta_vs_compute.png"))
+                                           out / "delta_vs_compute.png", df["C"].max()))
     tests = _try("shared-exponent test", lambda: shared_tests(
         df, bootstrap=bootstrap, draws=max(bootstrap, 99), fits=chinchilla_by_group(chin)), notes)
     if tests:
