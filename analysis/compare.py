@@ -199,18 +199,32 @@ def crossover_interval(other: Frontier, dense: Frontier, C: np.ndarray,
     return out
 
 
+def run_share(df: pd.DataFrame | None, family: str, modality: str) -> float:
+    """Median over the family's runs of run compute / compute on this modality (C_total / C):
+    what a per-modality compute costs as a whole run of that mixture; NaN without runs."""
+    if df is None or "C_total" not in df:
+        return np.nan
+    g = by_family(df)
+    g = g[(g["family"] == family) & (g["modality"] == modality)]
+    return float(np.median(g["C_total"] / g["C"])) if len(g) else np.nan
+
+
 def compare_laws(frontiers: dict[tuple[str, str], Frontier], c_min: float, c_max: float,
-                 points: int = 200, alpha: float = 0.05) -> pd.DataFrame:
+                 points: int = 200, alpha: float = 0.05, df: pd.DataFrame | None = None
+                 ) -> pd.DataFrame:
     """Per (family, modality) with a dense frontier too: where dL(C) changes sign between
     c_min and c_max, with its interval or why none is resolved (C as analysis/compute.py
-    defines it). The values of dL at given computes: `law_points`."""
+    defines it: FLOPs on this modality's tokens). With the runs `df`, `run compute / C` says
+    what one FLOP on the modality costs as a whole run of the family's mixture (run_share), to
+    read a crossover as a cost. The values of dL at given computes: `law_points`."""
     C = np.exp(np.linspace(np.log(c_min), np.log(c_max), points))
     rows = []
     for (family, modality), f in sorted(frontiers.items()):
         if family == "dense" or ("dense", modality) not in frontiers:
             continue
         rows.append({"family": family, "modality": modality, "C_min": c_min, "C_max": c_max,
-                     **crossover_interval(f, frontiers[("dense", modality)], C, alpha)})
+                     **crossover_interval(f, frontiers[("dense", modality)], C, alpha),
+                     "run compute / C": run_share(df, family, modality)})
     return pd.DataFrame(rows)
 
 
@@ -251,8 +265,10 @@ def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
                           if not train[v].min() <= at[col].iloc[i] <= train[v].max()]
             pis[fam] = prediction_interval(fr.fit, CHINCHILLA, train,
                                            at.rename(columns={"N_opt": "N", "D_opt": "D"}), alpha)
+        share = run_share(df, family, modality)
         for i, (c, label) in enumerate(where):
-            row = {"family": family, "modality": modality, "C": c, "where": label}
+            row = {"family": family, "modality": modality, "C": c, "C (whole run)": c * share,
+                   "where": label}
             for fam in ("dense", family):
                 p, col = pis[fam].iloc[i], f"L_{fam.split()[0]}"  # L_moe for every MoE family
                 row[col], row[f"{col} lower"], row[f"{col} upper"] = \

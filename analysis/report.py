@@ -25,8 +25,12 @@ HOLDOUT = 3  # largest-compute runs per group the report's backtest predicts
 
 def _regime(df: pd.DataFrame) -> str:
     ratio = df["D"] / df["N"]
-    return (f"tokens per active parameter (D/N) span {ratio.min():.3g} to {ratio.max():.3g} "
-            f"(median {ratio.median():.3g}); Chinchilla's compute-optimal ratio is about 20")
+    return (f"D/N, the tokens of each modality a run trained on over its parameters (N as "
+            f"defined above, embeddings included as the record counts them), spans "
+            f"{ratio.min():.3g} to {ratio.max():.3g} (median {ratio.median():.3g}). Chinchilla's "
+            "compute-optimal ratio of about 20 is all training tokens over all parameters of a "
+            "dense text model; on a run of several modalities each modality's ratio is only "
+            "its share of the run's")
 
 
 def _precision(df: pd.DataFrame) -> str:
@@ -154,11 +158,14 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "compute-optimal loss with the 95% prediction interval of a new run at that "
                   "N*, D* (bootstrap refits x resampled residuals); dL = L_moe - L_dense with "
                   "its 95% bootstrap band; verdict: which is lower where the band excludes 0, "
-                  "else not resolved. `extrapolated in`: what lies outside the runs at that row (C "
-                  "beyond the largest run, or a family's N* or D* outside its runs' sizes or "
-                  "tokens).", "", render(points), "", "Where dL changes sign, from "
+                  "else not resolved. C is FLOPs on the modality's tokens; `C (whole run)` the compute "
+                  "of a whole run of the family's mixture that spends C on this modality (median "
+                  "ratio over its runs), the cost to read a crossover by. `extrapolated in`: "
+                  "what lies outside the runs at that row (C beyond the largest run, or a "
+                  "family's N* or D* outside its runs' sizes or tokens).", "", render(points),
+                  "", "Where dL changes sign, from "
                   f"{c_min:.3g} to {c_max:.3g} FLOPs:", "",
-                  render(compare_laws(fronts, c_min, c_max))]
+                  render(compare_laws(fronts, c_min, c_max, df=df))]
         figs.append(plots.delta_vs_compute(fronts, pair_rows, c_min, c_max,
                                            out / "delta_vs_compute.png", df["C"].max()))
     tests = _try("shared-exponent test", lambda: shared_tests(
