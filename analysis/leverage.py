@@ -191,6 +191,7 @@ class LeverageFit:
     C_observed: np.ndarray  # the MoE family's compute values
     paired_units: int
     law: str = "chinchilla"
+    N_observed: tuple[float, float] | None = None  # the MoE runs' smallest and largest size
 
     def curve(self, C, alpha: float = 0.05) -> pd.DataFrame:
         """EL with its interval and verdict at compute C, and the storage side: the MoE's total
@@ -226,6 +227,14 @@ class LeverageFit:
         curve.insert(0, "modality", self.modality)
         curve["law"] = self.law
         curve["note"] = [_note(r, self.dense) for r in curve.itertuples()]
+        if self.N_observed is not None:
+            n_moe = curve["MoE total params"] / self.total_per_active
+            beyond = ~n_moe.between(*self.N_observed)
+            curve.loc[beyond, "note"] = [
+                "; ".join(filter(None, [n, f"the MoE's N* = {v:.3g} lies outside its runs' sizes "
+                                        f"({self.N_observed[0]:.3g} to {self.N_observed[1]:.3g}): "
+                                        "extrapolated in N"]))
+                for n, v in zip(curve.loc[beyond, "note"], n_moe[beyond], strict=True)]
         return curve
 
 
@@ -266,7 +275,8 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
     flops = lambda g: fit_flops_per_token(g["N"], g["flops_per_token"])  # noqa: E731
     return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
                        float(np.median(moe_df["N_total"] / moe_df["N_active"])),
-                       moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)))
+                       moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)),
+                       N_observed=(float(moe_df["N"].min()), float(moe_df["N"].max())))
 
 
 def _reuse(fits, family: str, modality: str, runs: pd.DataFrame):

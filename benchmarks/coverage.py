@@ -47,7 +47,7 @@ the post-fit checks refuse (ill-conditioned optimum) counts in `refused ...` and
 coverages. Also `trials` and `bootstrap`.
 
 Usage: python benchmarks/coverage.py [--trials 120] [--bootstrap 400] [--workers 2] [--only NAME]
-       [--quick]
+       [--quick] [--smallest]
 """
 
 from __future__ import annotations
@@ -265,6 +265,8 @@ def _run(law: str, cases: dict, trial: Callable, trials: int, bootstrap: int,
     """Every case's trials (seeds 0..trials-1) over `workers` processes; one row per quantity."""
     from tqdm import tqdm
 
+    if SMALLEST_ONLY:
+        cases = {k: v for k, v in cases.items() if v.get("smallest") or v.get("refuse")}
     jobs = [(name, seed, bootstrap) for name in cases for seed in range(trials)]
     bar = tqdm(total=len(jobs), desc=law, unit="fit", leave=False, disable=None)
     results = []
@@ -396,6 +398,7 @@ def law_bank(trials: int, bootstrap: int, workers: int) -> Section:
 
 
 QUICK = (8, 100)  # --quick: trials per case, bootstrap refits per fit
+SMALLEST_ONLY = False  # --smallest: only the smallest accepted and the refused designs
 LOWEST = ("estimate_inside_interval", "coverage_smallest_design", "refused_below_threshold")
 SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
     "chinchilla": chinchilla, "bimodal": bimodal, "routed": routed,
@@ -413,7 +416,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help=f"{QUICK[0]} trials and {QUICK[1]} bootstrap refits: a smoke run whose "
                     "coverages are too few trials to judge a target by")
+    ap.add_argument("--smallest", action="store_true",
+                    help="chinchilla, bimodal, routed: only the smallest accepted designs and "
+                    "those just below the gate")
     args = ap.parse_args()
+    global SMALLEST_ONLY
+    SMALLEST_ONLY = args.smallest
     trials, bootstrap = QUICK if args.quick else (args.trials, args.bootstrap)
     figures: dict[str, float] = {}
     for name in args.only or SECTIONS:
