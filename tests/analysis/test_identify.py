@@ -92,3 +92,83 @@ def test_report_on_a_three_by_two_design_prints_what_to_add_and_no_estimate(tmp_
         assert "add a third token budget (for example 1.3e+05)" in line
     assert "| E " not in text and "competition barrier" not in text
     assert "experts worth" not in text
+
+
+SMALL_GRID_ARGS = dict(alpha=(0.0, 1.0, 2.0), beta=(0.0, 1.0, 2.0), e=(-1.0, 0.0, 1.0),
+                       a=(0.0, 10.0, 25.0), b=(0.0, 10.0, 25.0))
+TRUTH = {"E": 1.2, "A": 300.0, "B": 200.0, "alpha": 0.35, "beta": 0.30}
+
+
+def _chinchilla_grid(sizes, budgets, seed: int, noise: float = 0.01) -> pd.DataFrame:
+    from analysis.synthetic import chinchilla_law
+
+    df = grid(sizes, budgets)
+    rng = np.random.default_rng(seed)
+    return df.assign(loss=chinchilla_law(df["N"], df["D"], TRUTH) * np.exp(rng.normal(0, noise, len(df))))
+
+
+def test_chinchilla_just_above_its_threshold_prints_intervals_that_hold_their_estimates():
+    from analysis.chinchilla import Grid, fit_chinchilla
+
+    for seed in range(3):
+        df = _chinchilla_grid((1e5, 3e5, 1e6, 3e6), (2e6, 6e6, 2e7), seed)
+        r = fit_chinchilla(df, bootstrap=100, seed=seed, grid=Grid(**SMALL_GRID_ARGS), workers=1)
+        ci = r.conf_int()
+        assert interval_ok(r.params, ci["lower"], ci["upper"]).all(), ci
+        p = r.predict_interval([5e5], [6e6])
+        co = r.compute_optimal([6 * 5e5 * 6e6])
+        assert interval_ok(p["loss"], p["lower"], p["upper"]).all()
+        assert interval_ok(co["N_opt"], co["N_opt_lower"], co["N_opt_upper"]).all()
+
+
+def test_chinchilla_refuses_three_by_three_and_three_by_two():
+    import pytest
+
+    from analysis.chinchilla import Grid, fit_chinchilla
+    from analysis.identify import NotIdentified
+
+    for budgets in ((2e6, 6e6, 2e7), (3.2e4, 6.5e4)):
+        with pytest.raises(NotIdentified, match="not identified: .* for 5 parameters; .*add"):
+            fit_chinchilla(_chinchilla_grid((1e5, 3e5, 1e6), budgets, 0), bootstrap=10,
+                           grid=Grid(**SMALL_GRID_ARGS), workers=1)
+
+
+def test_bimodal_just_above_and_below_its_threshold():
+    import pytest
+
+    from analysis.bimodal import fit_bimodal
+    from analysis.chinchilla import Grid
+    from analysis.identify import NotIdentified
+    from analysis.synthetic import bimodal_runs
+
+    uni = {"text": TRUTH, "dna": {"E": 1.3, "A": 150.0, "B": 400.0, "alpha": 0.30, "beta": 0.32}}
+    q = {"C": 0.5, "A": 40.0, "alpha": 0.3, "B": 5.0, "beta": 0.2}
+    group = {"family": "dense", "pair": "text+dna"}
+    design = [(N, D) for N in (1e5, 1e6, 1e7) for D in (4e6, 4e7, 1.2e8)]
+    r = fit_bimodal(bimodal_runs(uni, q, design, 0.002, 0), group, 100, 0,
+                    Grid(**SMALL_GRID_ARGS), workers=1)
+    p = r.points
+    assert interval_ok(p["interaction_fitted"], p["lower"], p["upper"]).all()
+    ci = r.conf_int()
+    assert interval_ok(r.params, ci["lower"], ci["upper"]).all()  # unbounded sides count
+    small = [(N, D) for N in (1e5, 1e6, 1e7) for D in (4e6, 4e7)]
+    with pytest.raises(NotIdentified, match=r"6 runs \(3 sizes x 2 budgets\).*add a third"):
+        fit_bimodal(bimodal_runs(uni, q, small, 0.002, 0), group, 10, 0, Grid(**SMALL_GRID_ARGS),
+                    workers=1)
+
+
+def test_routed_just_above_and_below_its_threshold():
+    import pytest
+
+    from analysis.identify import NotIdentified
+    from analysis.routed import fit_routed
+    from analysis.synthetic import routed_points
+
+    t = {"a": -0.08, "b": -0.05, "c": 0.004, "d": 1.9, "E_start": 1.9, "E_max": 300.0}
+    r = fit_routed(routed_points(t, (1e6, 1e7, 1e8), (1, 4, 16, 64), 0.003, 0), {"modality": "x"}, 100)
+    ci = r.conf_int()
+    assert interval_ok(r.params, ci["lower"], ci["upper"]).all()
+    g = r.gain([3e6], [64])
+    assert interval_ok(g["ratio"], g["lower"], g["upper"]).all()
+    with pytest.raises(NotIdentified, match=r"2 expert counts.*add a third expert count"):
+        fit_routed(routed_points(t, (1e6, 3e6, 1e7, 1e8), (1, 16), 0.003, 0), {"modality": "x"}, 10)
