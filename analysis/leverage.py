@@ -37,6 +37,7 @@ from analysis.chinchilla import NAMES, REFIT_ITERS, ChinchillaResult, Grid, batc
 from analysis.compare import match_runs
 from analysis.compute import FlopsPerToken, fit_flops_per_token
 from analysis.errors import AnalysisError
+from analysis.identify import check_draws
 from analysis.law_bank import CHINCHILLA, lse_objective
 from analysis.records import family_key
 from analysis.results import held, interval
@@ -272,6 +273,9 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
     if bootstrap:
         wd, wm = paired_weights(kd, km, bootstrap, np.random.default_rng(seed))
         dense.boot, moe.boot = refit_weighted(dense, dense_df, wd), refit_weighted(moe, moe_df, wm)
+        for fit in (dense, moe):  # draws that do not vary give no interval (identify.check_draws)
+            if not check_draws(fit.boot, fit.params.to_numpy(), NAMES).ok:
+                fit.boot = None
     flops = lambda g: fit_flops_per_token(g["N"], g["flops_per_token"])  # noqa: E731
     return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
                        float(np.median(moe_df["N_total"] / moe_df["N_active"])),

@@ -31,7 +31,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from analysis.errors import AnalysisError
-from analysis.identify import MIN_RESID_DF, NotIdentified, check_design
+from analysis.identify import MIN_RESID_DF, NotIdentified, check_design, check_fit
 from analysis.results import LawResult, group_label, interval, resample_residuals
 
 NAMES = ["a", "b", "c", "d", "E_start", "E_max"]
@@ -257,6 +257,9 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
     params = pd.Series([*coef, s, m], index=NAMES)
     result = RoutedResult("routed", group, params, None, len(df), float(sse), True, "least squares")
     X = _design(logN, E, s, m)
+    ident = check_fit(X, ["a", "b", "c", "d"], suggestion="add runs at more sizes and expert counts")
+    if not ident.ok:  # given the grid point the law is linear: X is its Jacobian
+        raise NotIdentified(f"group ({label})", ident)
     result.ols = sm.OLS(logL, X).fit()
     result.cov, result.resid = cov, logL - X @ coef
     result.scatter = sse / (len(df) - len(NAMES))
