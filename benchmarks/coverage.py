@@ -3,10 +3,13 @@ drawn from known laws with noise on every run (unimodal baselines included), for
 parameter and derived quantity the report shows. Target: each law's lowest coverage in
 [0.90, 0.99].
 
-Sections (run all, or one with --only NAME):
+Sections (run all, or one with --only NAME). chinchilla, bimodal and routed each also try the
+smallest design the law's identification gate (analysis/identify.py) accepts and designs just
+below it, which every trial must refuse:
   chinchilla  Chinchilla law: E, A, B, alpha, beta, the loss at a point inside the data, the
               frontier exponent a (N* ~ C^a; b = 1 - a covers with it) and N*(C) at a compute
-              inside the data; two truths and designs.
+              inside the data; two truths and designs, the smallest accepted (4 sizes x 3
+              budgets) at two truths and noise levels, and 3x3 and 3x2 below the gate.
   bimodal     bimodal interaction law: C, A, alpha, B, beta (an unbounded bound the fit
               reports counts as covering: it claims nothing there), the interaction at the
               smallest, middle and largest joint run and at all runs pooled, the competition
