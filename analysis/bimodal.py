@@ -5,7 +5,8 @@
 L_i, L_j are Chinchilla fits to unimodal dense runs; the joint loss is the mean of the joint
 run's two held-out losses. The interaction I = -C + A/N^alpha + B/(Di+Dj)^beta is fitted to
 the joint runs (Huber, delta = 1e-3, batched L-BFGS from a grid of starts, the best five
-polished with scipy). I > 0: the modalities compete (the joint model is worse than separate
+polished with scipy; bootstrap refits start from the estimate and the grid's other local
+optima, each keeping its best). I > 0: the modalities compete (the joint model is worse than separate
 models on the same tokens); I < 0: synergy. The competition barrier is the model size (and
 compute, at a tokens-per-parameter ratio) where I changes sign.
 
@@ -38,13 +39,21 @@ from analysis.chinchilla import (
     batched_lbfgs,
     fit_chinchilla,
     huber,
+    local_optima,
     log_law,
     polish,
     refit_draws,
     to_natural,
 )
 from analysis.errors import AnalysisError
-from analysis.identify import MIN_RESID_DF, NotIdentified, check_design, check_fit, numeric_jacobian
+from analysis.identify import (
+    MIN_RESID_DF,
+    NotIdentified,
+    check_design,
+    check_draws,
+    check_fit,
+    numeric_jacobian,
+)
 from analysis.results import LawResult, group_label, held, resample_residuals
 
 NAMES = ["C", "A", "alpha", "B", "beta"]
@@ -255,8 +264,16 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
             u.boot = to_natural(draws[m])
         noise = resample_residuals(y - fitted, 5, bootstrap, rng, robust=True)
         y_BN = base + fitted + noise - baseline(draws[i], draws[j])
-        boot_theta, _ = batched_lbfgs(lambda th, rows: _objective(th, logN, logD, y_BN[rows]),
-                                      np.tile(theta, (bootstrap, 1)), iters=500)
+        # each draw from the estimate and the grid's other local optima, keeping its best
+        starts = local_optima(x, finite, theta)
+        K = len(starts)
+        xs, fs = batched_lbfgs(lambda th, rows: _objective(th, logN, logD, y_BN[rows // K]),
+                               np.tile(starts, (bootstrap, 1)), iters=500)
+        best = np.where(np.isfinite(fs), fs, np.inf).reshape(bootstrap, K).argmin(1)
+        boot_theta = xs.reshape(bootstrap, K, 5)[np.arange(bootstrap), best]
+        ident = check_draws(boot_theta, theta, NAMES)
+        if not ident.ok:
+            raise NotIdentified(f"group ({label})", ident)
         result.boot = _natural(boot_theta)
     result.unimodal, result.spans = unimodal, (float(np.ptp(logN)), float(np.ptp(logD)))
     # the three fits' points and parameters together
