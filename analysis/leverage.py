@@ -193,6 +193,7 @@ class LeverageFit:
     paired_units: int
     law: str = "chinchilla"
     N_observed: tuple[float, float] | None = None  # the MoE runs' smallest and largest size
+    run_share: float = np.nan  # median C_total / C of the MoE runs: a whole run per modality FLOP
 
     def curve(self, C, alpha: float = 0.05) -> pd.DataFrame:
         """EL with its interval and verdict at compute C, and the storage side: the MoE's total
@@ -217,13 +218,16 @@ class LeverageFit:
         return out
 
     def table(self, alpha: float = 0.05) -> pd.DataFrame:
-        """EL at the smallest, median and largest observed compute and 10x, 100x beyond."""
+        """EL at the smallest, median and largest observed compute and 10x, 100x beyond; C is
+        FLOPs on this modality's tokens, `C (whole run)` the compute of a whole run of the MoE's
+        mixture that spends C on it (median ratio over its runs), the cost to read EL by."""
         c = self.C_observed
         points = [("smallest observed", c.min()), ("median observed", float(np.median(c))),
                   ("largest observed", c.max())]
         points += [(f"extrapolated {f:g}x beyond the largest", c.max() * f) for f in EXTRAPOLATE]
         curve = self.curve([v for _, v in points], alpha)
         curve.insert(0, "where", [w for w, _ in points])
+        curve.insert(curve.columns.get_loc("C") + 1, "C (whole run)", curve["C"] * self.run_share)
         curve.insert(0, "family", self.family)
         curve.insert(0, "modality", self.modality)
         curve["law"] = self.law
@@ -280,7 +284,9 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
     return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
                        float(np.median(moe_df["N_total"] / moe_df["N_active"])),
                        moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)),
-                       N_observed=(float(moe_df["N"].min()), float(moe_df["N"].max())))
+                       N_observed=(float(moe_df["N"].min()), float(moe_df["N"].max())),
+                       run_share=float(np.median(moe_df["C_total"] / moe_df["C"]))
+                       if "C_total" in moe_df else np.nan)
 
 
 def _reuse(fits, family: str, modality: str, runs: pd.DataFrame):
