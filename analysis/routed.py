@@ -32,7 +32,7 @@ import statsmodels.api as sm
 
 from analysis.errors import AnalysisError
 from analysis.identify import MIN_RESID_DF, NotIdentified, check_design, check_fit
-from analysis.results import LawResult, group_label, interval, resample_residuals
+from analysis.results import LawResult, group_label, held, interval, resample_residuals
 
 NAMES = ["a", "b", "c", "d", "E_start", "E_max"]
 E_START_GRID = np.exp(np.linspace(np.log(1.05), np.log(8.0), 16))
@@ -163,6 +163,7 @@ class RoutedResult(LawResult):
             ci.loc[["a", "b", "c", "d"], "lower"], ci.loc[["a", "b", "c", "d"], "upper"] = lo, hi
             ci.loc["E_start"] = self._profile_grid(0, E_START_GRID, alpha, 1.0)
             ci.loc["E_max"] = self._profile_grid(1, E_MAX_GRID, alpha, 1.0)
+            ci["lower"], ci["upper"] = held(self.params.to_numpy(float), ci["lower"], ci["upper"])
         return ci
 
     def profile_linear(self, x_GK4: np.ndarray, alpha: float) -> tuple[np.ndarray, ...]:
@@ -227,7 +228,8 @@ class RoutedResult(LawResult):
             p = self.params[NAMES].to_numpy()
             q, lo, hi = self.linear_interval(self._rows(p, N, E), self._rows(self.boot, N, E),
                                              alpha, noise=True)
-        return pd.DataFrame({"loss": np.exp(q), "lower": np.exp(lo), "upper": np.exp(hi)})
+        return pd.DataFrame({"loss": np.exp(q), **dict(zip(("lower", "upper"), held(
+            np.exp(q), np.exp(lo), np.exp(hi)), strict=True))})
 
     def gain(self, N, E, alpha: float = 0.05) -> pd.DataFrame:
         """L(N, E) / L(N, 1): the loss of E experts relative to the dense model of the same
@@ -235,7 +237,8 @@ class RoutedResult(LawResult):
         dense = np.ones_like(np.asarray(E, float))
         x = self._rows(GRID_ROWS, N, E) - self._rows(GRID_ROWS, N, dense)
         q, lo, hi = self.profile_linear(x, alpha)
-        return pd.DataFrame({"ratio": np.exp(q), "lower": np.exp(lo), "upper": np.exp(hi)})
+        return pd.DataFrame({"ratio": np.exp(q), **dict(zip(("lower", "upper"), held(
+            np.exp(q), np.exp(lo), np.exp(hi)), strict=True))})
 
 
 def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int = 0) -> RoutedResult:
