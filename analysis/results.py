@@ -71,8 +71,8 @@ class LawResult:
             "law": self.law, "group": self.group, "n_points": self.nobs,
             "objective": self.objective, "converged": self.converged, "message": self.message,
             "confidence": 1 - alpha,
-            "params": {k: {"estimate": _num(v), "lower": _num(ci.loc[k, "lower"]),
-                           "upper": _num(ci.loc[k, "upper"]), "std_err": _num(self.bse[k])}
+            "params": {k: {"estimate": _num(v), "lower": _bound(ci.loc[k, "lower"]),
+                           "upper": _bound(ci.loc[k, "upper"]), "std_err": _num(self.bse[k])}
                        for k, v in self.params.items()},
             "n_bootstrap": 0 if self.boot is None else len(self.boot),
             "warnings": self.warnings,
@@ -116,6 +116,12 @@ def group_label(group: dict) -> str:
 def _num(v) -> float | None:
     v = float(v)
     return v if np.isfinite(v) else None
+
+
+def _bound(v) -> float | str | None:
+    """An interval bound for JSON: the number, "unbounded" for an infinite one, null for none."""
+    v = float(v)
+    return "unbounded" if np.isinf(v) else _num(v)
 
 
 def resample_residuals(resid: np.ndarray, n_params: int, draws: int, rng: np.random.Generator,
