@@ -46,3 +46,10 @@ def test_an_unbounded_band_runs_to_the_top_of_the_axes():
     reach = max(np.nanmax(c.get_paths()[0].vertices[:, 1]) for c in ax.collections)
     assert reach >= top - 1e-9  # the unbounded part is drawn to the top, not clipped below it
     plt.close(fig)
+
+
+def test_json_bounds_say_unbounded_or_null():
+    from analysis.results import _bound
+
+    assert _bound(np.inf) == "unbounded" and _bound(-np.inf) == "unbounded"
+    assert _bound(np.nan) is None and _bound(1.5) == 1.5
