@@ -37,6 +37,7 @@ from analysis.identify import (
     check_design,
     check_draws,
     check_fit,
+    next_level,
     numeric_jacobian,
 )
 from analysis.results import LawResult, group_label, held, interval, resample_residuals
@@ -304,8 +305,11 @@ def check_optimum(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, label: 
     jac = numeric_jacobian(lambda th: log_law(th[None], logN, logD)[0], theta)
     edge = [name for name, v in (("alpha", theta[3]), ("beta", theta[4]))
             if not 0 < v <= MAX_EXPONENT]
+    N, D = np.exp(logN[0]), np.exp(logD[0])
     ident = check_fit(jac, ["A", "B", "E", "alpha", "beta"], edge,
-                      "add sizes and budgets that widen the range the runs span")
+                      f"add runs that widen the range: a larger size (for example "
+                      f"{next_level(N):.2g}) and a larger token budget (for example "
+                      f"{next_level(D):.2g}) at several sizes")
     if not ident.ok:
         raise NotIdentified(f"group ({label})", ident)
 
