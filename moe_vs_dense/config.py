@@ -377,16 +377,19 @@ def read_yaml(path: Path) -> tuple[Any, Where]:
 
 
 def _check_duplicates(node: yaml.Node, source: str, at: tuple[str, ...] = ()) -> None:
-    """A key set twice in one mapping names both lines (the YAML library keeps the last)."""
+    """A key set twice in one mapping names both lines (the YAML library keeps the last).
+    `source` is a file name, or "--set" for a value on the command line (no lines there)."""
     if isinstance(node, yaml.MappingNode):
         seen: dict[tuple[str, str], int] = {}
         for k, v in node.value:
             here, line = (*at, str(k.value)), k.start_mark.line + 1
             if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                 if (k.tag, k.value) in seen:
-                    raise UserError(f"{source}:{line}: {'.'.join(here)}: duplicate key, also set "
-                                    f"at line {seen[k.tag, k.value]}; YAML would silently keep "
-                                    "only the last, so merge the two into one")
+                    place, first = (source, "in the same value") if source == "--set" else (
+                        f"{source}:{line}", f"at line {seen[k.tag, k.value]}")
+                    raise UserError(f"{place}: {'.'.join(here)}: duplicate key, also set {first}; "
+                                    "YAML would silently keep only the last, so merge the two "
+                                    "into one")
                 seen[k.tag, k.value] = line
             _check_duplicates(v, source, here)
     elif isinstance(node, yaml.SequenceNode):
@@ -527,7 +530,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         node = loader.get_single_node()
         if node is None:
             return key.strip(), None
-        _check_duplicates(node, f"--set {key.strip()}")
+        _check_duplicates(node, "--set", tuple(key.strip().split(".")))
         return key.strip(), _plain(loader.construct_document(node))
     except yaml.YAMLError:
         return key.strip(), value

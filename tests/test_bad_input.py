@@ -31,7 +31,7 @@ CASES = [
     ("sweep plan {t}/dup_sweep.yaml --no-timing --out {t}/sw", 2,
      ["dup_sweep.yaml:4: tokens: duplicate key", "line 2"]),
     ("model info {demo} --set 'data.tokenizers={{dna: {{k: 2}}, dna: {{k: 3}}}}'", 2,
-     ["--set data.tokenizers", "dna: duplicate key"]),
+     ["--set: data.tokenizers.dna: duplicate key, also set in the same value"]),
     # tracebacks where a clear error belongs
     ("fit {t}/text_params.csv", 2, ["text_params.csv: column 'params'", "line(s) 3", "'1e6x'"]),
     ("fit {t}/runs.csv --bootstrap -5", 2, ["--bootstrap", "'-5'"]),
