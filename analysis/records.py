@@ -29,6 +29,11 @@ SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
            "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
            "loss_se", "bits_per_unit", "n_experts", "top_k", "granularity"]
+# what a CSV's columns may stand for (`load_csv`'s `columns` maps these to the CSV's names)
+CSV_KEYS = ("params", "tokens", "loss", "family", "modality", "flops", "seed", "n_experts",
+            "top_k", "router", "granularity", "run", "loss_se")
+CSV_NUMERIC = ("params", "tokens", "loss", "flops", "seed", "n_experts", "top_k", "granularity",
+               "loss_se")
 
 
 def family_key(df: pd.DataFrame) -> pd.Series:
@@ -137,12 +142,12 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
     FLOPs, else 6 x params x tokens), seed, n_experts, top_k, router, granularity, run, loss_se;
     `columns` maps those names to the CSV's own."""
     path = Path(path)
+    unknown = sorted(set(columns or {}) - set(CSV_KEYS))
+    if unknown:
+        raise AnalysisError(f"--col {', '.join(unknown)}: unknown key; keys: {', '.join(CSV_KEYS)}")
     if not path.is_file():
         raise AnalysisError(f"{path}: no such file")
-    names = {"params": "params", "tokens": "tokens", "loss": "loss", "family": "family",
-             "modality": "modality", "flops": "flops", "seed": "seed", "n_experts": "n_experts",
-             "top_k": "top_k", "router": "router", "granularity": "granularity",
-             "run": "run", "loss_se": "loss_se"} | (columns or {})
+    names = {k: k for k in CSV_KEYS} | (columns or {})
     try:
         raw = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -151,6 +156,9 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
         if names[key] not in raw.columns:
             raise AnalysisError(f"{path}: missing column '{names[key]}' (for {key}); columns: "
                                 f"{', '.join(raw.columns)}; map one with --col {key}=NAME")
+    for key in CSV_NUMERIC:
+        if names[key] in raw.columns:
+            raw[names[key]] = _numbers(raw[names[key]], path, f"'{names[key]}' (for {key})")
     get = lambda k, default: raw[names[k]] if names[k] in raw.columns else default  # noqa: E731
     df = pd.DataFrame({
         "run": get("run", pd.Series([f"row{i + 2}" for i in range(len(raw))])),
@@ -173,6 +181,17 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
     df["C_total"] = df["C"]
     df["flops_per_token"] = df["C"].astype(float) / df["D"].astype(float)
     return _finish(df, params)
+
+
+def _numbers(col: pd.Series, path: Path, what: str) -> pd.Series:
+    """A CSV column as floats; text in it is an error naming the lines (blank cells stay NaN)."""
+    out = pd.to_numeric(col, errors="coerce")
+    bad = out.isna() & col.notna()
+    if bad.any():
+        lines = [int(i) + 2 for i in col.index[bad]]
+        raise AnalysisError(f"{path}: column {what} holds text, not numbers, on line(s) "
+                            f"{', '.join(map(str, lines[:10]))} (first: {col[bad].iloc[0]!r})")
+    return out
 
 
 def _positive_finite(v) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from analysis.errors import AnalysisError
 from moe_vs_dense.errors import UserError
+from moe_vs_dense.outputs import writable_dir, writable_file
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -30,6 +32,22 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -120,7 +138,7 @@ def _analysis_inputs(p: argparse.ArgumentParser, csv: bool = True) -> None:
                    + (", or one CSV" if csv else ""))
     p.add_argument("--params", choices=["active", "total"], default="active",
                    help="N in the laws: active (default) or total params")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap refits (default 1000)")
+    p.add_argument("--bootstrap", type=_count, default=1000, help="bootstrap refits (default 1000)")
 
 
 def _columns(items: list[str]) -> dict[str, str]:
@@ -141,7 +159,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from analysis.records import load
     from analysis.tables import fits_table, render
 
-    df = load(args.inputs, args.params, _columns(args.col))
+    if args.json:
+        writable_file(args.json, "--json")
+    columns = _columns(args.col)
+    if columns and not (len(args.inputs) == 1 and args.inputs[0].endswith(".csv")):
+        raise UserError("--col maps the columns of one CSV input; the inputs are run records")
+    df = load(args.inputs, args.params, columns)
     shared = _shared_names(args.shared)
     if args.law != "chinchilla" and shared:
         raise UserError(f"--shared tests the chinchilla law; not --law {args.law}")
@@ -273,6 +296,7 @@ def _print_shared(df, fits, args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
+    writable_dir(args.out, "--out")
     path = write_report(args.inputs, Path(args.out), args.bootstrap, args.params)
     print(f"wrote {path}")
     return 0
@@ -346,9 +370,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="real data -> paired sweep -> fitted laws -> report, timed")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--minutes", type=float, default=12.0,
+    p.add_argument("--minutes", type=_positive_float, default=12.0,
                    help="time budget, data fetch included; scales the sweep (default 12)")
-    p.add_argument("--workers", type=int, help="worker processes (default: up to 2 cores)")
+    p.add_argument("--workers", type=_positive_int,
+                   help="worker processes (default: up to 2 cores)")
     _data_dir_arg(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -358,15 +383,17 @@ def _add_sweep_parsers(sub) -> None:
     ssub = sweep.add_subparsers(dest="sweep_command", required=True)
     p = ssub.add_parser("plan", help="every run with its compute, time estimate and command")
     _sweep_args(p)
-    p.add_argument("--workers", type=int, default=2, help="workers the time estimate assumes")
-    p.add_argument("--threads", type=int, default=1, help="threads per worker for the timing")
+    p.add_argument("--workers", type=_positive_int, default=2,
+                   help="workers the time estimate assumes")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="threads per worker for the timing")
     p.add_argument("--no-timing", action="store_true", help="skip the short timing")
     p.add_argument("--prepare", action="store_true", help="also prepare every mixture's data")
     p.set_defaults(func=_cmd_sweep_plan)
     p = ssub.add_parser("run", help="train what is missing or incomplete; safe to interrupt")
     _sweep_args(p)
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="threads per worker (default 1)")
     p.add_argument("--retrain-stale", action="store_true",
                    help="train again runs trained with another config (old ones move to DIR/stale/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -413,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="family of the matched partner (default: moe for dense, else dense)")
     p.add_argument("--match", choices=["flops", "params"], default="flops",
                    help="match active FLOPs per token (default) or total params")
-    p.add_argument("--batch-rows", type=int, default=16, help="rows per batch for memory")
+    p.add_argument("--batch-rows", type=_positive_int, default=16, help="rows per batch for memory")
     p.set_defaults(func=_cmd_model_info)
 
     p = sub.add_parser("train", help="train (or resume) one run; writes RUN_DIR/record.json")
@@ -439,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared", metavar="NAMES", help="also fit each modality's dense and MoE/MoT "
                    "runs jointly with these parameters shared (e.g. alpha,beta) and test that "
                    "restriction and one law for both (parametric bootstrap, --bootstrap draws)")
-    p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
+    p.add_argument("--holdout-largest", type=_count, default=0, metavar="K",
                    help="also backtest: fit without the K largest-compute runs of each group, "
                    "predict them with 95%% prediction intervals, say which were covered")
     p.set_defaults(func=_cmd_fit)

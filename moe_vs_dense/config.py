@@ -5,6 +5,7 @@ Everything downstream trusts a `Config`; nothing re-validates.
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from pathlib import Path
@@ -343,32 +344,66 @@ _Loader.add_constructor(
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (and the chain of files its `base:` names), apply `key.path=value`
-    overrides and validate; raise UserError."""
+    overrides and validate; a `files` source that names a missing file is an error too. Raise
+    UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     raw, where = read_with_bases(path, (path.resolve(),))
-    for item in overrides or []:
-        key, value = parse_override(item)
-        set_path(raw, key, value)
-        _forget(where, [tuple(key.split("."))])
-        where[tuple(key.split("."))] = "--set"
-    return validate(Config, raw, source=str(path), where=where)
+    apply_overrides(raw, where, overrides or [])
+    cfg = validate(Config, raw, source=str(path), where=where)
+    check_files(cfg, where, str(path))
+    return cfg
 
 
-def read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Where]:
-    """A config file's mapping with its `base:` chain merged in, and where each key was set."""
+def read_yaml(path: Path) -> tuple[Any, Where]:
+    """One YAML file's content and the `file:line` of every key in it. Invalid YAML and a key
+    given twice in one mapping (YAML would keep the last silently) are errors naming the lines."""
     text = path.read_text()
+    loader = _Loader(text)
     try:
-        raw = yaml.load(text, Loader=_Loader) or {}
-        root = yaml.compose(text, Loader=_Loader)
+        root = loader.get_single_node()
+        if root is None:
+            return {}, {}
+        _check_duplicates(root, str(path))
+        raw = loader.construct_document(root)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    finally:
+        loader.dispose()
+    return raw, key_lines(root, str(path))
+
+
+def _check_duplicates(node: yaml.Node, source: str, at: tuple[str, ...] = ()) -> None:
+    """A key set twice in one mapping names both lines (the YAML library keeps the last).
+    `source` is a file name, or "--set" for a value on the command line (no lines there)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for k, v in node.value:
+            here, line = (*at, str(k.value)), k.start_mark.line + 1
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                if (k.tag, k.value) in seen:
+                    place, first = (source, "in the same value") if source == "--set" else (
+                        f"{source}:{line}", f"at line {seen[k.tag, k.value]}")
+                    raise UserError(f"{place}: {'.'.join(here)}: duplicate key, also set {first}; "
+                                    "YAML would silently keep only the last, so merge the two "
+                                    "into one")
+                seen[k.tag, k.value] = line
+            _check_duplicates(v, source, here)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _check_duplicates(v, source, (*at, str(i)))
+
+
+def read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Where]:
+    """A config file's mapping with its `base:` chain merged in, and where each key was set.
+    Data paths are made absolute against the folder of the file that names them."""
+    raw, where = read_yaml(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys")
-    where = key_lines(root, str(path))
+    resolve_paths(raw, path.parent)
     if "base" not in raw:
         return _plain(raw), where
     base, at = raw.pop("base"), where.pop(("base",))
@@ -384,6 +419,60 @@ def read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, Where]:
     merged, replaced = _merge(inherited, raw)
     _forget(inherited_where, replaced)
     return merged, {**inherited_where, **where}
+
+
+def resolve_paths(raw: Any, folder: Path) -> None:
+    """Make the data paths of a raw config absolute against `folder` (the folder of the file
+    that names them, as `base:` is; the working directory for `--set`): `data.dir`, the
+    `paths` of every mixture stream, and an `hf` stream's `name` where it is a folder there."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict):
+        return
+
+    def absolute(p: Any) -> Any:
+        return os.path.abspath(folder / Path(p).expanduser()) if isinstance(p, str) else p
+
+    if "dir" in data:
+        data["dir"] = absolute(data["dir"])
+    for stream in (data.get("mixture") or {}).values() if isinstance(data.get("mixture"), dict) else []:
+        if not isinstance(stream, dict):
+            continue
+        if isinstance(stream.get("paths"), list):
+            stream["paths"] = [absolute(p) for p in stream["paths"]]
+        name = stream.get("name")
+        if stream.get("source") == "hf" and isinstance(name, str) and (folder / name).is_dir():
+            stream["name"] = absolute(name)
+
+
+def check_files(cfg: Config, where: Where, source: str) -> None:
+    """Every path of a `files` stream names a file; else an error naming where it was set."""
+    for key, s in cfg.data.mixture.items():
+        if s.source != "files":
+            continue
+        for i, p in enumerate(s.paths):
+            if not Path(p).is_file():
+                loc = ["data", "mixture", key, "paths", str(i)]
+                what = "is a directory, not a file" if Path(p).is_dir() else "file not found"
+                raise UserError(f"{_place(where, loc, source)}: {'.'.join(loc)}: {what}: {p}")
+
+
+def apply_overrides(raw: dict, where: Where, overrides: list[str]) -> None:
+    """Apply `--set key.path=value` items to `raw`, marking in `where` every key they set or
+    create as set by `--set` (so an error in a new mapping blames the command line). Relative
+    data paths they give are taken against the working directory."""
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = tuple(key.split("."))
+        node: Any = raw
+        for n, part in enumerate(parts[:-1], 1):
+            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                where[parts[:n]] = "--set"
+        set_path(raw, key, value)
+        _forget(where, [parts])
+        where[parts] = "--set"
+    if overrides:
+        resolve_paths(raw, Path.cwd())
 
 
 def _merge(base: dict, child: dict, at: tuple[str, ...] = ()) -> tuple[dict, list[tuple[str, ...]]]:
@@ -436,10 +525,17 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {item!r}: expected key.path=value")
+    loader = _Loader(value)
     try:
-        return key.strip(), yaml.safe_load(value)
+        node = loader.get_single_node()
+        if node is None:
+            return key.strip(), None
+        _check_duplicates(node, "--set", tuple(key.strip().split(".")))
+        return key.strip(), _plain(loader.construct_document(node))
     except yaml.YAMLError:
         return key.strip(), value
+    finally:
+        loader.dispose()
 
 
 def set_path(raw: dict, key: str, value: Any) -> None:

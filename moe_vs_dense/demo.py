@@ -167,11 +167,18 @@ def plan(out: Path, minutes: float, data_dir: str | None, workers: int, start: f
 def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | None = None,
          workers: int | None = None, bootstrap: int = REPORT_BOOTSTRAP, log=print) -> Path:
     """Run the demo into `out` within about `minutes`; returns the report's path."""
+    from moe_vs_dense.outputs import writable_dir
     from moe_vs_dense.sweep import run_sweep
     from moe_vs_dense.sweep.tables import plan_table, render_plan, summary
 
+    if not minutes > 0 or math.isinf(minutes):
+        raise UserError(f"--minutes {minutes:g}: the time budget must be a positive number")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
     start = time.monotonic()
-    out = Path(out)
+    out = writable_dir(out, "--out")
+    if data_dir:
+        writable_dir(data_dir, "--data-dir")
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     runs, scale = plan(out, minutes, data_dir, workers, start, bootstrap, log)
     table = plan_table(runs)

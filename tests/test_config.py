@@ -157,3 +157,71 @@ def test_base_errors(tmp_path, small_config):
     b.write_text("data:\n  seq_len: [unclosed\n")
     a.write_text("base: b.yaml\n")
     assert f"{b}:3: invalid YAML" in _error_of(a)
+
+
+def test_data_paths_are_relative_to_the_file_that_names_them(tmp_path, monkeypatch):
+    import shutil
+
+    from moe_vs_dense.sweep.spec import load_sweep
+    from tests.conftest import FIXTURES
+
+    (tmp_path / "cfg" / "bases").mkdir(parents=True)
+    (tmp_path / "cfg" / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(FIXTURES / "austen_emma.txt", tmp_path / "cfg" / "data" / "emma.txt")
+    shutil.copy(FIXTURES / "ecoli_40kb.fna", tmp_path / "cfg" / "genome.fna")
+    shutil.copy(FIXTURES / "ecoli_40kb.fna", tmp_path / "elsewhere" / "other.fna")
+    (tmp_path / "cfg" / "bases" / "base.yaml").write_text(
+        "data:\n  dir: ../cache\n  mixture:\n    dna: {source: files, paths: [../genome.fna]}\n")
+    child = tmp_path / "cfg" / "child.yaml"
+    child.write_text("base: bases/base.yaml\ndata:\n  mixture:\n"
+                     "    text: {source: files, paths: [data/emma.txt]}\n")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_config(child)
+    assert cfg.data.mixture["text"].paths == [str(tmp_path / "cfg" / "data" / "emma.txt")]
+    assert cfg.data.mixture["dna"].paths == [str(tmp_path / "cfg" / "genome.fna")]
+    assert cfg.data.dir == str(tmp_path / "cfg" / "cache")
+    # the command line names files relative to the working directory
+    cfg = load_config(child, ["data.mixture.dna.paths=[other.fna]"])
+    assert cfg.data.mixture["dna"].paths == [str(tmp_path / "elsewhere" / "other.fna")]
+    # a sweep's inline base: relative to the sweep file
+    (tmp_path / "cfg" / "sweep.yaml").write_text(
+        "name: s\ntokens: [1000]\nsizes: [{d_model: 16, n_layers: 1, n_heads: 2}]\n"
+        "families: {dense: {}}\nbase:\n  data: {mixture: {dna: {source: files, paths: [genome.fna]}}}\n")
+    _, base = load_sweep(tmp_path / "cfg" / "sweep.yaml")
+    assert base["data"]["mixture"]["dna"]["paths"] == [str(tmp_path / "cfg" / "genome.fna")]
+
+
+def test_a_missing_data_file_names_the_config_line_and_key_path(tmp_path, small_config):
+    small_config["data"]["mixture"]["dna"]["paths"] = ["nohdr.fa"]
+    path = write_config(tmp_path, small_config)
+    msg = _error_of(path)
+    assert f"{path}:{_line(path, '- nohdr.fa')}: data.mixture.dna.paths.0: file not found: " \
+           f"{tmp_path / 'nohdr.fa'}" in msg
+    (tmp_path / "nohdr.fa").mkdir()
+    assert "data.mixture.dna.paths.0: is a directory, not a file" in _error_of(path)
+
+
+def test_a_key_set_twice_names_both_lines(tmp_path, small_config):
+    path = write_config(tmp_path, small_config)
+    text = path.read_text()
+    path.write_text(text + "train: {tokens: 60000}\nmodel: {d_model: 32}\ntrain: {lr: 0.5}\n")
+    n = len(text.splitlines())
+    assert f"{path}:{n + 3}: train: duplicate key, also set at line {n + 1}" in _error_of(path)
+    # nested, and inside a !replace mapping of a base's child
+    path.write_text(text.replace("  seq_len: 64\n", "  seq_len: 64\n  seq_len: 32\n"))
+    line = _line(path, "seq_len: 32")
+    assert f"{path}:{line}: data.seq_len: duplicate key, also set at line {line - 1}" \
+        in _error_of(path)
+    path.write_text(text)
+    child = tmp_path / "child.yaml"
+    child.write_text("base: config.yaml\ndata:\n  mixture: !replace\n    dna: {source: ecoli}\n"
+                     "    dna: {source: ecoli, weight: 2}\n")
+    assert f"{child}:5: data.mixture.dna: duplicate key, also set at line 4" in _error_of(child)
+    # the same key in two mappings, and a merge key with an override, are not duplicates
+    child.write_text("base: config.yaml\nx: &m {d_model: 32, n_heads: 2}\n"
+                     "model: {<<: *m, d_model: 64}\ntrain: {lr: 0.01}\n")
+    assert "x: unknown key" in _error_of(child)
+    child.write_text("base: config.yaml\nmodel: {d_model: 64}\ntrain: {lr: 0.01}\n"
+                     "eval: {rows: 8}\nrun: {log_every: 3}\n")
+    assert load_config(child).run.log_every == 3

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from moe_vs_dense.errors import UserError
 
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # truncated, not gzip, corrupt inside
 _FASTA_SEQ = re.compile(r"^[A-Za-z*\-.]+$")
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -20,10 +23,12 @@ def _open_text(path: Path):
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if path.suffix == ".gz":
-        import gzip
-
         return gzip.open(path, "rt", errors="strict")
     return path.open("r", errors="strict")
+
+
+def _bad_gzip(path: Path, e: Exception) -> UserError:
+    return UserError(f"{path}: corrupt or truncated gzip ({e})")
 
 
 def read_fasta(path: Path) -> Iterator[tuple[str, str]]:
@@ -48,6 +53,8 @@ def read_fasta(path: Path) -> Iterator[tuple[str, str]]:
                     seq.append(line)
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a text FASTA file ({e.reason})") from None
+    except GZIP_ERRORS as e:
+        raise _bad_gzip(path, e) from None
     if header is None:
         raise UserError(f"{path}: malformed FASTA: no '>' record found")
     yield header, "".join(seq)
@@ -59,12 +66,10 @@ def read_idx(path: Path) -> np.ndarray:
         raise UserError(f"{path}: file not found")
     blob = path.read_bytes()
     if blob[:2] == b"\x1f\x8b":
-        import gzip
-
         try:
             blob = gzip.decompress(blob)
-        except (OSError, EOFError) as e:
-            raise UserError(f"{path}: corrupt gzip ({e})") from None
+        except GZIP_ERRORS as e:
+            raise _bad_gzip(path, e) from None
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in IDX_DTYPES:
         raise UserError(f"{path}: not an IDX file (bad magic number {blob[:4].hex()})")
     ndim = blob[3]
@@ -91,7 +96,16 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 def read_jsonl(path: Path, column: str) -> Iterator[dict]:
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
+        lines = enumerate(f, 1)
+        while True:
+            try:
+                lineno, line = next(lines)
+            except StopIteration:
+                return
+            except GZIP_ERRORS as e:
+                raise _bad_gzip(path, e) from None
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
             if not line.strip():
                 continue
             try:
@@ -124,3 +138,5 @@ def read_txt(path: Path) -> str:
             return f.read()
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except GZIP_ERRORS as e:
+        raise _bad_gzip(path, e) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from moe_vs_dense.config import StreamConfig
 from moe_vs_dense.data import formats
-from moe_vs_dense.data.fetch import read_manifest, sha256_file, stale_reason
+from moe_vs_dense.data.fetch import data_dir, read_manifest, sha256_file, stale_reason
 from moe_vs_dense.data.tokenizers import segment
 from moe_vs_dense.errors import UserError
 
@@ -96,21 +97,25 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- built-in sources
 
 
+def fetch_command(name: str, data: Path, force: bool = False) -> str:
+    """The command that fetches source `name` into `data` (with --data-dir unless `data` is
+    where a plain `data fetch` writes)."""
+    where = "" if data == data_dir() else f" --data-dir {shlex.quote(str(data))}"
+    return f"`moe-vs-dense data fetch {name}{' --force' if force else ''}{where}`"
+
+
 def builtin_files(data: Path, name: str) -> list[Path]:
     """The fetched files of a built-in source; a clear error if it was never fetched."""
     entry = read_manifest(data).get(name)
     if entry is None:
-        raise UserError(
-            f"source '{name}' is not fetched in {data}; run `moe-vs-dense data fetch {name}`"
-        )
+        raise UserError(f"source '{name}' is not fetched in {data}; run {fetch_command(name, data)}")
     why = stale_reason(name, entry)
     if why:
-        raise UserError(f"source '{name}' in {data} {why}; run "
-                        f"`moe-vs-dense data fetch {name} --force`")
+        raise UserError(f"source '{name}' in {data} {why}; run {fetch_command(name, data, True)}")
     paths = [data / "raw" / f["path"] for f in entry["files"]]
     for p, f in zip(paths, entry["files"], strict=True):
         if not p.is_file() or p.stat().st_size != f["bytes"]:
-            raise UserError(f"{p}: missing or truncated; run `moe-vs-dense data fetch {name} --force`")
+            raise UserError(f"{p}: missing or truncated; run {fetch_command(name, data, True)}")
     return paths
 
 
@@ -275,7 +280,7 @@ def source_fingerprint(s: StreamConfig, data: Path) -> dict:
         paths = [Path(p).expanduser() for p in s.paths]
         for p in paths:
             if not p.is_file():
-                raise UserError(f"{p}: file not found")
+                raise UserError(f"{p}: file not found (data.mixture stream, source: files)")
         return {"files": [sha256_file(p) for p in paths]}
     if s.source == "hf":
         return {"hf": [s.name, s.subset, s.split]}
@@ -293,4 +298,4 @@ def verify_builtin(s: StreamConfig, data: Path) -> None:
     for p, f in zip(builtin_files(data, s.source), entry["files"], strict=True):
         if sha256_file(p) != f["sha256"]:
             raise UserError(f"{p}: corrupt (checksum mismatch); run "
-                            f"`moe-vs-dense data fetch {s.source} --force`")
+                            f"{fetch_command(s.source, data, True)}")

@@ -12,7 +12,6 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from moe_vs_dense.config import Strict, validate
@@ -128,25 +127,16 @@ class SweepConfig(Strict):
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
     """The validated sweep and its base run config as a raw mapping (a file is read relative to
     the sweep file, with its own `base:` chain merged in). Errors name the file, line and key path."""
-    from moe_vs_dense.config import key_lines, parse_override, read_with_bases, set_path
+    from moe_vs_dense.config import apply_overrides, read_with_bases, read_yaml, resolve_paths
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: sweep file not found")
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-        where = key_lines(yaml.compose(text), str(path))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: "
-                        f"{getattr(e, 'problem', e)}") from None
+    raw, where = read_yaml(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys")
-    for item in overrides or []:
-        key, value = parse_override(item)
-        set_path(raw, key, value)
-        where[tuple(key.split("."))] = "--set"
+    resolve_paths(raw.get("base"), path.parent)
+    apply_overrides(raw, where, overrides or [])
     sweep = validate(SweepConfig, raw, source=str(path), where=where)
     if isinstance(sweep.base, dict):
         return sweep, copy.deepcopy(sweep.base)

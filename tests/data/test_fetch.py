@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -116,8 +117,10 @@ def test_data_fetched_before_the_pins_is_fetched_again_and_refused_by_prepare(
     manifest_path.write_text(json.dumps(manifest))
     small_config["data"]["mixture"] = {"dna": {"source": "ecoli"}}
     cfg = load_config(write_config(tmp_path, small_config))
+    # the command fetches into the same directory, not the default cache
+    fix = f"`moe-vs-dense data fetch ecoli --force --data-dir {tmp_path}`"
     with pytest.raises(UserError, match="fetched before its package release was pinned; run "
-                                        "`moe-vs-dense data fetch ecoli --force`"):
+                                        + re.escape(fix)):
         prepare(cfg.data, tmp_path, log=lambda _m: None)
     logged = []
     assert fetch(tmp_path, ["ecoli"], log=logged.append) == {"ecoli": "ok"}

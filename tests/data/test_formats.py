@@ -72,3 +72,29 @@ def test_parquet_missing_column_and_corrupt(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(UserError, match="cannot read parquet"):
         list(read_parquet(tmp_path / "bad.parquet", ["text"]))
+
+
+@pytest.mark.parametrize("cut", ["half", "garbage", "flipped"])
+def test_truncated_or_corrupt_gzip_names_the_file(tmp_path, cut):
+    import json
+
+    from moe_vs_dense.data.formats import read_txt
+
+    fasta = (FIXTURES / "ecoli_40kb.fna").read_bytes()
+    rows = "".join(json.dumps({"text": line}) + "\n" for line in fasta.decode().splitlines())
+    images = FIXTURES / "fashion_t10k_120_images.idx"
+    for name, raw, read in (("g.fa.gz", fasta, lambda p: list(read_fasta(p))),
+                            ("g.txt.gz", fasta, read_txt),
+                            ("g.jsonl.gz", rows.encode(), lambda p: list(read_jsonl(p, "text"))),
+                            ("g.idx.gz", images.read_bytes(), read_idx)):
+        blob = bytearray(gzip.compress(raw))
+        if cut == "half":
+            blob = blob[: len(blob) // 2]
+        elif cut == "garbage":
+            blob = bytearray(b"\x1f\x8b" + b"not a gzip stream")
+        else:
+            blob[len(blob) // 2] ^= 0xFF
+        path = tmp_path / name
+        path.write_bytes(bytes(blob))
+        with pytest.raises(UserError, match=rf"{name}: corrupt or truncated gzip"):
+            read(path)

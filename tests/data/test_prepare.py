@@ -127,7 +127,8 @@ def test_too_little_data_for_a_sequence_fails_cleanly(tmp_path, small_config):
 
 def test_missing_and_malformed_files(tmp_path, small_config):
     small_config["data"]["mixture"]["dna"]["paths"] = [str(tmp_path / "nope.fa")]
-    with pytest.raises(UserError, match="nope.fa: file not found"):
+    with pytest.raises(UserError, match=r"config.yaml:\d+: data.mixture.dna.paths.0: file not found: "
+                                        r".*nope.fa"):
         _prepare(tmp_path, small_config)
     bad = tmp_path / "bad.fa"
     bad.write_text(">chr\nACGT\nAC!T\n")
