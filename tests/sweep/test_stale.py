@@ -68,8 +68,14 @@ def test_bad_workers_and_threads_never_reach_a_worker(tmp_path, demo_data, capsy
     out = tmp_path / "out"
     for flag, bad in (("--threads", "0"), ("--threads", "-1"), ("--workers", "0"),
                       ("--workers", "-1")):
-        assert main(["sweep", "run", str(path), "--out", str(out), flag, bad, "--no-progress"]) == 2
-        assert f"{flag}: must be a whole number of at least 1" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as stop:  # the CLI refuses the flag itself
+            main(["sweep", "run", str(path), "--out", str(out), flag, bad, "--no-progress"])
+        assert stop.value.code == 2
+        assert f"argument {flag}: expected a positive whole number" in capsys.readouterr().err
+        workers, threads = (int(bad), 1) if flag == "--workers" else (1, int(bad))
+        _, runs = load_plan(path)
+        with pytest.raises(UserError, match=f"{flag}: must be a whole number of at least 1"):
+            run_sweep(runs, out, workers=workers, threads=threads, progress=False)
     assert not out.exists()  # refused before anything was written
 
 
