@@ -1,0 +1,189 @@
+"""Whether the runs identify a law, checked before anything fitted from it is printed.
+
+Two gates every law goes through:
+- `check_design` before the fit: enough runs beyond the law's parameters (MIN_RESID_DF, the
+  residual degrees of freedom a residual bootstrap needs to have noise to resample), and at
+  least MIN_LEVELS distinct values of every variable the law is curved in (a power law with an
+  offset, E + A / N^alpha, has three unknowns along N: two sizes fit any exponent exactly).
+- `check_fit` after it: a well-conditioned optimum (the Jacobian of the log-space fitted values
+  by the parameters has full rank and a bounded condition number once its columns are
+  scaled to unit length) and no estimate at a bound or at the edge of the start grid.
+
+Both return an `Identification`; `NotIdentified` is the error a fit raises with it, so the
+report prints its one line (`Identification.line`) in place of every number from that law.
+The thresholds are those at which benchmarks/coverage.py finds the smallest accepted design
+covering at its nominal rate (3 sizes x 3 budgets for Chinchilla), not a matter of taste.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import AnalysisError
+
+MIN_LEVELS = 3  # distinct values of a variable the law is curved in
+MIN_RESID_DF = 4  # runs beyond the law's parameters
+MAX_CONDITION = 1e6  # of the column-scaled Jacobian of the log-space fitted values
+VARIABLES = {"N": ("size", "sizes"), "D": ("token budget", "budgets"),
+             "E": ("expert count", "expert counts"), "C": ("compute budget", "budgets")}
+
+
+@dataclass(frozen=True)
+class Identification:
+    """ok: the runs identify the law; otherwise reason says why and suggestion what to add."""
+
+    ok: bool
+    reason: str = ""
+    suggestion: str = ""
+
+    @property
+    def line(self) -> str:
+        """The one line a report prints in place of a law that is not identified."""
+        if self.ok:
+            return ""
+        return f"not identified: {self.reason}" + (f"; {self.suggestion}" if self.suggestion else "")
+
+
+class NotIdentified(AnalysisError):
+    """A law the runs do not identify: no estimate, no interval, no verdict."""
+
+    def __init__(self, label: str, ident: Identification):
+        self.label, self.ident = label, ident
+        super().__init__(f"{label}: {ident.line}")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2g}" if v >= 1e4 or v < 1 else f"{v:g}"
+
+
+def next_level(levels: np.ndarray, integer: bool = False) -> float:
+    """A value beyond the largest of `levels`, a geometric step on from it (x2 with one level)."""
+    levels = np.unique(np.asarray(levels, float))
+    hi = levels[-1]
+    step = 2.0 if len(levels) < 2 else (hi / levels[0]) ** (1 / (len(levels) - 1))
+    value = hi * max(step, 1.5)
+    return float(np.ceil(value)) if integer else float(value)
+
+
+def _ordinal(k: int) -> str:
+    return {1: "second", 2: "third", 3: "fourth", 4: "fifth"}.get(k, f"{k + 1}th")
+
+
+def design_words(df: pd.DataFrame, columns: tuple[str, ...]) -> str:
+    """'6 runs (3 sizes x 2 budgets)'."""
+    parts = [f"{df[c].nunique()} {VARIABLES.get(c, (c, c))[1]}" for c in columns if c in df]
+    return f"{len(df)} runs" + (f" ({' x '.join(parts)})" if parts else "")
+
+
+def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label: str,
+                 linear: tuple[str, ...] = ()) -> Identification:
+    """Before a fit of `n_params` parameters to the rows of df: at least MIN_LEVELS distinct
+    values of every column in `curved`, two of every column in `linear`, and MIN_RESID_DF runs
+    beyond the parameters. The suggestion names sweep values that would satisfy it."""
+    columns = tuple(curved) + tuple(linear)
+    words = design_words(df, columns)
+    need = {c: MIN_LEVELS for c in curved} | {c: 2 for c in linear}
+    short = {c: k for c, k in need.items() if df[c].nunique() < k}
+    if short:
+        adds = []
+        for c, k in short.items():
+            have = df[c].nunique()
+            name = VARIABLES.get(c, (c, c))[0]
+            value = next_level(df[c].to_numpy(float), integer=c == "E")
+            adds.append(f"a {_ordinal(have)} {name} (for example {_fmt(value)})" if k - have == 1
+                        else f"{k - have} more {VARIABLES.get(c, (c, c))[1]} (for example "
+                             f"{_fmt(value)})")
+        what = ", ".join(f"{df[c].nunique()} {VARIABLES.get(c, (c, c))[1]}" for c in short)
+        return Identification(
+            False, f"{words} for {n_params} parameters; {what}, and the law needs at least "
+            + ", ".join(f"{k} {VARIABLES.get(c, (c, c))[1]}" for c, k in short.items()),
+            "add " + " and ".join(adds))
+    if len(df) < n_params + MIN_RESID_DF:
+        missing = n_params + MIN_RESID_DF - len(df)
+        c = min(columns, key=lambda c: df[c].nunique()) if columns else None
+        hint = ""
+        if c is not None:
+            name = VARIABLES.get(c, (c, c))[0]
+            hint = (f" (for example a {_ordinal(df[c].nunique())} {name}, "
+                    f"{_fmt(next_level(df[c].to_numpy(float), integer=c == 'E'))}, at every "
+                    f"{'size' if c != 'N' else 'budget'})")
+        return Identification(
+            False, f"{words} for {n_params} parameters; a bootstrap needs at least "
+            f"{MIN_RESID_DF} runs beyond them", f"add {missing} or more runs{hint}")
+    return Identification(True)
+
+
+def condition(jac_NP: np.ndarray) -> float:
+    """Condition number of the Jacobian with unit-length columns (inf if rank deficient)."""
+    norms = np.linalg.norm(jac_NP, axis=0)
+    if np.any(norms == 0) or not np.all(np.isfinite(jac_NP)):
+        return np.inf
+    s = np.linalg.svd(jac_NP / norms, compute_uv=False)
+    return float(s[0] / s[-1]) if s[-1] > 0 else np.inf
+
+
+def numeric_jacobian(fun, theta: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    """[n, P] central differences of fun(theta) -> [n] at theta."""
+    theta = np.asarray(theta, float)
+    cols = []
+    for k in range(len(theta)):
+        h = step * max(1.0, abs(theta[k]))
+        up, down = theta.copy(), theta.copy()
+        up[k] += h
+        down[k] -= h
+        cols.append((fun(up) - fun(down)) / (2 * h))
+    return np.stack(cols, 1)
+
+
+def check_fit(jac_NP: np.ndarray, names: list[str], at_edge: list[str] = (),
+              suggestion: str = "") -> Identification:
+    """After a fit: the optimum is well conditioned (see `condition`) and no parameter sits on
+    a bound or the edge of its start grid (`at_edge` names those that do)."""
+    cond = condition(jac_NP)
+    if not np.isfinite(cond) or cond > MAX_CONDITION:
+        weakest = _weakest(jac_NP, names)
+        return Identification(False, f"the optimum is ill conditioned (condition number "
+                              f"{'inf' if not np.isfinite(cond) else f'{cond:.2g}'} above "
+                              f"{MAX_CONDITION:.0e}; {weakest} is barely constrained)",
+                              suggestion or "add runs that widen the range of sizes and budgets")
+    if at_edge:
+        return Identification(False, f"{', '.join(at_edge)} at the edge of what the fit "
+                              "searched (a bound or the start grid)",
+                              suggestion or "add runs that widen the range of sizes and budgets")
+    return Identification(True)
+
+
+def _weakest(jac_NP: np.ndarray, names: list[str]) -> str:
+    """The parameter that loads most on the smallest singular direction."""
+    norms = np.linalg.norm(jac_NP, axis=0)
+    if np.any(norms == 0):
+        return names[int(np.argmin(norms))]
+    v = np.linalg.svd(jac_NP / norms)[2][-1]
+    return names[int(np.argmax(np.abs(v)))]
+
+
+def check_draws(boot_BP: np.ndarray, estimate_P: np.ndarray, names: list[str]) -> Identification:
+    """A bootstrap is degenerate when its draws do not vary (a near-zero residual pool makes
+    every draw the same data set): then it gives no interval."""
+    boot = np.asarray(boot_BP, float)
+    finite = boot[np.all(np.isfinite(boot), 1)]
+    if len(finite) < 2:
+        return Identification(False, "degenerate bootstrap: fewer than two finite draws",
+                              "add runs")
+    spread = np.ptp(finite, axis=0)
+    scale = np.maximum(np.abs(np.asarray(estimate_P, float)), 1e-12)
+    flat = spread <= 1e-9 * scale
+    if flat.all() or len(np.unique(finite.round(12), axis=0)) < 2:
+        return Identification(False, "degenerate bootstrap: every draw gives the same fit "
+                              "(the residuals leave no noise to resample)",
+                              "add runs beyond the law's parameters")
+    return Identification(True)
+
+
+def interval_ok(estimate, lower, upper) -> np.ndarray:
+    """Elementwise: the interval has positive width and contains its estimate."""
+    est, lo, hi = (np.asarray(v, float) for v in (estimate, lower, upper))
+    return (hi > lo) & (lo <= est) & (est <= hi)
