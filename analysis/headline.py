@@ -12,6 +12,7 @@ import pandas as pd
 
 from analysis.chinchilla import NAMES, ChinchillaResult, Grid
 from analysis.errors import AnalysisError
+from analysis.identify import check_design, interval_ok
 from analysis.law_bank import fit_law, rank_laws, reduce_to_chinchilla
 from analysis.leverage import (
     FULL_GRID,
@@ -129,27 +130,139 @@ def headline(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, holdout_lar
                     fits, best_fits, notes)
 
 
+PRIMARY = ["modality", "family", "EL", "EL lower", "EL upper", "EL from", "dL", "dL SE", "pairs",
+           "verdict", "margin under bigram floor", "note"]
+
+
+def _law_leverage(h: Headline, df: pd.DataFrame, modality: str, family: str) -> tuple[dict | None, str]:
+    """The law-based EL at the MoE's median observed compute where both families' Chinchilla
+    laws are identified (identify.check_design) and its interval holds the estimate; else
+    (None, why not)."""
+    keys = family_key(df)
+    for fam in ("dense", family):
+        rows = df[(df["modality"] == modality) & (keys == fam)]
+        ident = check_design(rows, len(NAMES), ("N", "D"), f"{fam}, {modality}")
+        if not ident.ok:
+            return None, f"the {fam} law is {ident.line}"
+    lev = h.leverage
+    row = lev[(lev["modality"] == modality) & (lev["family"] == family) & (lev["law"] == "chinchilla")
+              & (lev["where"] == "median observed")]
+    if row.empty:
+        return None, "no law-based leverage"
+    r = row.iloc[0]
+    if not interval_ok(r["EL"], r["lower"], r["upper"]):
+        return None, "the law-based interval does not hold its estimate"
+    return {"EL": r["EL"], "EL lower": r["lower"], "EL upper": r["upper"],
+            "EL from": f"laws, at the MoE's median observed compute {r['C']:.3g} FLOPs"}, ""
+
+
+def _free_leverage(h: Headline, modality: str, family: str) -> dict | None:
+    free = h.law_free
+    if free.empty:
+        return None
+    row = free[(free["modality"] == modality) & (free["family"] == family)]
+    if row.empty or not interval_ok(row["EL (runs)"].iloc[0], row["lower"].iloc[0], row["upper"].iloc[0]):
+        return None
+    r = row.iloc[0]
+    return {"EL": r["EL (runs)"], "EL lower": r["lower"], "EL upper": r["upper"],
+            "EL from": f"runs alone (law-free, {r['MoE runs compared']} MoE Pareto runs)"}
+
+
+def _agreement(r: dict) -> str:
+    """Why the leverage and the paired verdict may read differently, where they do."""
+    lo, hi, v = r.get("EL lower", np.nan), r.get("EL upper", np.nan), r["verdict"]
+    if not (np.isfinite(lo) and np.isfinite(hi)) or v.startswith("no test") or v.startswith("no matched"):
+        return ""
+    ahead = lo > 1  # experts worth more compute
+    behind = hi < 1
+    better = v.endswith("better") and not v.startswith("dense")
+    worse = v == "dense better"
+    if (ahead and worse) or (behind and better):
+        return ("they disagree: the leverage compares Pareto fronts (or laws) across sizes, the "
+                "paired dL the runs as trained at the pairs' own sizes and budgets")
+    if (ahead or behind) and not (better or worse):
+        return ("the leverage interval excludes 1 but is an unadjusted 95% interval; the paired "
+                "difference is not significant after Holm's correction")
+    if (better or worse) and not (ahead or behind):
+        return "the paired difference is resolved, the leverage interval still includes 1"
+    return ""
+
+
+def primary(paired: pd.DataFrame | None, h: Headline | None, df: pd.DataFrame,
+            floors: dict[tuple[str, str], float] | None = None) -> pd.DataFrame:
+    """The report's first table: per modality and MoE family, the efficiency leverage with its
+    95% interval (law-based where both laws are identified, else law-free, else none), the
+    paired dL with its document-level SE (compare.compare_pairs), the one verdict (the paired
+    test under compare.POLICY), and, where `floors` ({(run, modality): bigram floor}) is
+    given, how far the family's best run lies under its bigram floor (nats/token, > 0: below)."""
+    df = joint_mixture(df)
+    keys = set()
+    if paired is not None:
+        keys |= set(zip(paired["modality"], paired["family"], strict=True))
+    if h is not None:
+        keys |= set(zip(h.leverage["modality"], h.leverage["family"], strict=True))
+    rows = []
+    fkey = family_key(df)
+    for modality, family in sorted(keys):
+        r: dict = {"modality": modality, "family": family}
+        lev, why = (None, "no leverage fit") if h is None else _law_leverage(h, df, modality, family)
+        lev = lev or (None if h is None else _free_leverage(h, modality, family))
+        r.update(lev or {"EL": np.nan, "EL lower": np.nan, "EL upper": np.nan,
+                         "EL from": f"none ({why}; no law-free interval that holds its estimate)"})
+        p = None if paired is None else paired[(paired["modality"] == modality)
+                                               & (paired["family"] == family)]
+        if p is None or p.empty:
+            r.update({"dL": np.nan, "dL SE": np.nan, "pairs": 0, "verdict": "no matched pairs: no verdict"})
+        else:
+            q = p.iloc[0]
+            r.update({"dL": q["dL"], "dL SE": q["se"], "pairs": int(q["pairs"]), "verdict": q["verdict"]})
+        if floors:
+            runs = df[(df["modality"] == modality) & (fkey == family)]
+            best = runs.loc[runs["loss"].idxmin()] if len(runs) else None
+            floor = None if best is None else floors.get((best["run"], modality))
+            r["margin under bigram floor"] = np.nan if floor is None else floor - best["loss"]
+        r["note"] = _agreement(r)
+        rows.append(r)
+    out = pd.DataFrame(rows)
+    return out[[c for c in PRIMARY if c in out]]
+
+
+def primary_text(table: pd.DataFrame) -> str:
+    """What the primary table is and the multiplicity policy, in words."""
+    from analysis.compare import POLICY
+
+    k = int(table["verdict"].str.endswith("better").sum() + table["verdict"].str.startswith("no sig").sum())
+    return ("One answer per MoE family and modality. EL: the dense compute the experts are worth "
+            "over their own (> 1: worth more), with its 95% interval; from the fitted laws where "
+            "the runs identify both, else from the runs alone (column EL from). dL = L_MoE - "
+            "L_dense (nats/token) on matched pairs at the centre of their design, SE from "
+            "per-document differences combined across pairs by a random-effects meta-regression "
+            f"on log N and log D. Multiplicity policy: {POLICY} ({k} tested here); every other "
+            "table in this report is secondary: unadjusted 95% intervals and no verdicts. The "
+            "note says why the leverage and the verdict differ where they do.")
+
+
 def sections(h: Headline, fmt: str = "md") -> list[tuple[str, str, str]]:
     """(title, explanation, table rendered in fmt) for the headline's three tables."""
     from analysis.tables import render
 
     extrapolated = ", ".join(f"{f:g}x" for f in (10, 100))
     return [
-        ("Efficiency leverage per modality and MoE family",
+        ("Efficiency leverage per modality and MoE family (secondary)",
          f"{COMPUTE}. EL > 1: the experts are worth more than their compute. Interval: 95% "
-         "residual bootstrap of both laws together (pairs of runs as units); verdict from it. "
+         "bootstrap of both laws together (pairs of runs resampled as units), unadjusted. "
          f"Rows 'extrapolated' lie {extrapolated} beyond the largest observed compute; where the "
          "bank's best law on held-out runs has a frontier, its row comes first (column law). "
          "Storage: the MoE's total params on its frontier vs the dense model of equal loss; "
          "inference FLOPs per token = a third of training FLOPs per token.",
-         render(h.leverage, fmt)),
-        ("Efficiency leverage from the runs alone (no law)",
+         render(h.leverage.drop(columns="verdict"), fmt)),
+        ("Efficiency leverage from the runs alone (no law; secondary)",
          "Geometric mean over the MoE's Pareto-front runs of the compute at which the dense "
          "runs' Pareto front (log-log interpolated, never extrapolated) reaches the same loss, "
          "over the run's compute; 95% interval from resampling runs (pairs as units). Beside it "
          "the law-based EL at the same compute, to see whether they agree.",
          render(h.law_free, fmt)),
-        ("MoE laws ranked on held-out runs",
+        ("MoE laws ranked on held-out runs (secondary)",
          "Each law of the bank fitted to the runs below the largest-compute MoE runs of each "
          "family and judged on those: RMS and mean absolute error of log loss (%), the share "
          "inside its 95% prediction interval, AIC (Laplace likelihood) on the training MoE runs. "

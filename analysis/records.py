@@ -226,6 +226,17 @@ def load_docs(paths: list[str | Path]) -> dict[str, dict[str, DocLosses]]:
     return out
 
 
+def bigram_floors(records: list[dict]) -> dict[tuple[str, str], float]:
+    """{(run id, modality): bigram floor in nats/token} from records that carry
+    `floors.<modality>.bigram`; empty when none does."""
+    out = {}
+    for rec in records:
+        for m, f in (rec.get("floors") or {}).items():
+            if isinstance(f, dict) and isinstance(f.get("bigram"), int | float):
+                out[(rec["run_id"], m)] = float(f["bigram"])
+    return out
+
+
 def load(inputs: list[str | Path], params: str = "active",
          columns: dict[str, str] | None = None) -> pd.DataFrame:
     """Run directories / record files, or one CSV."""

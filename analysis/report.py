@@ -15,7 +15,7 @@ from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups
 from analysis.isoflop import isoflop
-from analysis.records import by_family, family_key, load_runs
+from analysis.records import bigram_floors, by_family, family_key, load_docs, load_runs
 from analysis.shared_exponent import shared_table, shared_tests
 from analysis.tables import fits_table, render
 
@@ -53,17 +53,19 @@ def _try(what: str, fn, notes: list[str]):
 
 
 def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
-              notes: list[str]) -> list[str]:
-    """The efficiency-leverage section: tables (also as CSV and LaTeX) and its figure."""
+              notes: list[str]):
+    """The efficiency-leverage section: tables (also as CSV and LaTeX) and its figure; and the
+    Headline it came from (None where none could be made)."""
     from analysis.headline import headline, sections
     from analysis.plots_leverage import leverage_vs_compute
 
     h = _try("efficiency leverage", lambda: headline(df, bootstrap, chinchilla=chinchilla), notes)
     if h is None:
-        return []
+        return [], None
     notes += h.notes
     lines = ["", "## Efficiency leverage: the dense compute that separate experts are worth", ""]
-    frames = {"leverage": h.leverage, "leverage_from_runs": h.law_free, "law_bank": h.ranking}
+    frames = {"leverage": h.leverage.drop(columns="verdict"), "leverage_from_runs": h.law_free,
+              "law_bank": h.ranking}
     for (name, frame), (title, why, table), (_, _, tex) in zip(
             frames.items(), sections(h), sections(h, "latex"), strict=True):
         frame.to_csv(out / f"{name}.csv", index=False)
@@ -73,13 +75,27 @@ def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
     fig = leverage_vs_compute(h.fits, h.best_fits, h.law_free, out / "leverage_vs_compute.png")
     if fig is not None:
         lines += [f"![{fig.stem}]({fig.name})", ""]
-    return lines
+    return lines, h
+
+
+def _primary(df: pd.DataFrame, paired, h, records: list[dict], out: Path) -> list[str]:
+    """The report's first table: one answer per MoE family and modality (headline.primary)."""
+    from analysis.headline import primary, primary_text
+
+    table = primary(paired, h, df, bigram_floors(records) or None)
+    if table.empty:
+        return []
+    table.to_csv(out / "primary.csv", index=False)
+    (out / "primary.tex").write_text(render(table, "latex"))
+    return ["## Primary answer: one per MoE family and modality", "", primary_text(table),
+            "([primary.csv](primary.csv), [primary.tex](primary.tex))", "", render(table), ""]
 
 
 def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  params: str = "active") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     df, records = load_runs(inputs, params)
+    docs = load_docs(inputs)
     notes: list[str] = []
     lines = ["# moe-vs-dense report", "",
              f"{df['run'].nunique()} completed runs, modalities: "
@@ -87,7 +103,9 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
              "Losses are held-out nats/token; N is the "
              f"{'active' if params == 'active' else 'total'} parameter count; D is tokens of "
              f"the modality. Compute: {DEFINITION}",
-             "", _regime(df), "", _precision(df), "", "## Runs", "",
+             "", _regime(df), "", _precision(df), ""]
+    first = len(lines)
+    lines += ["## Runs", "",
              "Every run, one row per modality, is in [runs.csv](runs.csv).", "",
              render(df.assign(family=family_key(df)).groupby(["family", "modalities", "modality"]).agg(
                  runs=("run", "nunique"), N_min=("N", "min"), N_max=("N", "max"),
@@ -95,7 +113,10 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  best_loss=("loss", "min"), max_loss_se=("loss_se", "max")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
     chin = _try("Chinchilla fits", lambda: fit_groups(df, "chinchilla", bootstrap), notes) or []
-    lines += _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
+    lever, h = _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
+    table = _try("paired comparison", lambda: compare_pairs(df, docs=docs), notes)
+    lines[first:first] = _primary(df, table, h, records, out)
+    lines += lever
     fronts = frontiers(df, chinchilla_by_group(chin))
     if chin:
         lines += ["", "## Fitted laws: L = E + A/N^alpha + B/D^beta", "",
@@ -120,15 +141,15 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "Budgets with at least three sizes whose loss parabola in log N has an interior "
                   "minimum; the interval is OLS's 95%.", "", render(pd.DataFrame(iso_rows))]
     figs = [plots.loss_vs_compute(df, fronts, out / "loss_vs_compute.png")]
-    pair_rows = pairs(df)
-    table = _try("paired comparison", lambda: compare_pairs(df), notes)
+    pair_rows = pairs(df, docs=docs)
     if table is not None:
         lines += ["", "## MoE/MoT minus dense on matched pairs (nats/token)", "",
                   "dL < 0 means the experts reach a lower loss. Runs pair by pair_id, else by "
                   "seed and modalities with compute and tokens within 1%; `unpaired` counts "
-                  "MoE/MoT runs with no dense partner (why: under Notes). Interval: 95% paired "
-                  "bootstrap; p: paired t-test (0 when every pair differs by the same non-zero "
-                  "amount), Holm-corrected across modalities.", "", render(table)]
+                  "MoE/MoT runs with no dense partner (why: under Notes). Each pair's SE from its "
+                  "per-document differences (eval_docs.json); the pairs combined by `model` at "
+                  "the design's centre (N_centre, D_centre); 95% interval from it; p_holm and "
+                  "verdict are the primary table's (Holm over every row).", "", render(table)]
     c_min, c_max = df["C"].min(), df["C"].max() * 100
     points = law_points(fronts, df, 100.0) if fronts else pd.DataFrame()
     if len(points):
@@ -137,8 +158,8 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "and 100x beyond the largest run (extrapolated, marked so). L: each family's "
                   "compute-optimal loss with the 95% prediction interval of a new run at that "
                   "N*, D* (bootstrap refits x resampled residuals); dL = L_moe - L_dense with "
-                  "its 95% bootstrap band; verdict: which is lower where the band excludes 0, "
-                  "else not resolved.", "", render(points), "", "Where dL changes sign, from "
+                  "its 95% bootstrap band (secondary: unadjusted, no verdict).", "",
+                  render(points.drop(columns="verdict")), "", "Where dL changes sign, from "
                   f"{c_min:.3g} to {c_max:.3g} FLOPs:", "",
                   render(compare_laws(fronts, c_min, c_max))]
         figs.append(plots.delta_vs_compute(fronts, pair_rows, c_min, c_max,
