@@ -13,7 +13,7 @@ import pandas as pd
 from analysis.chinchilla import NAMES, ChinchillaResult, Grid
 from analysis.errors import AnalysisError
 from analysis.identify import check_design, interval_ok
-from analysis.law_bank import fit_law, rank_laws, reduce_to_chinchilla
+from analysis.law_bank import best_law, fit_law, joint_rows, rank_laws, reduce_to_chinchilla
 from analysis.leverage import (
     FULL_GRID,
     LeverageFit,
@@ -57,12 +57,29 @@ def best_law_fits(df: pd.DataFrame, modality: str, law: str, chinchilla_fits: li
     Chinchilla fit."""
     rows = df[df["modality"] == modality]
     weights = unit_weights(pair_keys(rows).to_numpy(), bootstrap, np.random.default_rng(seed))
-    r = fit_law(law, rows, {"modality": modality}, bootstrap, seed, weights if bootstrap else None)
-    p = np.vstack([r.params.to_numpy()[None]] + ([r.boot] if r.boot is not None else []))
     keys = family_key(rows)
-    out = []
+    out, fitted = [], {}
+
+    def fit(on: pd.DataFrame):
+        w = weights[:, np.flatnonzero(rows.index.isin(on.index))] if bootstrap else None
+        r = fit_law(law, on, {"modality": modality}, bootstrap, seed, w)
+        return r, np.vstack([r.params.to_numpy()[None]] + ([r.boot] if r.boot is not None else []))
+
     for f in (f for f in chinchilla_fits if f.modality == modality):
         moe_rows = rows[keys == f.family]
+        if law == "joint" and moe_rows.index.difference(joint_rows(rows).index).size:
+            continue  # the joint law covers learned-router MoE families only
+        if law == "granularity" and not np.isfinite(moe_rows["granularity"].astype(float)).all():
+            continue  # MoT and records without a granularity
+        if law == "granularity":  # one law per expert count
+            e = float(moe_rows["n_experts"].iloc[0])
+            if e not in fitted:
+                fitted[e] = fit(rows[rows["n_experts"] == e])
+            r, p = fitted[e]
+        else:
+            if "all" not in fitted:
+                fitted["all"] = fit(rows)
+            r, p = fitted["all"]
         if law == "joint":
             dense = _as_chinchilla(reduce_to_chinchilla(law, p, n_experts=1), {"modality": modality},
                                    law, r.nobs)
@@ -106,8 +123,11 @@ def headline(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, holdout_lar
             continue
         rankings.append(ranking)
         notes += [f"law bank ({m}): {x}" for x in n]
-        best = ranking["law"].iloc[0]
-        if best in ("joint", "granularity"):
+        best = best_law(ranking)
+        if best is None:
+            notes.append(f"law bank ({m}): no best law (none beats the baseline, or only one "
+                         "could be fitted): the per-family Chinchilla laws give every row")
+        elif best in ("joint", "granularity"):
             try:
                 best_fits += best_law_fits(df, m, best, fits, bootstrap, seed)
             except AnalysisError as e:
@@ -263,9 +283,12 @@ def sections(h: Headline, fmt: str = "md") -> list[tuple[str, str, str]]:
          "the law-based EL at the same compute, to see whether they agree.",
          render(h.law_free, fmt)),
         ("MoE laws ranked on held-out runs (secondary)",
-         "Each law of the bank fitted to the runs below the largest-compute MoE runs of each "
-         "family and judged on those: RMS and mean absolute error of log loss (%), the share "
-         "inside its 95% prediction interval, AIC (Laplace likelihood) on the training MoE runs. "
-         "Laws within one standard error of the best error rank first, fewest parameters first.",
+         "Each law of the bank the runs identify, fitted to the runs below the largest-compute "
+         "MoE runs of each family (two or more token counts among them) and judged on the same "
+         "held-out runs: RMS and mean absolute error of log loss (%), the share inside its 95% "
+         "prediction interval, AIC (Laplace likelihood) on the training MoE runs. A law ranks "
+         "only if it beats the baseline, a power law in compute per MoE family (OLS in log-log); "
+         "among those, laws within one standard error of the best error rank first, fewest "
+         "parameters first. One fittable law is not ranked.",
          render(h.ranking, fmt) if len(h.ranking) else "(no modality supports the bank)"),
     ]
