@@ -15,10 +15,11 @@ from analysis.results import LawResult
 def fit_groups(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int = 1000,
                seed: int = 0) -> list[LawResult]:
     """chinchilla: one fit per (MoE family as `family_key` labels it, modality) over the runs on
-    the joint mixture (records.by_family); bimodal: per (family, modality pair);
-    routed: per modality over MoE runs with varying expert counts."""
+    the joint mixture (records.by_family), its group naming that mixture; bimodal: per (family,
+    modality pair);
+    routed: per modality, router, top-k and token count (routed.routed_jobs)."""
     if law == "chinchilla":
-        jobs = [({"family": f, "modality": m}, g)
+        jobs = [({"family": f, "modality": m, "mixture": ", ".join(sorted(set(g["modalities"])))}, g)
                 for (f, m), g in by_family(df).groupby(["family", "modality"])]
         fit = lambda group, g: fit_chinchilla(g, group, bootstrap, seed)  # noqa: E731
     elif law == "bimodal":

@@ -64,3 +64,14 @@ def test_granularity_law_is_fitted_per_expert_count_and_mot_does_not_break_it():
     r = fit_law(GRANULARITY, pd.concat([df, mot], ignore_index=True), {"modality": "text"}, bootstrap=0)
     assert r.nobs == int((df["family"] == "moe").sum())  # the MoT runs are not among its rows
     assert r.params["gamma"] == pytest.approx(0.6, abs=0.1)
+
+
+def test_chinchilla_fit_table_names_the_mixture_each_row_was_fitted_to(bimodal_runs):
+    from analysis.fit import fit_groups
+    from analysis.records import load_runs
+    from analysis.tables import fits_table
+
+    df, _ = load_runs([bimodal_runs])
+    table = fits_table(fit_groups(df, "chinchilla", bootstrap=0))
+    # dense text and dna runs exist alone and in text+dna: the joint mixture is fitted, and says so
+    assert set(table["mixture"]) == {"text+dna"} and set(table["modality"]) == {"text", "dna"}
