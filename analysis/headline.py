@@ -163,7 +163,7 @@ def _law_leverage(h: Headline, df: pd.DataFrame, modality: str, family: str) -> 
         rows = df[(df["modality"] == modality) & (keys == fam)]
         ident = check_design(rows, len(NAMES), ("N", "D"), f"{fam}, {modality}")
         if not ident.ok:
-            return None, f"the {fam} law is {ident.line}"
+            return None, f"the {fam} law is not identified, {ident.suggestion}"
     lev = h.leverage
     row = lev[(lev["modality"] == modality) & (lev["family"] == family) & (lev["law"] == "chinchilla")
               & (lev["where"] == "median observed")]
@@ -185,7 +185,7 @@ def _free_leverage(h: Headline, modality: str, family: str) -> dict | None:
         return None
     r = row.iloc[0]
     return {"EL": r["EL (runs)"], "EL lower": r["lower"], "EL upper": r["upper"],
-            "EL from": f"runs alone (law-free, {r['MoE runs compared']} MoE Pareto runs)"}
+            "EL from": f"runs alone (law-free; MoE Pareto runs compared: {r['MoE runs compared']})"}
 
 
 def _agreement(r: dict) -> str:
@@ -228,7 +228,7 @@ def primary(paired: pd.DataFrame | None, h: Headline | None, df: pd.DataFrame,
         lev, why = (None, "no leverage fit") if h is None else _law_leverage(h, df, modality, family)
         lev = lev or (None if h is None else _free_leverage(h, modality, family))
         r.update(lev or {"EL": np.nan, "EL lower": np.nan, "EL upper": np.nan,
-                         "EL from": f"none ({why}; no law-free interval that holds its estimate)"})
+                         "EL from": f"none: {why}; no law-free interval holds its estimate"})
         p = None if paired is None else paired[(paired["modality"] == modality)
                                                & (paired["family"] == family)]
         if p is None or p.empty:
