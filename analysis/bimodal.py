@@ -5,7 +5,8 @@
 L_i, L_j are Chinchilla fits to unimodal dense runs; the joint loss is the mean of the joint
 run's two held-out losses. The interaction I = -C + A/N^alpha + B/(Di+Dj)^beta is fitted to
 the joint runs (Huber, delta = 1e-3, batched L-BFGS from a grid of starts, the best five
-polished with scipy). I > 0: the modalities compete (the joint model is worse than separate
+polished with scipy; bootstrap refits start from the estimate and the grid's other local
+optima, each keeping its best). I > 0: the modalities compete (the joint model is worse than separate
 models on the same tokens); I < 0: synergy. The competition barrier is the model size (and
 compute, at a tokens-per-parameter ratio) where I changes sign.
 
@@ -39,13 +40,22 @@ from analysis.chinchilla import (
     batched_lbfgs,
     fit_chinchilla,
     huber,
+    local_optima,
     log_law,
     polish,
     refit_draws,
     to_natural,
 )
 from analysis.errors import AnalysisError
-from analysis.results import LawResult, group_label, resample_residuals
+from analysis.identify import (
+    MIN_RESID_DF,
+    NotIdentified,
+    check_design,
+    check_draws,
+    check_fit,
+    numeric_jacobian,
+)
+from analysis.results import LawResult, group_label, held, resample_residuals
 
 NAMES = ["C", "A", "alpha", "B", "beta"]
 # starts for (c, a = log A, alpha, b = log B, beta)
@@ -164,7 +174,7 @@ class BimodalResult(LawResult):
         if self.boot is not None and len(self.boot) > 1:
             half = np.nanpercentile(np.abs(interaction_law(self.boot, N, D) - est),
                                     100 * (1 - self.expanded(alpha)), axis=0)
-            out["lower"], out["upper"] = est - half, est + half
+            out["lower"], out["upper"] = held(est, est - half, est + half)
         return out
 
     def barrier(self, tokens_per_param: float | None = None, alpha_level: float = 0.05) -> dict:
@@ -182,6 +192,7 @@ class BimodalResult(LawResult):
             level = self.expanded(alpha_level)
             lo, hi = np.exp(np.percentile(draws, [100 * level / 2, 100 * (1 - level / 2)],
                                           method="inverted_cdf"))
+            lo, hi = (float(v) for v in held(n, lo, hi))
             out.update(N_lower=lo, N_upper=hi, C_lower=6 * r * lo**2, C_upper=6 * r * hi**2)
         return out
 
@@ -220,18 +231,18 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
         if rows.empty:
             raise AnalysisError(f"group ({label}): no unimodal dense runs of {m} to compare with")
         unimodal[m] = fit_chinchilla(rows, {"family": "dense", "modality": m}, bootstrap=0,
-                                     grid=grid or Grid(), workers=workers)
+                                     grid=grid or Grid(), workers=workers,
+                                     min_resid_df=MIN_RESID_DF["bimodal"])
         logs[m] = [np.log(rows[c].to_numpy(float))[None] for c in ("N", "D")]
     joint = df[df["modalities"] == group["pair"]].pivot_table(
         index="run", columns="modality", values=["loss", "D", "N"], aggfunc="first")
     joint = joint.dropna()
-    if len(joint) < 5:
-        raise AnalysisError(f"group ({label}): {len(joint)} joint runs, fewer than the 5 parameters "
-                            "of the bimodal law")
-    N = joint[("N", i)].to_numpy(float)
-    Di, Dj = joint[("D", i)].to_numpy(float), joint[("D", j)].to_numpy(float)
-    if len(np.unique(N)) < 2:
-        raise AnalysisError(f"group ({label}): every joint run has the same size; alpha cannot be fitted")
+    N = joint[("N", i)].to_numpy(float) if len(joint) else np.zeros(0)
+    Di, Dj = (joint[("D", m)].to_numpy(float) if len(joint) else np.zeros(0) for m in (i, j))
+    ident = check_design(pd.DataFrame({"N": N, "D": Di + Dj}), 5, ("N", "D"), "bimodal",
+                         min_resid_df=MIN_RESID_DF["bimodal"])
+    if not ident.ok:
+        raise NotIdentified(f"group ({label}), joint runs", ident)
     observed = (joint[("loss", i)].to_numpy(float) + joint[("loss", j)].to_numpy(float)) / 2
     logN, logDi, logDj = np.log(N)[None], np.log(Di)[None], np.log(Dj)[None]
 
@@ -248,6 +259,11 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
     res = min((polish(lambda th: _objective(th, logN, logD, y[None]), x[k], gtol=1e-9)
                for k in np.argsort(finite)[:5]), key=lambda r: r.fun)
     theta = res.x
+    jac = numeric_jacobian(lambda th: -th[0] + np.exp(th[1] - th[2] * logN[0])
+                           + np.exp(th[3] - th[4] * logD[0]), theta)
+    ident = check_fit(jac, NAMES, suggestion="add joint runs at more sizes and token budgets")
+    if not ident.ok and not _ridge(theta, logN, logD):
+        raise NotIdentified(f"group ({label})", ident)
     params = pd.Series(_natural(theta[None])[0], index=NAMES)
     result = BimodalResult("bimodal", group, params, None, len(y), float(res.fun),
                            bool(res.success), str(res.message))
@@ -263,8 +279,16 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
             u.boot = to_natural(draws[m])
         noise = resample_residuals(y - fitted, 5, bootstrap, rng, robust=True)
         y_BN = base + fitted + noise - baseline(draws[i], draws[j])
-        boot_theta, _ = batched_lbfgs(lambda th, rows: _objective(th, logN, logD, y_BN[rows]),
-                                      np.tile(theta, (bootstrap, 1)), iters=500)
+        # each draw from the estimate and the grid's other local optima, keeping its best
+        starts = local_optima(x, finite, theta)
+        K = len(starts)
+        xs, fs = batched_lbfgs(lambda th, rows: _objective(th, logN, logD, y_BN[rows // K]),
+                               np.tile(starts, (bootstrap, 1)), iters=500)
+        best = np.where(np.isfinite(fs), fs, np.inf).reshape(bootstrap, K).argmin(1)
+        boot_theta = xs.reshape(bootstrap, K, 5)[np.arange(bootstrap), best]
+        ident = check_draws(boot_theta, theta, NAMES)
+        if not ident.ok:
+            raise NotIdentified(f"group ({label})", ident)
         result.boot = _natural(boot_theta)
     result.unimodal, result.spans = unimodal, (float(np.ptp(logN)), float(np.ptp(logD)))
     # the three fits' points and parameters together
@@ -287,6 +311,12 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
     if not res.success:
         result.warnings.append(f"the optimizer did not converge: {res.message}")
     return result
+
+
+def _ridge(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray) -> bool:
+    """An estimate on the flat ridge the module docstring describes (a term a straight line in
+    the log): ill conditioned by construction, and reported with unbounded intervals instead."""
+    return bool(abs(theta[2]) * np.ptp(logN) < FLAT or abs(theta[4]) * np.ptp(logD) < FLAT)
 
 
 def _natural(theta: np.ndarray) -> np.ndarray:

@@ -11,7 +11,14 @@ frontier exponents); `predict_interval(kind="observation")` is a prediction inte
 
 Speed: the objective and its gradient are vectorized over points and over all grid starts at
 once (a batched L-BFGS), the best start is polished with scipy's L-BFGS-B, and all bootstrap
-refits run as one batched L-BFGS warm-started from the point estimate (`refit_draws`).
+refits run as one batched L-BFGS from the point estimate and from the other local optima the
+grid found (`refit_draws`), each draw keeping its best, so a draw reaches the same global
+optimum of the same objective that the estimate does.
+
+Identification (analysis/identify.py): a fit needs at least three sizes and three token budgets
+and four runs beyond its five parameters, and its optimum must be well conditioned with
+positive exponents no larger than MAX_EXPONENT; otherwise `fit_chinchilla` raises
+`NotIdentified` with what to add. A bootstrap whose draws do not vary is refused the same way.
 """
 
 from __future__ import annotations
@@ -24,10 +31,21 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from analysis.errors import AnalysisError
-from analysis.results import LawResult, group_label, interval, resample_residuals
+from analysis.identify import (
+    MIN_RESID_DF,
+    NotIdentified,
+    check_design,
+    check_draws,
+    check_fit,
+    next_level,
+    numeric_jacobian,
+)
+from analysis.results import LawResult, group_label, held, interval, resample_residuals
 
 DELTA = 1e-3
 NAMES = ["E", "A", "B", "alpha", "beta"]
+MAX_EXPONENT = 4.0  # an exponent beyond this is a runaway (B -> inf, beta -> inf), not a law
+REFIT_STARTS = 4  # distinct local optima of the estimate's grid a bootstrap draw also starts from
 
 
 @dataclass(frozen=True)
@@ -146,9 +164,11 @@ def _batched(args):
 
 def multistart(starts: np.ndarray, logN, logD, logL, workers: int = 2):
     """Batched L-BFGS from every start, the starts split over `workers` processes."""
-    if workers < 2 or len(starts) < 1000:
-        return _batched((starts, logN, logD, logL))
     import multiprocessing as mp
+
+    # a pool's worker (a daemon) may not start processes of its own
+    if workers < 2 or len(starts) < 1000 or mp.current_process().daemon:
+        return _batched((starts, logN, logD, logL))
     from concurrent.futures import ProcessPoolExecutor
 
     parts = np.array_split(starts, workers)
@@ -179,10 +199,25 @@ def log_law(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray) -> np.ndar
 def refit_draws(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray,
                 logL_BN: np.ndarray) -> np.ndarray:
     """Fits to B data sets at once (rows of logL_BN, at the same [1, n] logN and logD), each by
-    batched L-BFGS warm-started from theta (a, b, e, alpha, beta): [B, 5] in that order."""
-    x, _ = batched_lbfgs(lambda th, rows: objective(th, logN, logD, logL_BN[rows]),
-                         np.tile(theta, (len(logL_BN), 1)), iters=REFIT_ITERS)
-    return x
+    batched L-BFGS from every row of theta ([K, 5] or [5], (a, b, e, alpha, beta)), keeping
+    for each data set the start that reaches the lowest objective: [B, 5] in that order."""
+    starts = np.atleast_2d(theta)
+    B, K = len(logL_BN), len(starts)
+    x, f = batched_lbfgs(lambda th, rows: objective(th, logN, logD, logL_BN[rows // K]),
+                         np.tile(starts, (B, 1)), iters=REFIT_ITERS)
+    best = np.nanargmin(np.where(np.isfinite(f), f, np.inf).reshape(B, K), 1)
+    return x.reshape(B, K, 5)[np.arange(B), best]
+
+
+def local_optima(x: np.ndarray, f: np.ndarray, theta: np.ndarray, k: int = REFIT_STARTS) -> np.ndarray:
+    """theta and up to k - 1 other distinct end points of the multistart, best first: [<=k, 5]."""
+    out = [theta]
+    for i in np.argsort(np.where(np.isfinite(f), f, np.inf)):
+        if len(out) == k:
+            break
+        if np.all(np.isfinite(x[i])) and min(np.abs(x[i] - o).max() for o in out) > 1e-2:
+            out.append(x[i])
+    return np.array(out)
 
 
 def to_natural(theta: np.ndarray) -> np.ndarray:
@@ -232,7 +267,7 @@ class ChinchillaResult(LawResult):
             draws = draws * np.exp(resample_residuals(self.resid, 5, len(draws), rng, len(N)))
         elif kind != "mean":
             raise AnalysisError(f"unknown interval kind {kind!r}; use mean or observation")
-        out["lower"], out["upper"] = interval(draws, self.expanded(alpha), axis=0)
+        out["lower"], out["upper"] = held(out["loss"], *interval(draws, self.expanded(alpha), axis=0))
         return out
 
     def compute_optimal(self, C, alpha_level: float = 0.05) -> pd.DataFrame:
@@ -245,41 +280,55 @@ class ChinchillaResult(LawResult):
         if self.boot is not None and len(self.boot) > 1:
             draws = np.array([frontier(p, C) for p in self.boot])  # [draws, 3, len(C)]
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
-                out[f"{name}_lower"], out[f"{name}_upper"] = interval(
-                    draws[:, j], self.expanded(alpha_level), axis=0)
+                out[f"{name}_lower"], out[f"{name}_upper"] = held(out[name], *interval(
+                    draws[:, j], self.expanded(alpha_level), axis=0))
         al, be = self.params["alpha"], self.params["beta"]
         out.attrs["a"], out.attrs["b"] = be / (al + be), al / (al + be)
         if self.boot is not None and len(self.boot) > 1:
-            lo, hi = interval(self.boot[:, 4] / (self.boot[:, 3] + self.boot[:, 4]),
-                              self.expanded(alpha_level))
+            lo, hi = (float(v) for v in held(out.attrs["a"], *interval(
+                self.boot[:, 4] / (self.boot[:, 3] + self.boot[:, 4]), self.expanded(alpha_level))))
             out.attrs.update(a_lower=lo, a_upper=hi, b_lower=1 - hi, b_upper=1 - lo)
         return out
 
 
-def check_group(df: pd.DataFrame, label: str, n_params: int = 5) -> None:
-    if len(df) < n_params:
-        raise AnalysisError(f"group ({label}): {len(df)} points, fewer than the {n_params} "
-                            "parameters of the law")
-    if df["N"].nunique() < 2:
-        raise AnalysisError(f"group ({label}): every run has N = {df['N'].iloc[0]:.4g}; alpha "
-                            "cannot be fitted from a single model size")
-    if df["D"].nunique() < 2:
-        raise AnalysisError(f"group ({label}): every run has D = {df['D'].iloc[0]:.4g}; beta "
-                            "cannot be fitted from a single token count")
+def check_group(df: pd.DataFrame, label: str, min_resid_df: int = MIN_RESID_DF["chinchilla"]) -> None:
+    """Raise NotIdentified unless the runs' design identifies the law (identify.check_design:
+    three sizes, three budgets, `min_resid_df` runs beyond the five parameters)."""
+    ident = check_design(df, 5, ("N", "D"), label, min_resid_df=min_resid_df)
+    if not ident.ok:
+        raise NotIdentified(f"group ({label})", ident)
+
+
+def check_optimum(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, label: str) -> None:
+    """Raise NotIdentified unless the optimum is well conditioned (identify.check_fit on the
+    Jacobian of the log-space fit) with exponents in (0, MAX_EXPONENT]."""
+    jac = numeric_jacobian(lambda th: log_law(th[None], logN, logD)[0], theta)
+    edge = [name for name, v in (("alpha", theta[3]), ("beta", theta[4]))
+            if not 0 < v <= MAX_EXPONENT]
+    N, D = np.exp(logN[0]), np.exp(logD[0])
+    ident = check_fit(jac, ["A", "B", "E", "alpha", "beta"], edge,
+                      f"add runs that widen the range: a larger size (for example "
+                      f"{next_level(N):.2g}) and a larger token budget (for example "
+                      f"{next_level(D):.2g}) at several sizes")
+    if not ident.ok:
+        raise NotIdentified(f"group ({label})", ident)
 
 
 def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int = 1000,
-                   seed: int = 0, grid: Grid = Grid(), workers: int = 2) -> ChinchillaResult:
+                   seed: int = 0, grid: Grid = Grid(), workers: int = 2,
+                   min_resid_df: int = MIN_RESID_DF["chinchilla"]) -> ChinchillaResult:
     """Fit one group (columns N, D, loss) from every start of `grid` (split over `workers`
-    processes); `bootstrap` residual-bootstrap refits give the intervals."""
+    processes); `bootstrap` residual-bootstrap refits give the intervals. Raises NotIdentified
+    where the runs do not identify the law (see the module docstring)."""
     group = group or {}
-    check_group(df, group_label(group))
+    check_group(df, group_label(group), min_resid_df)
     logN, logD, logL = (np.log(df[c].to_numpy(float))[None, :] for c in ("N", "D", "loss"))
     x, f = multistart(grid.starts(), logN, logD, logL, workers)
     # continue the most promising starts to full convergence, keep the best
     res = min((polish(lambda th: objective(th, logN, logD, logL), x[i])
                for i in np.argsort(f)[:POLISH]), key=lambda r: r.fun)
     theta = res.x
+    check_optimum(theta, logN, logD, group_label(group))
     fitted = log_law(theta[None], logN, logD)
     params = pd.Series(to_natural(theta)[0], index=NAMES)
     result = ChinchillaResult("chinchilla", group, params, None, len(df), float(res.fun),
@@ -289,7 +338,11 @@ def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int =
     if bootstrap:
         noise = resample_residuals(result.resid, 5, bootstrap, np.random.default_rng(seed),
                                    robust=True)
-        result.boot = to_natural(refit_draws(theta, logN, logD, fitted + noise))
+        draws = refit_draws(local_optima(x, f, theta), logN, logD, fitted + noise)
+        ident = check_draws(draws, theta, NAMES)
+        if not ident.ok:
+            raise NotIdentified(f"group ({group_label(group)})", ident)
+        result.boot = to_natural(draws)
     result.warnings += _edge_warnings(theta, grid)
     if not res.success:
         result.warnings.append(f"the optimizer did not converge: {res.message}")

@@ -31,7 +31,7 @@ from analysis.errors import AnalysisError
 from analysis.paired import DocLosses, combine, pair_difference
 from analysis.prediction import CHINCHILLA, prediction_interval
 from analysis.records import by_family, family_key
-from analysis.results import interval
+from analysis.results import held, interval
 
 TOLERANCE = 0.01  # moe_vs_dense/model/pairing.py matches partners to within 1%
 PAIR_COLUMNS = ["family", "modality", "pair", "run", "run_dense", "C", "N_active", "D", "loss",
@@ -162,7 +162,7 @@ def delta_curve(other: Frontier, dense: Frontier, C: np.ndarray,
     if a is not None and b is not None:
         n = min(len(a), len(b))
         level = min(other.fit.expanded(alpha), dense.fit.expanded(alpha))
-        out["lower"], out["upper"] = interval(a[:n, 2] - b[:n, 2], level, axis=0)
+        out["lower"], out["upper"] = held(out["dL"], *interval(a[:n, 2] - b[:n, 2], level, axis=0))
     return out
 
 
@@ -201,24 +201,41 @@ def crossover_interval(other: Frontier, dense: Frontier, C: np.ndarray,
     if not (sure(below, sign) and sure(above, -sign)) or np.mean(np.isfinite(firsts)) < 1 - alpha:
         out["crossover"] = "none resolved (the band includes 0 on one side of it)"
         return out
-    lo, hi = interval(firsts, alpha)
-    out["crossover_lower"], out["crossover_upper"] = float(lo), float(hi)
+    lo, hi = (float(v) for v in held(x[0], *interval(firsts, alpha)))
+    if np.isnan(lo):
+        out["crossover"] = "none resolved (the draws' crossovers do not bracket the estimate)"
+        return out
+    out["crossover_lower"], out["crossover_upper"] = lo, hi
     out["crossover"] = f"{x[0]:.3g} FLOPs ({1 - alpha:.0%}: {lo:.3g} to {hi:.3g})"
     return out
 
 
+def run_share(df: pd.DataFrame | None, family: str, modality: str) -> float:
+    """Median over the family's runs of run compute / compute on this modality (C_total / C):
+    what a per-modality compute costs as a whole run of that mixture; NaN without runs."""
+    if df is None or "C_total" not in df:
+        return np.nan
+    g = by_family(df)
+    g = g[(g["family"] == family) & (g["modality"] == modality)]
+    return float(np.median(g["C_total"] / g["C"])) if len(g) else np.nan
+
+
 def compare_laws(frontiers: dict[tuple[str, str], Frontier], c_min: float, c_max: float,
-                 points: int = 200, alpha: float = 0.05) -> pd.DataFrame:
+                 points: int = 200, alpha: float = 0.05, df: pd.DataFrame | None = None
+                 ) -> pd.DataFrame:
     """Per (family, modality) with a dense frontier too: where dL(C) changes sign between
     c_min and c_max, with its interval or why none is resolved (C as analysis/compute.py
-    defines it). The values of dL at given computes: `law_points`."""
+    defines it: FLOPs on this modality's tokens). With the runs `df`, `run compute / C` says
+    what one FLOP on the modality costs as a whole run of the family's mixture (run_share), to
+    read a crossover as a cost. The values of dL at given computes: `law_points`."""
     C = np.exp(np.linspace(np.log(c_min), np.log(c_max), points))
     rows = []
     for (family, modality), f in sorted(frontiers.items()):
         if family == "dense" or ("dense", modality) not in frontiers:
             continue
         rows.append({"family": family, "modality": modality, "C_min": c_min, "C_max": c_max,
-                     **crossover_interval(f, frontiers[("dense", modality)], C, alpha)})
+                     **crossover_interval(f, frontiers[("dense", modality)], C, alpha),
+                     "run compute / C": run_share(df, family, modality)})
     return pd.DataFrame(rows)
 
 
@@ -238,7 +255,9 @@ def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
     """Per (family, modality) with a dense frontier too, at the smallest, median and largest
     observed compute of the modality and 10x, 100x ... beyond: each family's compute-optimal
     loss with its 1 - alpha prediction interval (a new run at that N*, D*), dL with its
-    bootstrap band, and a verdict ("<family> better", "dense better" or "not resolved")."""
+    bootstrap band, and a verdict ("<family> better", "dense better" or "not resolved");
+    `extrapolated in` names what lies outside the runs: C beyond the largest run's compute,
+    and each family's N* or D* outside the range of its runs' sizes or tokens."""
     rows, df = [], by_family(df)
     for (family, modality), f in sorted(frontiers.items()):
         if family == "dense" or ("dense", modality) not in frontiers:
@@ -248,14 +267,19 @@ def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
         where = _computes(runs["C"].to_numpy(float), extrapolate)
         C = np.array([c for c, _ in where])
         curve = delta_curve(f, dense, C, alpha)
-        pis = {}
+        pis, outside = {}, [[] for _ in C]
         for fam, fr in (("dense", dense), (family, f)):
             at = fr.at(C)
             train = runs[runs["family"] == fam]
+            for i, marks in enumerate(outside):
+                marks += [f"{v}* of {fam.split()[0]}" for v, col in (("N", "N_opt"), ("D", "D_opt"))
+                          if not train[v].min() <= at[col].iloc[i] <= train[v].max()]
             pis[fam] = prediction_interval(fr.fit, CHINCHILLA, train,
                                            at.rename(columns={"N_opt": "N", "D_opt": "D"}), alpha)
+        share = run_share(df, family, modality)
         for i, (c, label) in enumerate(where):
-            row = {"family": family, "modality": modality, "C": c, "where": label}
+            row = {"family": family, "modality": modality, "C": c, "C (whole run)": c * share,
+                   "where": label}
             for fam in ("dense", family):
                 p, col = pis[fam].iloc[i], f"L_{fam.split()[0]}"  # L_moe for every MoE family
                 row[col], row[f"{col} lower"], row[f"{col} upper"] = \
@@ -265,5 +289,7 @@ def law_points(frontiers: dict[tuple[str, str], Frontier], df: pd.DataFrame,
             row["dL lower"], row["dL upper"] = d.get("lower", np.nan), d.get("upper", np.nan)
             row["verdict"] = (f"{family} better" if row["dL upper"] < 0 else
                               "dense better" if row["dL lower"] > 0 else "not resolved")
+            beyond = ["C"] if c > runs["C"].max() else []
+            row["extrapolated in"] = ", ".join(beyond + outside[i]) or "-"
             rows.append(row)
     return pd.DataFrame(rows)

@@ -21,7 +21,7 @@ import pandas as pd
 from analysis.chinchilla import NAMES, ChinchillaResult
 from analysis.chinchilla import frontier as chinchilla_frontier
 from analysis.records import by_family
-from analysis.results import interval
+from analysis.results import held, interval
 
 DEFINITION = ("C is training FLOPs spent on a modality's tokens: FLOPs per token (6 x (active "
               "params + d x V) + 12 x L x d x T, attention and output head included) times the "
@@ -79,8 +79,8 @@ class Frontier:
         draws = self.draws(C)
         if draws is not None:
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
-                out[f"{name}_lower"], out[f"{name}_upper"] = interval(
-                    draws[:, j], self.fit.expanded(alpha), axis=0)
+                out[f"{name}_lower"], out[f"{name}_upper"] = held(out[name], *interval(
+                    draws[:, j], self.fit.expanded(alpha), axis=0))
         al, be, s = self.fit.params["alpha"], self.fit.params["beta"], self.flops.s
         out.attrs["a"], out.attrs["b"] = be / (al + s * be), al / (al + s * be)
         return out

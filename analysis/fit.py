@@ -16,8 +16,21 @@ def fit_groups(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int = 1000,
                seed: int = 0) -> list[LawResult]:
     """chinchilla: one fit per (MoE family as `family_key` labels it, modality) over the runs on
     the joint mixture (records.by_family), its group naming that mixture; bimodal: per (family,
-    modality pair);
-    routed: per modality, router, top-k and token count (routed.routed_jobs)."""
+    modality pair); routed: per modality, router, top-k and token count (routed.routed_jobs).
+    A group that cannot be fitted (or is not identified) is skipped with one warning each; none
+    fitted: AnalysisError."""
+    results, problems = fit_groups_noting(df, law, bootstrap, seed)
+    for p in problems if results else []:
+        warnings.warn(f"skipped: {p}", stacklevel=2)
+    if not results:
+        raise AnalysisError("; ".join(problems) or f"no group of runs to fit the {law} law to")
+    return results
+
+
+def fit_groups_noting(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int = 1000,
+                      seed: int = 0) -> tuple[list[LawResult], list[str]]:
+    """As fit_groups, returning (results, one line per group skipped and why) without warning
+    or raising, for a report that prints each skipped group where its law would be."""
     if law == "chinchilla":
         jobs = [({"family": f, "modality": m, "mixture": ", ".join(sorted(set(g["modalities"])))}, g)
                 for (f, m), g in by_family(df).groupby(["family", "modality"])]
@@ -40,11 +53,7 @@ def fit_groups(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int = 1000,
             results.append(fit(group, g))
         except AnalysisError as e:
             problems.append(str(e))
-    if problems and results:
-        warnings.warn("skipped: " + "; ".join(problems), stacklevel=2)
-    if not results:
-        raise AnalysisError("; ".join(problems) or f"no group of runs to fit the {law} law to")
-    return results
+    return results, problems
 
 
 def chinchilla_by_group(results: list[LawResult]) -> dict[tuple[str, str], ChinchillaResult]:

@@ -27,7 +27,7 @@ from analysis.records import family_key, joint_mixture
 COMPUTE = ("C is training FLOPs on the modality's tokens (FLOPs per token x its tokens, "
            "analysis/compute.py); EL(C) = C_dense(L*_MoE(C)) / C along both families' "
            "compute-optimal frontiers")
-SHOWN = ["modality", "family", "where", "C", "EL", "lower", "upper", "verdict", "law",
+SHOWN = ["modality", "family", "where", "C", "C (whole run)", "EL", "lower", "upper", "verdict", "law",
          "MoE total params", "dense params at equal loss", "memory ratio",
          "MoE inference FLOPs/token", "dense inference FLOPs/token", "note"]
 

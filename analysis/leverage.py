@@ -37,10 +37,14 @@ from analysis.chinchilla import NAMES, REFIT_ITERS, ChinchillaResult, Grid, batc
 from analysis.compare import match_runs
 from analysis.compute import FlopsPerToken, fit_flops_per_token
 from analysis.errors import AnalysisError
+from analysis.identify import check_draws
 from analysis.law_bank import CHINCHILLA, lse_objective
 from analysis.records import family_key
-from analysis.results import interval
+from analysis.results import held, interval
 
+# a law-free interval needs this many distinct bootstrap values, so that each 2.5% tail of
+# 1000 draws holds more than one: fewer runs leave too few distinct resamples to bound EL
+MIN_DISTINCT_DRAWS = 40
 MORE, LESS, UNRESOLVED = "experts worth more compute", "experts worth less", "not resolved"
 EXTRAPOLATE = (10.0, 100.0)
 FULL_GRID = Grid()
@@ -156,10 +160,13 @@ def optimal_params(p: np.ndarray, C: np.ndarray, flops: FlopsPerToken) -> np.nda
 
 def interval_with_inf(draws: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     """Percentile interval over axis 0 where some draws are +inf (the dense law never reaches
-    the loss): those rank above every finite draw, so a bound among them is +inf."""
-    big = np.finfo(float).max
-    lo, hi = interval(np.where(np.isinf(draws), big, draws), alpha, axis=0)
-    return np.where(lo >= big, np.inf, lo), np.where(hi >= big, np.inf, hi)
+    the loss): those rank above every finite draw, so a bound among them is +inf. Order
+    statistics (no interpolation), so a bound is a draw or inf, never a blend of the two."""
+    x = np.where(np.isnan(draws), np.nan, draws)
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.nanpercentile(x, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0,
+                                  method="inverted_cdf")
+    return lo, hi
 
 
 def verdict(lower: float, upper: float) -> str:
@@ -185,6 +192,8 @@ class LeverageFit:
     C_observed: np.ndarray  # the MoE family's compute values
     paired_units: int
     law: str = "chinchilla"
+    N_observed: tuple[float, float] | None = None  # the MoE runs' smallest and largest size
+    run_share: float = np.nan  # median C_total / C of the MoE runs: a whole run per modality FLOP
 
     def curve(self, C, alpha: float = 0.05) -> pd.DataFrame:
         """EL with its interval and verdict at compute C, and the storage side: the MoE's total
@@ -198,7 +207,7 @@ class LeverageFit:
         out = pd.DataFrame({"C": C, "EL": el, "lower": np.nan, "upper": np.nan})
         if self.dense.boot is not None and self.moe.boot is not None:
             draws = leverage(self.dense.boot, self.moe.boot, C, self.flops_dense, self.flops_moe)
-            out["lower"], out["upper"] = interval_with_inf(draws, alpha)
+            out["lower"], out["upper"] = held(el, *interval_with_inf(draws, alpha))
             out["unreachable_share"] = np.isinf(draws).mean(0)
         out["verdict"] = [verdict(lo, hi) for lo, hi in zip(out["lower"], out["upper"], strict=True)]
         out["MoE total params"] = n_moe * self.total_per_active
@@ -209,17 +218,28 @@ class LeverageFit:
         return out
 
     def table(self, alpha: float = 0.05) -> pd.DataFrame:
-        """EL at the smallest, median and largest observed compute and 10x, 100x beyond."""
+        """EL at the smallest, median and largest observed compute and 10x, 100x beyond; C is
+        FLOPs on this modality's tokens, `C (whole run)` the compute of a whole run of the MoE's
+        mixture that spends C on it (median ratio over its runs), the cost to read EL by."""
         c = self.C_observed
         points = [("smallest observed", c.min()), ("median observed", float(np.median(c))),
                   ("largest observed", c.max())]
         points += [(f"extrapolated {f:g}x beyond the largest", c.max() * f) for f in EXTRAPOLATE]
         curve = self.curve([v for _, v in points], alpha)
         curve.insert(0, "where", [w for w, _ in points])
+        curve.insert(curve.columns.get_loc("C") + 1, "C (whole run)", curve["C"] * self.run_share)
         curve.insert(0, "family", self.family)
         curve.insert(0, "modality", self.modality)
         curve["law"] = self.law
         curve["note"] = [_note(r, self.dense) for r in curve.itertuples()]
+        if self.N_observed is not None:
+            n_moe = curve["MoE total params"] / self.total_per_active
+            beyond = ~n_moe.between(*self.N_observed)
+            curve.loc[beyond, "note"] = [
+                "; ".join(filter(None, [n, f"the MoE's N* = {v:.3g} lies outside its runs' sizes "
+                                        f"({self.N_observed[0]:.3g} to {self.N_observed[1]:.3g}): "
+                                        "extrapolated in N"]))
+                for n, v in zip(curve.loc[beyond, "note"], n_moe[beyond], strict=True)]
         return curve
 
 
@@ -257,10 +277,16 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
     if bootstrap:
         wd, wm = paired_weights(kd, km, bootstrap, np.random.default_rng(seed))
         dense.boot, moe.boot = refit_weighted(dense, dense_df, wd), refit_weighted(moe, moe_df, wm)
+        for fit in (dense, moe):  # draws that do not vary give no interval (identify.check_draws)
+            if not check_draws(fit.boot, fit.params.to_numpy(), NAMES).ok:
+                fit.boot = None
     flops = lambda g: fit_flops_per_token(g["N"], g["flops_per_token"])  # noqa: E731
     return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
                        float(np.median(moe_df["N_total"] / moe_df["N_active"])),
-                       moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)))
+                       moe_df["C"].to_numpy(float), len(np.intersect1d(kd, km)),
+                       N_observed=(float(moe_df["N"].min()), float(moe_df["N"].max())),
+                       run_share=float(np.median(moe_df["C_total"] / moe_df["C"]))
+                       if "C_total" in moe_df else np.nan)
 
 
 def _reuse(fits, family: str, modality: str, runs: pd.DataFrame):
@@ -309,23 +335,32 @@ def envelope(C: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return C[keep], L[keep]
 
 
-def law_free_ratio(dense_C, dense_L, moe_C, moe_L) -> tuple[float, np.ndarray]:
+def law_free_ratio(dense_C, dense_L, moe_C, moe_L, moe_w=None) -> tuple[float, np.ndarray]:
     """Geometric mean over the MoE's Pareto runs of C_dense / C_moe, where C_dense is the compute
     at which the dense Pareto front (log-log interpolated) reaches that run's loss; only runs
-    whose loss the dense front brackets count (no extrapolation). (ratio, their compute)."""
+    whose loss the dense front brackets count (no extrapolation). moe_w: each MoE run's
+    multiplicity in a bootstrap draw (a run drawn twice counts twice in the mean; runs of
+    weight 0 are left out). (ratio, their compute)."""
+    mC, mL = np.asarray(moe_C, float), np.asarray(moe_L, float)
+    w = np.ones_like(mC) if moe_w is None else np.asarray(moe_w, float)
     dc, dl = envelope(np.asarray(dense_C, float), np.asarray(dense_L, float))
-    mc, ml = envelope(np.asarray(moe_C, float), np.asarray(moe_L, float))
+    mc, ml = envelope(mC[w > 0], mL[w > 0])
     inside = (ml >= dl.min()) & (ml <= dl.max())
     if len(dc) < 2 or not inside.any():
         return np.nan, mc[:0]
+    weight = np.array([w[w > 0][(mC[w > 0] == c) & (mL[w > 0] == v)].sum()
+                       for c, v in zip(mc[inside], ml[inside], strict=True)])
     logc = np.interp(-np.log(ml[inside]), -np.log(dl), np.log(dc))
-    return float(np.exp(np.mean(logc - np.log(mc[inside])))), mc[inside]
+    return float(np.exp(np.average(logc - np.log(mc[inside]), weights=weight))), mc[inside]
 
 
 def law_free_leverage(fit: LeverageFit, df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
                       alpha: float = 0.05) -> dict:
     """EL from the runs alone on the observed range, with a bootstrap interval over the same
-    paired resampling as the laws, and the law-based EL at the compared runs' compute."""
+    paired resampling as the laws (runs, not residuals, resampled; each MoE run weighted by how
+    often a draw holds it), and the law-based EL at the compared runs' compute. No interval
+    where the draws take fewer than MIN_DISTINCT_DRAWS distinct values (column `distinct
+    draws`) or where it would not hold its estimate."""
     rows = df[df["modality"] == fit.modality].assign(fkey=lambda x: family_key(x))
     rows = rows.assign(key=pair_keys(rows))
     d, m = rows[rows["fkey"] == "dense"], rows[rows["fkey"] == fit.family]
@@ -338,7 +373,10 @@ def law_free_leverage(fit: LeverageFit, df: pd.DataFrame, bootstrap: int = 1000,
         wd, wm = paired_weights(d["key"].to_numpy(), m["key"].to_numpy(), bootstrap,
                                 np.random.default_rng(seed + 1))
         dC, dL, mC, mL = (x.to_numpy(float) for x in (d["C"], d["loss"], m["C"], m["loss"]))
-        draws = np.array([law_free_ratio(dC[a > 0], dL[a > 0], mC[b > 0], mL[b > 0])[0]
+        draws = np.array([law_free_ratio(dC[a > 0], dL[a > 0], mC, mL, b)[0]
                           for a, b in zip(wd, wm, strict=True)])
-        out["lower"], out["upper"] = interval(draws, alpha)
+        distinct = len(np.unique(draws[np.isfinite(draws)].round(12)))
+        out["distinct draws"] = distinct
+        if distinct >= MIN_DISTINCT_DRAWS:
+            out["lower"], out["upper"] = (float(v) for v in held(est, *interval(draws, alpha)))
     return out

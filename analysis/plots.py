@@ -46,6 +46,31 @@ def _save(fig, path: Path) -> Path:
 COMPUTE_LABEL = "training FLOPs on this modality's tokens"
 
 
+def solid_dashed(ax, x, y, inside, **kw) -> None:
+    """y against x, solid where `inside` (the runs' range) and dashed beyond (extrapolated)."""
+    x, y, inside = np.asarray(x, float), np.asarray(y, float), np.asarray(inside, bool)
+    ax.plot(x, np.where(inside, y, np.nan), **kw)
+    kw.pop("label", None)
+    # dashed beyond, overlapping one point so the two pieces join
+    near = inside | np.r_[inside[1:], False] | np.r_[False, inside[:-1]]
+    ax.plot(x, np.where(~inside | (near & ~inside.all()), y, np.nan), ls="--", **kw)
+
+
+def band(ax, x, lower, upper, **kw) -> None:
+    """A 95% band; where its upper bound is unbounded (inf) it runs to the top of the axes with
+    an arrow there, never clipped to a finite number. Withheld bounds (NaN) leave a gap."""
+    x, lo, hi = (np.asarray(v, float) for v in (x, lower, upper))
+    open_ = np.isinf(hi) & np.isfinite(lo)
+    ax.fill_between(x, lo, np.where(open_, np.nan, hi), **kw)
+    if open_.any():
+        kw.pop("label", None)
+        top = ax.get_ylim()[1]
+        ax.fill_between(x, lo, np.where(open_, top, np.nan), **{**kw, "alpha": 0.08})
+        ax.set_ylim(top=top)
+        ax.annotate("upper bound unbounded", (x[open_][0], top), xytext=(0, -12),
+                    textcoords="offset points", fontsize=6, arrowprops={"arrowstyle": "->"})
+
+
 def loss_vs_compute(df: pd.DataFrame, frontiers: dict[tuple[str, str], Frontier],
                     path: Path) -> Path:
     """Runs at their compute C and each family's compute-optimal frontier in the same C
@@ -61,8 +86,13 @@ def loss_vs_compute(df: pd.DataFrame, frontiers: dict[tuple[str, str], Frontier]
             ax.scatter(g["C"], g["loss"], s=14, color=color, alpha=0.7, label=f"{family} runs")
             f = frontiers.get((family, m))
             if f is not None:
-                ax.plot(C, f.at(C)["loss_opt"], color=color, lw=1.5,
-                        label=f"{family} law, compute-optimal")
+                at = f.at(C)
+                seen = (at["C"].between(g["C"].min(), g["C"].max()).to_numpy()
+                        & at["N_opt"].between(g["N"].min(), g["N"].max()).to_numpy()
+                        & at["D_opt"].between(g["D"].min(), g["D"].max()).to_numpy())
+                solid_dashed(ax, C, at["loss_opt"], seen, color=color, lw=1.5,
+                             label=f"{family} law, compute-optimal (dashed: C, N* or D* "
+                             "beyond the runs)")
         ax.set(xscale="log", yscale="log", title=m, xlabel=COMPUTE_LABEL,
                ylabel="held-out loss (nats/token)")
         ax.legend(fontsize=7)
@@ -70,8 +100,10 @@ def loss_vs_compute(df: pd.DataFrame, frontiers: dict[tuple[str, str], Frontier]
 
 
 def delta_vs_compute(frontiers: dict[tuple[str, str], Frontier], pair_table: pd.DataFrame,
-                     c_min: float, c_max: float, path: Path) -> Path | None:
-    """dL from the laws against C, and the observed pairs at their own C (the same unit)."""
+                     c_min: float, c_max: float, path: Path, c_observed: float | None = None
+                     ) -> Path | None:
+    """dL from the laws against C (dashed beyond c_observed, the largest run's compute), and
+    the observed pairs at their own C (the same unit)."""
     combos = [(f, m) for (f, m) in sorted(frontiers) if f != "dense" and ("dense", m) in frontiers]
     if not combos:
         return None
@@ -81,10 +113,12 @@ def delta_vs_compute(frontiers: dict[tuple[str, str], Frontier], pair_table: pd.
     for ax, (family, m) in zip(axes, combos, strict=True):
         curve = delta_curve(frontiers[(family, m)], frontiers[("dense", m)], C)
         color = colors[family]
-        ax.plot(curve["C"], curve["dL"], color=color, label="from the fitted laws")
+        seen = curve["C"].to_numpy() <= (c_observed or np.inf)
+        solid_dashed(ax, curve["C"], curve["dL"], seen, color=color,
+                     label="from the fitted laws (dashed: beyond the largest run)")
         if "lower" in curve:
-            ax.fill_between(curve["C"], curve["lower"], curve["upper"], color=color, alpha=0.2,
-                            label="95% bootstrap band")
+            band(ax, curve["C"], curve["lower"], curve["upper"], color=color, alpha=0.2,
+                 label="95% bootstrap band")
         obs = pair_table[(pair_table["family"] == family) & (pair_table["modality"] == m)]
         if len(obs):
             ax.scatter(obs["C"], obs["dL"], s=14, color="k", label="observed pairs")

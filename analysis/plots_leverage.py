@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.leverage import EXTRAPOLATE, LeverageFit
-from analysis.plots import _grid, _save
+from analysis.plots import _grid, _save, band
 
 
 def leverage_vs_compute(fits: list[LeverageFit], best_fits: list[LeverageFit], law_free: pd.DataFrame,
@@ -31,19 +31,18 @@ def leverage_vs_compute(fits: list[LeverageFit], best_fits: list[LeverageFit], l
             ax.plot(C[seen], curve["EL"][seen], color=color, label=f"{f.family} (Chinchilla laws)")
             ax.plot(C[~seen], curve["EL"][~seen], color=color, ls="--")
             if "lower" in curve and curve["lower"].notna().any():
-                ax.fill_between(C, curve["lower"].clip(upper=1e6), curve["upper"].clip(upper=1e6),
-                                color=color, alpha=0.15)
+                band(ax, C, curve["lower"], curve["upper"], color=color, alpha=0.15)
             for b in (b for b in best_fits if b.modality == m and b.family == f.family):
                 ext = C[~seen]
                 bc = b.curve(ext)
                 ax.plot(ext, bc["EL"], color=color, ls=":", lw=2,
                         label=f"{f.family}, extrapolated by the {b.law} law (best on held-out runs)")
-                ax.fill_between(ext, bc["lower"].clip(upper=1e6), bc["upper"].clip(upper=1e6),
-                                facecolor="none", edgecolor=color, hatch="///", lw=0, alpha=0.5)
+                band(ax, ext, bc["lower"], bc["upper"], facecolor="none", edgecolor=color,
+                     hatch="///", lw=0, alpha=0.5)
             free = law_free[(law_free["modality"] == m) & (law_free["family"] == f.family)]
             for _, r in free.iterrows():
                 v = r["EL (runs)"]
-                if np.isfinite(v):
+                if np.isfinite(v) and np.isfinite(r["lower"]) and np.isfinite(r["upper"]):
                     mid = float(np.exp(np.mean(np.log([lo, hi]))))
                     ax.errorbar([mid], [v], yerr=[[v - r["lower"]], [r["upper"] - v]], fmt="o",
                                 color=color, ms=4, capsize=2, label=f"{f.family}, from the runs alone")

@@ -13,9 +13,10 @@ from analysis.backtest import backtest, summarize
 from analysis.compare import compare_laws, compare_pairs, law_points, pairs
 from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
-from analysis.fit import chinchilla_by_group, fit_groups
+from analysis.fit import chinchilla_by_group, fit_groups_noting
 from analysis.isoflop import isoflop
 from analysis.records import bigram_floors, by_family, family_key, load_docs, load_runs
+from analysis.results import bound_text
 from analysis.shared_exponent import shared_table, shared_tests
 from analysis.tables import fits_table, render
 
@@ -24,8 +25,12 @@ HOLDOUT = 3  # largest-compute runs per group the report's backtest predicts
 
 def _regime(df: pd.DataFrame) -> str:
     ratio = df["D"] / df["N"]
-    return (f"tokens per active parameter (D/N) span {ratio.min():.3g} to {ratio.max():.3g} "
-            f"(median {ratio.median():.3g}); Chinchilla's compute-optimal ratio is about 20")
+    return (f"D/N, the tokens of each modality a run trained on over its parameters (N as "
+            f"defined above, embeddings included as the record counts them), spans "
+            f"{ratio.min():.3g} to {ratio.max():.3g} (median {ratio.median():.3g}). Chinchilla's "
+            "compute-optimal ratio of about 20 is all training tokens over all parameters of a "
+            "dense text model; on a run of several modalities each modality's ratio is only "
+            "its share of the run's")
 
 
 def _precision(df: pd.DataFrame) -> str:
@@ -50,6 +55,15 @@ def _try(what: str, fn, notes: list[str]):
     except AnalysisError as e:
         notes.append(f"{what}: {e}")
         return None
+
+
+def _fit(what: str, df: pd.DataFrame, law: str, bootstrap: int, notes: list[str]):
+    """(identified fits, one '- ...' line per group not fitted, with why and what to add)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results, problems = fit_groups_noting(df, law, bootstrap)
+    notes += [f"{what}: {w.message}" for w in caught]
+    return results, [f"- {p}" for p in problems]
 
 
 def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
@@ -112,15 +126,21 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  D_min=("D", "min"), D_max=("D", "max"), C_min=("C", "min"), C_max=("C", "max"),
                  best_loss=("loss", "min"), max_loss_se=("loss_se", "max")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
-    chin = _try("Chinchilla fits", lambda: fit_groups(df, "chinchilla", bootstrap), notes) or []
+    chin, chin_gaps = _fit("Chinchilla fits", df, "chinchilla", bootstrap, notes)
     lever, h = _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
     table = _try("paired comparison", lambda: compare_pairs(df, docs=docs), notes)
     lines[first:first] = _primary(df, table, h, records, out)
     lines += lever
     fronts = frontiers(df, chinchilla_by_group(chin))
-    if chin:
+    if chin or chin_gaps:
         lines += ["", "## Fitted laws: L = E + A/N^alpha + B/D^beta", "",
-                  render(fits_table(chin)), ""]
+                  "Intervals: 95% residual bootstrap (resampled log-space residuals added to the "
+                  "fit, refitted), expanded percentiles; a blank interval would not have held its "
+                  "estimate. Groups the runs do not identify get no estimate, only what to add.",
+                  ""]
+        if chin:
+            lines += [render(fits_table(chin)), ""]
+        lines += chin_gaps
         for r in chin:
             f = fronts[(r.group["family"], r.group["modality"])]
             co = f.at(np.array([1e18]))
@@ -158,12 +178,18 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "and 100x beyond the largest run (extrapolated, marked so). L: each family's "
                   "compute-optimal loss with the 95% prediction interval of a new run at that "
                   "N*, D* (bootstrap refits x resampled residuals); dL = L_moe - L_dense with "
-                  "its 95% bootstrap band (secondary: unadjusted, no verdict).", "",
-                  render(points.drop(columns="verdict")), "", "Where dL changes sign, from "
+                  "its 95% bootstrap band (secondary: unadjusted, no verdict). C is FLOPs on the "
+                  "modality's tokens; `C (whole run)` the compute "
+                  "of a whole run of the family's mixture that spends C on this modality (median "
+                  "ratio over its runs), the cost to read a crossover by. `extrapolated in`: "
+                  "what lies outside the runs at that row (C beyond the largest run, or a "
+                  "family's N* or D* outside its runs' sizes or tokens).", "",
+                  render(points.drop(columns="verdict", errors="ignore")),
+                  "", "Where dL changes sign, from "
                   f"{c_min:.3g} to {c_max:.3g} FLOPs:", "",
-                  render(compare_laws(fronts, c_min, c_max))]
+                  render(compare_laws(fronts, c_min, c_max, df=df))]
         figs.append(plots.delta_vs_compute(fronts, pair_rows, c_min, c_max,
-                                           out / "delta_vs_compute.png"))
+                                           out / "delta_vs_compute.png", df["C"].max()))
     tests = _try("shared-exponent test", lambda: shared_tests(
         df, bootstrap=bootstrap, draws=max(bootstrap, 99), fits=chinchilla_by_group(chin)), notes)
     if tests:
@@ -187,25 +213,30 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   f"compute over the largest training run's. {int(s['covered'].sum())} of "
                   f"{int(s['held_out'].sum())} held-out runs were covered.", "",
                   render(bt.drop(columns=["law"])), "", render(s)]
-    bimodal = _try("bimodal law", lambda: fit_groups(df, "bimodal", bootstrap), notes)
-    if bimodal:
-        lines += ["", "## Competition and synergy (Aghajanyan et al. 2023)", "",
-                  render(fits_table(bimodal)), ""]
+    bimodal, bimodal_gaps = _fit("bimodal law", df, "bimodal", bootstrap, notes)
+    if bimodal or bimodal_gaps:
+        lines += ["", "## Competition and synergy (Aghajanyan et al. 2023)", ""]
+        if bimodal:
+            lines += [render(fits_table(bimodal)), ""]
+        lines += bimodal_gaps
         for r in bimodal:
             b = r.barrier()
             joint = df[(df["family"] == r.group["family"]) & (df["modalities"] == r.group["pair"])]
             fpt = fit_flops_per_token(joint["N"], joint["flops_per_token"])(b["N"])
             where = (f"N = {b['N']:.3g} (total compute {fpt * b['tokens_per_param'] * b['N']:.3g} "
                      "FLOPs)" if np.isfinite(b["N"]) else "no sign change in 1e3..1e16 params")
-            ci = (f", 95% interval N in [{b['N_lower']:.3g}, {b['N_upper']:.3g}]"
-                  if "N_lower" in b else "")
+            ci = (f", 95% interval N in [{bound_text(b['N_lower'], '.3g')}, "
+                  f"{bound_text(b['N_upper'], '.3g')}]"
+                  if not np.isnan(b.get("N_lower", np.nan)) else "")
             lines.append(f"- {r.label()}: competition barrier at D/N = {b['tokens_per_param']:.3g}: "
                          f"{where}{ci}; runs: "
                          + ", ".join(f"{v} x{c}" for v, c in r.points["verdict"].value_counts().items()))
+    if bimodal:
         figs.append(plots.competition_map(bimodal, out / "competition_map.png"))
-    routed = _try("routed law", lambda: fit_groups(df, "routed", bootstrap), notes)
-    if routed:
-        lines += ["", "## Routed-MoE law (Clark et al. 2022)", "", render(fits_table(routed))]
+    routed, routed_gaps = _fit("routed law", df, "routed", bootstrap, notes)
+    if routed or routed_gaps:
+        lines += ["", "## Routed-MoE law (Clark et al. 2022)", ""]
+        lines += ([render(fits_table(routed)), ""] if routed else []) + routed_gaps
     figs.append(plots.expert_use(records, out / "expert_use.png"))
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     if notes:

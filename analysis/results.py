@@ -45,11 +45,11 @@ class LawResult:
 
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         """Percentile bootstrap intervals (expanded, see `expanded`), columns `lower` and
-        `upper`."""
+        `upper`; NaN where an interval would not hold its estimate with positive width (`held`)."""
         if self.boot is None or len(self.boot) < 2:
             lo = hi = np.full(len(self.params), np.nan)
         else:
-            lo, hi = interval(self.boot, self.expanded(alpha), axis=0)
+            lo, hi = held(self.params.to_numpy(float), *interval(self.boot, self.expanded(alpha), axis=0))
         return pd.DataFrame({"lower": lo, "upper": hi}, index=self.params.index)
 
     def label(self) -> str:
@@ -71,8 +71,8 @@ class LawResult:
             "law": self.law, "group": self.group, "n_points": self.nobs,
             "objective": self.objective, "converged": self.converged, "message": self.message,
             "confidence": 1 - alpha,
-            "params": {k: {"estimate": _num(v), "lower": _num(ci.loc[k, "lower"]),
-                           "upper": _num(ci.loc[k, "upper"]), "std_err": _num(self.bse[k])}
+            "params": {k: {"estimate": _num(v), "lower": _bound(ci.loc[k, "lower"]),
+                           "upper": _bound(ci.loc[k, "upper"]), "std_err": _num(self.bse[k])}
                        for k, v in self.params.items()},
             "n_bootstrap": 0 if self.boot is None else len(self.boot),
             "warnings": self.warnings,
@@ -87,6 +87,27 @@ def interval(draws: np.ndarray, alpha: float = 0.05, axis: int | None = None) ->
     return np.nanpercentile(draws, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=axis)
 
 
+def held(estimate, lower, upper) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) with both NaN wherever the interval does not contain its estimate or has
+    no positive width: such an interval is not printed (an infinite bound is kept: unbounded)."""
+    est, lo, hi = np.broadcast_arrays(*(np.asarray(v, float) for v in (estimate, lower, upper)))
+    lo, hi = lo.copy(), hi.copy()
+    lo[lo <= -BIG], hi[hi >= BIG] = -np.inf, np.inf  # float max that escaped a mapping to inf
+    bad = ~((hi > lo) & (lo <= est) & (est <= hi))
+    lo[bad], hi[bad] = np.nan, np.nan
+    return lo, hi
+
+
+def bound_text(v: float, fmt: str = ".4g") -> str:
+    """A bound in words: 'unbounded' for an infinite one, '' for none (NaN)."""
+    if np.isnan(v):
+        return ""
+    return "unbounded" if np.isinf(v) else format(v, fmt)
+
+
+BIG = 1e300  # a bound at or beyond this is an overflow standing for an infinite one
+
+
 def group_label(group: dict) -> str:
     """`family=moe, modality=dna`; "all" for the empty group."""
     return ", ".join(f"{k}={v}" for k, v in group.items()) or "all"
@@ -95,6 +116,12 @@ def group_label(group: dict) -> str:
 def _num(v) -> float | None:
     v = float(v)
     return v if np.isfinite(v) else None
+
+
+def _bound(v) -> float | str | None:
+    """An interval bound for JSON: the number, "unbounded" for an infinite one, null for none."""
+    v = float(v)
+    return "unbounded" if np.isinf(v) else _num(v)
 
 
 def resample_residuals(resid: np.ndarray, n_params: int, draws: int, rng: np.random.Generator,

@@ -31,7 +31,8 @@ import pandas as pd
 import statsmodels.api as sm
 
 from analysis.errors import AnalysisError
-from analysis.results import LawResult, group_label, interval, resample_residuals
+from analysis.identify import MIN_RESID_DF, NotIdentified, check_design, check_fit
+from analysis.results import LawResult, group_label, held, interval, resample_residuals
 
 NAMES = ["a", "b", "c", "d", "E_start", "E_max"]
 E_START_GRID = np.exp(np.linspace(np.log(1.05), np.log(8.0), 16))
@@ -173,6 +174,7 @@ class RoutedResult(LawResult):
             ci.loc[["a", "b", "c", "d"], "lower"], ci.loc[["a", "b", "c", "d"], "upper"] = lo, hi
             ci.loc["E_start"] = self._profile_grid(0, E_START_GRID, alpha, 1.0)
             ci.loc["E_max"] = self._profile_grid(1, E_MAX_GRID, alpha, 1.0)
+            ci["lower"], ci["upper"] = held(self.params.to_numpy(float), ci["lower"], ci["upper"])
         return ci
 
     def profile_linear(self, x_GK4: np.ndarray, alpha: float) -> tuple[np.ndarray, ...]:
@@ -237,7 +239,8 @@ class RoutedResult(LawResult):
             p = self.params[NAMES].to_numpy()
             q, lo, hi = self.linear_interval(self._rows(p, N, E), self._rows(self.boot, N, E),
                                              alpha, noise=True)
-        return pd.DataFrame({"loss": np.exp(q), "lower": np.exp(lo), "upper": np.exp(hi)})
+        return pd.DataFrame({"loss": np.exp(q), **dict(zip(("lower", "upper"), held(
+            np.exp(q), np.exp(lo), np.exp(hi)), strict=True))})
 
     def gain(self, N, E, alpha: float = 0.05) -> pd.DataFrame:
         """L(N, E) / L(N, 1): the loss of E experts relative to the dense model of the same
@@ -245,7 +248,8 @@ class RoutedResult(LawResult):
         dense = np.ones_like(np.asarray(E, float))
         x = self._rows(GRID_ROWS, N, E) - self._rows(GRID_ROWS, N, dense)
         q, lo, hi = self.profile_linear(x, alpha)
-        return pd.DataFrame({"ratio": np.exp(q), "lower": np.exp(lo), "upper": np.exp(hi)})
+        return pd.DataFrame({"ratio": np.exp(q), **dict(zip(("lower", "upper"), held(
+            np.exp(q), np.exp(lo), np.exp(hi)), strict=True))})
 
 
 def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int = 0) -> RoutedResult:
@@ -255,11 +259,11 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
     if df["E"].nunique() < 2:
         raise AnalysisError(f"group ({label}): the expert count does not vary; the routed law needs "
                             "runs with at least two expert counts")
-    if df["N"].nunique() < 2:
-        raise AnalysisError(f"group ({label}): every run has the same size; a cannot be fitted")
-    if len(df) < 7:
-        raise AnalysisError(f"group ({label}): {len(df)} points; the routed law's 6 parameters need "
-                            "at least 7 to leave a residual to estimate the noise from")
+    # E_hat saturates (curved in E: dense plus two expert counts at least); linear in log N
+    ident = check_design(df, len(NAMES), ("E",), "routed", linear=("N",),
+                         min_resid_df=MIN_RESID_DF["routed"])
+    if not ident.ok:
+        raise NotIdentified(f"group ({label})", ident)
     logN, logL = np.log(df["N"].to_numpy(float)), np.log(df["loss"].to_numpy(float))
     E = df["E"].to_numpy(float)
     (sse,), (coef,), (g,), (cov,) = fit_draws(logN, E, logL[None])
@@ -267,6 +271,9 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
     params = pd.Series([*coef, s, m], index=NAMES)
     result = RoutedResult("routed", group, params, None, len(df), float(sse), True, "least squares")
     X = _design(logN, E, s, m)
+    ident = check_fit(X, ["a", "b", "c", "d"], suggestion="add runs at more sizes and expert counts")
+    if not ident.ok:  # given the grid point the law is linear: X is its Jacobian
+        raise NotIdentified(f"group ({label})", ident)
     result.ols = sm.OLS(logL, X).fit()
     result.cov, result.resid = cov, logL - X @ coef
     result.scatter = sse / (len(df) - len(NAMES))

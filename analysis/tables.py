@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.results import LawResult
+from analysis.results import LawResult, bound_text
+
+
+def bounds_in_words(table: pd.DataFrame, floatfmt: str = ".4g") -> pd.DataFrame:
+    """Interval bound columns (named with lower or upper) as text: an infinite bound reads
+    "unbounded", a withheld one (NaN) is left blank."""
+    cols = [c for c in table.columns if ("lower" in str(c) or "upper" in str(c))
+            and pd.api.types.is_float_dtype(table[c]) and np.isinf(table[c]).any()]
+    if not cols:
+        return table
+    out = table.copy()
+    for c in cols:
+        out[c] = [bound_text(v, floatfmt) for v in table[c]]
+    return out
 
 
 def render(table: pd.DataFrame, fmt: str = "md", floatfmt: str = ".4g") -> str:
+    """Markdown, CSV or LaTeX; in Markdown and LaTeX an infinite interval bound reads "unbounded"
+    (CSV keeps inf, for machines)."""
+    if fmt in ("md", "latex"):
+        table = bounds_in_words(table, floatfmt)
     if fmt == "md":
         return table.to_markdown(index=False, floatfmt=floatfmt)
     if fmt == "csv":

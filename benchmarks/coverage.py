@@ -3,10 +3,13 @@ drawn from known laws with noise on every run (unimodal baselines included), for
 parameter and derived quantity the report shows. Target: each law's lowest coverage in
 [0.90, 0.99].
 
-Sections (run all, or one with --only NAME):
+Sections (run all, or one with --only NAME). chinchilla, bimodal and routed each also try the
+smallest design the law's identification gate (analysis/identify.py) accepts and designs just
+below it, which every trial must refuse:
   chinchilla  Chinchilla law: E, A, B, alpha, beta, the loss at a point inside the data, the
               frontier exponent a (N* ~ C^a; b = 1 - a covers with it) and N*(C) at a compute
-              inside the data; two truths and designs.
+              inside the data; two truths and designs, the smallest accepted (4 sizes x 3
+              budgets) at two truths and noise levels, and 3x3 and 3x2 below the gate.
   bimodal     bimodal interaction law: C, A, alpha, B, beta (an unbounded bound the fit
               reports counts as covering: it claims nothing there), the interaction at the
               smallest, middle and largest joint run and at all runs pooled, the competition
@@ -37,9 +40,17 @@ grid only finds the global optimum and the intervals come from warm-started refi
 A section is a function (trials, bootstrap, workers) -> Section(rows, figures); SECTIONS maps
 names to them, so a new section is one function and one entry. Every row is one quantity of
 one truth: its coverage over the trials. The last line is one JSON object: each section's
-figures (coverage_<law> = the lowest coverage over that law's quantities).
+figures (coverage_<law> = the lowest coverage over that law's quantities) and, over the
+chinchilla, bimodal and routed sections: estimate_inside_interval (the lowest share of trials
+in a case the gate accepts where every interval is printed, has positive width and holds its
+estimate; target 1.0), coverage_smallest_design (the lowest coverage on the smallest design
+each law accepts; target 0.90-0.99) and refused_below_threshold (the lowest share of trials
+refused on the designs just below each law's gate; target 1.0). On an accepted design a trial
+the post-fit checks refuse (ill-conditioned optimum) counts in `refused ...` and not in the
+coverages. Also `trials` and `bootstrap`.
 
 Usage: python benchmarks/coverage.py [--trials 120] [--bootstrap 400] [--workers 2] [--only NAME]
+       [--quick] [--smallest]
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.bimodal import barrier_log_n, fit_bimodal  # noqa: E402
 from analysis.chinchilla import Grid, fit_chinchilla, frontier  # noqa: E402
+from analysis.identify import NotIdentified, interval_ok  # noqa: E402
 from analysis.routed import fit_routed  # noqa: E402
 from analysis.synthetic import (  # noqa: E402
     bimodal_runs,
@@ -75,7 +87,10 @@ GRID = Grid(alpha=(0.0, 1.0, 2.0), beta=(0.0, 1.0, 2.0), e=(-1.0, 0.0, 1.0),
             a=(0.0, 10.0, 25.0), b=(0.0, 10.0, 25.0))
 LEVEL = 0.05  # 95% intervals
 
-# Two truths and designs per law.
+# Per law: a typical design, the smallest design its identification gate accepts (marked
+# smallest=True; analysis/identify.py's thresholds come from these) at two noise levels, and
+# designs just below the gate (refuse=True: every trial must be refused).
+CHINCHILLA_SMALL = {"E": 1.2, "A": 300.0, "B": 200.0, "alpha": 0.35, "beta": 0.30}
 CHINCHILLA_CASES = {
     "hoffmann, 60 random runs, 1% noise": dict(
         truth={"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
@@ -85,6 +100,19 @@ CHINCHILLA_CASES = {
         truth={"E": 1.2, "A": 300.0, "B": 200.0, "alpha": 0.35, "beta": 0.30},
         design=dict(sizes=(1e5, 3e5, 1e6, 3e6, 1e7), tokens=(2e6, 6e6, 2e7, 6e7)), noise=0.005,
         point=(1e6, 2e7), compute=6 * 1e6 * 2e7),
+    "smallest accepted, 4x3 grid, 1% noise": dict(
+        truth=CHINCHILLA_SMALL, design=dict(sizes=(1e5, 3e5, 1e6, 3e6), tokens=(2e6, 6e6, 2e7)),
+        noise=0.01, point=(5e5, 6e6), compute=6 * 5e5 * 6e6, smallest=True),
+    "smallest accepted, 4x3 grid, Hoffmann truth, 0.5% noise": dict(
+        truth={"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
+        design=dict(sizes=(1e7, 4e7, 1.6e8, 6.4e8), tokens=(1e9, 4e9, 1.6e10)), noise=0.005,
+        point=(8e7, 4e9), compute=6 * 8e7 * 4e9, smallest=True),
+    "below the gate, 3x3 grid, 1% noise": dict(
+        truth=CHINCHILLA_SMALL, design=dict(sizes=(1e5, 3e5, 1e6), tokens=(2e6, 6e6, 2e7)),
+        noise=0.01, refuse=True),
+    "below the gate, the demo's 3x2 grid, 1% noise": dict(
+        truth=CHINCHILLA_SMALL, design=dict(sizes=(1e5, 3e5, 1e6), tokens=(3.2e4, 6.5e4)),
+        noise=0.01, refuse=True),
 }
 UNIMODAL = {"text": {"E": 1.2, "A": 300.0, "B": 200.0, "alpha": 0.35, "beta": 0.30},
             "dna": {"E": 1.3, "A": 150.0, "B": 400.0, "alpha": 0.30, "beta": 0.32}}
@@ -95,15 +123,26 @@ BIMODAL_CASES = {
     "C=0.1, 12 runs at D/N 6-60, 0.3% noise": dict(
         truth={"C": 0.1, "A": 20.0, "alpha": 0.35, "B": 30.0, "beta": 0.3},
         design=[(N, 20 * N * f) for N in (1e5, 3e5, 1e6, 3e6) for f in (0.3, 1, 3)], noise=0.003),
+    "below the gate, 3x2 grid, 0.2% noise": dict(
+        truth={"C": 0.5, "A": 40.0, "alpha": 0.3, "B": 5.0, "beta": 0.2},
+        design=[(N, D) for N in (1e5, 1e6, 1e7) for D in (4e6, 4e7)], noise=0.002, refuse=True),
 }
+BIMODAL_CASES["C=0.5, 3x3 grid, 0.2% noise"]["smallest"] = True
 ROUTED_CASES = {
     "Clark-like, 3 sizes x 4 expert counts, 0.3% noise": dict(
         truth={"a": -0.08, "b": -0.05, "c": 0.004, "d": 1.9, "E_start": 1.9, "E_max": 300.0},
-        sizes=(1e6, 1e7, 1e8), experts=(1, 4, 16, 64), noise=0.003, point=(3e6, 8)),
+        sizes=(1e6, 1e7, 1e8), experts=(1, 4, 16, 64), noise=0.003, point=(3e6, 8),
+        smallest=True),
     "strong experts, 4 sizes x 5 expert counts, 0.5% noise": dict(
         truth={"a": -0.07, "b": -0.1, "c": 0.003, "d": 2.2, "E_start": 2.0, "E_max": 150.0},
         sizes=(1e6, 4e6, 1.6e7, 6.4e7), experts=(1, 2, 8, 32, 128), noise=0.005,
         point=(8e6, 16)),
+    "below the gate, 3 sizes x 3 expert counts, 0.3% noise": dict(
+        truth={"a": -0.08, "b": -0.05, "c": 0.004, "d": 1.9, "E_start": 1.9, "E_max": 300.0},
+        sizes=(1e6, 1e7, 1e8), experts=(1, 4, 16), noise=0.003, refuse=True),
+    "below the gate, 4 sizes x 2 expert counts, 0.3% noise": dict(
+        truth={"a": -0.08, "b": -0.05, "c": 0.004, "d": 1.9, "E_start": 1.9, "E_max": 300.0},
+        sizes=(1e6, 3e6, 1e7, 1e8), experts=(1, 16), noise=0.003, refuse=True),
 }
 
 
@@ -113,8 +152,25 @@ class Section:
     figures: dict[str, float] = field(default_factory=dict)  # JSON keys
 
 
+REFUSED = "refused by the identification gate"
+INSIDE = "every interval holds its estimate"
+
+
 def covers(lower, upper, truth) -> bool:
     return bool(lower <= truth <= upper)
+
+
+def holds(*triples) -> bool:
+    """Every (estimate, lower, upper): printed (not NaN), positive width, estimate inside."""
+    return bool(all(interval_ok(e, lo, hi).all() for e, lo, hi in triples))
+
+
+def gated(fit):
+    """fit() or, where the identification gate refuses the data, None."""
+    try:
+        return fit()
+    except NotIdentified:
+        return None
 
 
 def _chinchilla_trial(job) -> dict[str, bool]:
@@ -128,13 +184,19 @@ def _chinchilla_trial(job) -> dict[str, bool]:
         rng = np.random.default_rng(seed)
         df = pd.DataFrame({"N": N, "D": D, "loss": chinchilla_law(N, D, t)
                            * np.exp(rng.normal(0, case["noise"], len(N)))})
-    r = fit_chinchilla(df, bootstrap=bootstrap, seed=seed, grid=GRID, workers=1)
+    r = gated(lambda: fit_chinchilla(df, bootstrap=bootstrap, seed=seed, grid=GRID, workers=1))
+    if r is None or case.get("refuse"):
+        return {REFUSED: r is None}
     ci = r.conf_int(LEVEL)
-    out = {k: covers(ci.loc[k, "lower"], ci.loc[k, "upper"], t[k]) for k in t}
+    out = {REFUSED: False}
+    out.update({k: covers(ci.loc[k, "lower"], ci.loc[k, "upper"], t[k]) for k in t})
     N0, D0 = case["point"]
     p = r.predict_interval([N0], [D0], LEVEL)
     out["loss at a point (mean)"] = covers(p["lower"][0], p["upper"][0], chinchilla_law(N0, D0, t))
     co = r.compute_optimal([case["compute"]], LEVEL)
+    out[INSIDE] = holds((r.params, ci["lower"], ci["upper"]), (p["loss"], p["lower"], p["upper"]),
+                        (co["N_opt"], co["N_opt_lower"], co["N_opt_upper"]),
+                        (co.attrs["a"], co.attrs["a_lower"], co.attrs["a_upper"]))
     truth_p = np.array([t[k] for k in ("E", "A", "B", "alpha", "beta")])
     out["exponent a of N*(C)"] = covers(co.attrs["a_lower"], co.attrs["a_upper"],
                                         t["beta"] / (t["alpha"] + t["beta"]))
@@ -148,9 +210,13 @@ def _bimodal_trial(job) -> dict[str, bool]:
     case = BIMODAL_CASES[name]
     q = case["truth"]
     df = bimodal_runs(UNIMODAL, q, case["design"], case["noise"], seed)
-    r = fit_bimodal(df, {"family": "dense", "pair": "text+dna"}, bootstrap, seed, GRID, workers=1)
+    r = gated(lambda: fit_bimodal(df, {"family": "dense", "pair": "text+dna"}, bootstrap, seed,
+                                  GRID, workers=1))
+    if r is None or case.get("refuse"):
+        return {REFUSED: r is None}
     ci = r.conf_int(LEVEL)
-    out = {k: covers(ci.loc[k, "lower"], ci.loc[k, "upper"], q[k]) for k in q}
+    out = {REFUSED: False}
+    out.update({k: covers(ci.loc[k, "lower"], ci.loc[k, "upper"], q[k]) for k in q})
     p = r.points.sort_values(["N", "D"]).reset_index(drop=True)
     hit = [covers(lo, hi, interaction_law(n, d, q))
            for n, d, lo, hi in zip(p["N"], p["D"], p["lower"], p["upper"], strict=True)]
@@ -162,6 +228,9 @@ def _bimodal_trial(job) -> dict[str, bool]:
     truth_n = np.exp(barrier_log_n(np.array([[q[k] for k in ("C", "A", "alpha", "B", "beta")]]),
                                    ratio)[0])
     out[f"barrier N at D/N = {ratio:.3g}"] = covers(b["N_lower"], b["N_upper"], truth_n)
+    out[INSIDE] = holds((r.params, ci["lower"], ci["upper"]),
+                        (p["interaction_fitted"], p["lower"], p["upper"]),
+                        (b["N"], b["N_lower"], b["N_upper"]))
     out["share flagging C unidentified (info)"] = "C" in r.unidentified(LEVEL)
     return out
 
@@ -171,9 +240,13 @@ def _routed_trial(job) -> dict[str, bool]:
     case = ROUTED_CASES[name]
     t = case["truth"]
     df = routed_points(t, case["sizes"], case["experts"], case["noise"], seed)
-    r = fit_routed(df, {"modality": "text"}, bootstrap, seed)
+    r = gated(lambda: fit_routed(df, {"modality": "text"}, bootstrap, seed))
+    if r is None or case.get("refuse"):
+        return {REFUSED: r is None}
     ci = r.conf_int(LEVEL)
-    out = {k: covers(ci.loc[k, "lower"], ci.loc[k, "upper"], t[k]) for k in t}
+    out = {REFUSED: False}
+    out.update({k: covers(ci.loc[k, "lower"], ci.loc[k, "upper"], t[k]) for k in t})
+    triples = [(r.params, ci["lower"], ci["upper"])]
     N0, E0 = case["point"]
     for kind in ("mean", "observation"):
         p = r.predict_interval([N0], [E0], LEVEL, kind)
@@ -181,10 +254,12 @@ def _routed_trial(job) -> dict[str, bool]:
         if kind == "observation":  # a new run: the law times fresh noise
             truth = truth * np.exp(np.random.default_rng(10_000 + seed).normal(0, case["noise"]))
         out[f"loss at a point ({kind})"] = covers(p["lower"][0], p["upper"][0], truth)
+        triples.append((p["loss"], p["lower"], p["upper"]))
     E_max = max(case["experts"])
     g = r.gain([N0], [E_max], LEVEL)
     out[f"gain at E = {E_max}"] = covers(g["lower"][0], g["upper"][0],
                                          routed_law(N0, E_max, t) / routed_law(N0, 1, t))
+    out[INSIDE] = holds(*triples, (g["ratio"], g["lower"], g["upper"]))
     return out
 
 
@@ -193,6 +268,8 @@ def _run(law: str, cases: dict, trial: Callable, trials: int, bootstrap: int,
     """Every case's trials (seeds 0..trials-1) over `workers` processes; one row per quantity."""
     from tqdm import tqdm
 
+    if SMALLEST_ONLY:
+        cases = {k: v for k, v in cases.items() if v.get("smallest") or v.get("refuse")}
     jobs = [(name, seed, bootstrap) for name in cases for seed in range(trials)]
     bar = tqdm(total=len(jobs), desc=law, unit="fit", leave=False, disable=None)
     results = []
@@ -212,10 +289,22 @@ def _run(law: str, cases: dict, trial: Callable, trials: int, bootstrap: int,
     for name in cases:
         hits = pd.DataFrame([o for (n, _, _), o in zip(jobs, results, strict=True) if n == name])
         for quantity, col in hits.items():
+            col = col.dropna()  # a quantity is counted over the trials the gate accepted
             section.rows.append({"law": law, "case": name, "quantity": quantity,
-                                 "coverage": float(col.mean()), "trials": len(col)})
-    reported = [r["coverage"] for r in section.rows if "(info)" not in r["quantity"]]
-    section.figures[f"coverage_{law}"] = round(min(reported), 4)
+                                 "coverage": float(col.mean()) if len(col) else np.nan,
+                                 "trials": len(col), "smallest": bool(cases[name].get("smallest")),
+                                 "refuse": bool(cases[name].get("refuse"))})
+    accepted = [r for r in section.rows if not r["refuse"] and r["trials"]]
+    covering = [r["coverage"] for r in accepted
+                if "(info)" not in r["quantity"] and r["quantity"] not in (REFUSED, INSIDE)]
+    section.figures[f"coverage_{law}"] = round(min(covering), 4)
+    gate = {"estimate_inside_interval": [r["coverage"] for r in accepted if r["quantity"] == INSIDE],
+            "coverage_smallest_design": [r["coverage"] for r in accepted if r["smallest"] and
+                                         "(info)" not in r["quantity"]
+                                         and r["quantity"] not in (REFUSED, INSIDE)],
+            "refused_below_threshold": [r["coverage"] for r in section.rows
+                                        if r["refuse"] and r["quantity"] == REFUSED]}
+    section.figures.update({k: round(min(v), 4) for k, v in gate.items() if v})
     return section
 
 
@@ -311,6 +400,9 @@ def law_bank(trials: int, bootstrap: int, workers: int) -> Section:
     return Section(*run(max(10, trials // 12), bootstrap, workers))
 
 
+QUICK = (8, 100)  # --quick: trials per case, bootstrap refits per fit
+SMALLEST_ONLY = False  # --smallest: only the smallest accepted and the refused designs
+LOWEST = ("estimate_inside_interval", "coverage_smallest_design", "refused_below_threshold")
 SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
     "chinchilla": chinchilla, "bimodal": bimodal, "routed": routed,
     "shared_exponent": shared_exponent, "backtest": backtest_section,
@@ -324,16 +416,27 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", choices=sorted(SECTIONS), action="append",
                     help="run only this section (repeatable)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{QUICK[0]} trials and {QUICK[1]} bootstrap refits: a smoke run whose "
+                    "coverages are too few trials to judge a target by")
+    ap.add_argument("--smallest", action="store_true",
+                    help="chinchilla, bimodal, routed: only the smallest accepted designs and "
+                    "those just below the gate")
     args = ap.parse_args()
+    global SMALLEST_ONLY
+    SMALLEST_ONLY = args.smallest
+    trials, bootstrap = QUICK if args.quick else (args.trials, args.bootstrap)
     figures: dict[str, float] = {}
     for name in args.only or SECTIONS:
         start = time.perf_counter()
-        section = SECTIONS[name](args.trials, args.bootstrap, args.workers)
+        section = SECTIONS[name](trials, bootstrap, args.workers)
         table = pd.DataFrame(section.rows)
         print(f"\n{name}: share of {100 * (1 - LEVEL):g}% intervals covering the truth "
               f"({time.perf_counter() - start:.0f} s)")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        figures.update(section.figures)
+        for key, value in section.figures.items():  # the gate's keys: lowest over sections
+            figures[key] = min(value, figures[key]) if key in LOWEST and key in figures else value
+    figures["trials"], figures["bootstrap"] = trials, bootstrap
     print(json.dumps(figures))
 
 

@@ -120,7 +120,7 @@ def test_cli_bad_csv_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "missing column 'params'" in err and "Traceback" not in err
     assert main(["fit", str(path), "--col", "params=p", "--col", "tokens=t", "--col", "loss=l"]) == 2
-    assert "1 points, fewer than the 5 parameters" in capsys.readouterr().err
+    assert "not identified: 1 run (1 size x 1 token budget) for 5 parameters" in capsys.readouterr().err
 
 
 def _runs(tmp_path, recs: list[dict]) -> pd.DataFrame:

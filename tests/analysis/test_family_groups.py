@@ -19,7 +19,7 @@ SHIFT = {"modality": -0.1, "learned": 0.1}  # the modality router beats dense, l
 def df() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     recs = []
-    for i, (N, D) in enumerate((N, D) for N in (1e5, 3e5, 1e6, 3e6) for D in (3e6, 1e7, 3e7)):
+    for i, (N, D) in enumerate((N, D) for N in (1e5, 3e5, 1e6, 3e6) for D in (3e6, 1e7, 3e7, 1e8)):
         dense = {m: law(N, D / 2, p) * np.exp(rng.normal(0, 0.002)) for m, p in UNI.items()}
         tokens = {m: int(D / 2) for m in UNI}
         recs.append(record(f"dense-{i}", "dense", list(UNI), int(N), tokens, dense))
@@ -42,7 +42,7 @@ def test_family_key_labels_and_is_idempotent(df):
 
 def test_each_router_gets_its_own_paired_verdict(df):
     t = compare_pairs(df).set_index(["modality", "family"])
-    assert len(t) == 4 and (t["pairs"] == 12).all() and (t["unpaired"] == 0).all()
+    assert len(t) == 4 and (t["pairs"] == 16).all() and (t["unpaired"] == 0).all()
     assert t.loc[("text", "moe modality E=6"), "verdict"] == "moe modality E=6 better"
     assert t.loc[("text", "moe learned E=8"), "verdict"] == "dense better"
     assert t.loc[("dna", "moe modality E=6"), "dL"] == pytest.approx(-0.1)
@@ -53,7 +53,7 @@ def test_chinchilla_groups_and_frontiers_split_routers_and_drop_baselines(df):
     fits = chinchilla_by_group(fit_groups(df, "chinchilla", bootstrap=20))
     assert set(fits) == {(f, m) for f in ("dense", "moe modality E=6", "moe learned E=8")
                          for m in UNI}
-    assert {fit.nobs for fit in fits.values()} == {12}  # the 12 text-only runs are not in dense
+    assert {fit.nobs for fit in fits.values()} == {16}  # the 16 text-only runs are not in dense
     joint = df[(df["family"] == "dense") & (df["modalities"] == "text+dna")
                & (df["modality"] == "text")]
     resid = np.log(fits[("dense", "text")].predict(joint["N"], joint["D"]) / joint["loss"])

@@ -102,3 +102,27 @@ def test_leverage_intervals_cover_at_about_the_nominal_rate():
         hits += list((t["lower"] <= truth) & (truth <= t["upper"]))
         unresolved.append(t.loc["dna", "verdict"] == UNRESOLVED)
     assert np.mean(hits) >= 0.75 and np.mean(unresolved) >= 0.7
+
+
+def test_law_free_bootstrap_counts_each_moe_run_as_often_as_drawn():
+    C = np.array([1e15, 1e16, 1e17, 1e18])
+    dense_L = C**-0.1
+    moe_C = C[:3]
+    moe_L = np.array([(2 * C[0]) ** -0.1, (3 * C[1]) ** -0.1, (2 * C[2]) ** -0.1])
+    once, _ = law_free_ratio(C, dense_L, moe_C, moe_L)
+    twice, _ = law_free_ratio(C, dense_L, moe_C, moe_L, np.array([1, 3, 1]))
+    assert once == pytest.approx(np.exp(np.mean(np.log([2, 3, 2]))), rel=1e-6)
+    assert twice == pytest.approx(np.exp(np.average(np.log([2, 3, 2]), weights=[1, 3, 1])), rel=1e-6)
+
+
+def test_law_free_gives_no_interval_from_too_few_runs():
+    """Four runs a family draw too few distinct resamples to bound EL: no interval is printed;
+    the full set of runs gets one that holds its estimate."""
+    df = leverage_runs({"text": 1.5}, seed=1)
+    fit = fit_leverage(df, "text", "moe learned E=8", bootstrap=0, grid=SMALL)
+    free = law_free_leverage(fit, df, bootstrap=200)
+    assert free["distinct draws"] >= 40 and free["lower"] < free["EL (runs)"] < free["upper"]
+    few = df[df["N"].isin(sorted(df["N"].unique())[:2]) & df["D"].isin(sorted(df["D"].unique())[:2])]
+    small = law_free_leverage(fit, few, bootstrap=200)
+    assert np.isfinite(small["EL (runs)"]) and small["distinct draws"] < 40
+    assert np.isnan(small["lower"]) and np.isnan(small["upper"])
