@@ -202,7 +202,8 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "separate fits' residuals as noise). Closed testing at 5%: \"exponents "
                   "differ\" needs both restrictions rejected; \"offsets differ\" only one law "
                   "for both. p_exponents is closed-test adjusted. Differences: separate fits, "
-                  "95% bootstrap intervals.", "", render(shared_table(tests))]
+                  "95% bootstrap intervals. Secondary: p-values only, the verdicts are the primary "
+                  "table's.", "", render(shared_table(tests).drop(columns="verdict", errors="ignore"))]
     bt = _try("backtest", lambda: backtest(by_family(df), HOLDOUT, bootstrap=bootstrap), notes)
     if bt is not None:
         s = summarize(bt)
@@ -221,7 +222,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
         lines += bimodal_gaps
         for r in bimodal:
             b = r.barrier()
-            joint = df[(df["family"] == r.group["family"]) & (df["modalities"] == r.group["pair"])]
+            joint = df[(family_key(df) == r.group["family"]) & (df["modalities"] == r.group["pair"])]
             fpt = fit_flops_per_token(joint["N"], joint["flops_per_token"])(b["N"])
             where = (f"N = {b['N']:.3g} (total compute {fpt * b['tokens_per_param'] * b['N']:.3g} "
                      "FLOPs)" if np.isfinite(b["N"]) else "no sign change in 1e3..1e16 params")
@@ -229,7 +230,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   f"{bound_text(b['N_upper'], '.3g')}]"
                   if not np.isnan(b.get("N_lower", np.nan)) else "")
             lines.append(f"- {r.label()}: competition barrier at D/N = {b['tokens_per_param']:.3g}: "
-                         f"{where}{ci}; runs: "
+                         f"{where}{ci}; sign of the fitted interaction at the runs (not a test): "
                          + ", ".join(f"{v} x{c}" for v, c in r.points["verdict"].value_counts().items()))
     if bimodal:
         figs.append(plots.competition_map(bimodal, out / "competition_map.png"))
