@@ -18,6 +18,7 @@ from analysis.leverage import (
     FULL_GRID,
     LeverageFit,
     law_free_leverage,
+    leverage_jobs,
     leverage_table,
     pair_keys,
     unit_weights,
@@ -109,11 +110,17 @@ def headline(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, holdout_lar
         warnings.simplefilter("always")
         table, fits, n = leverage_table(df, bootstrap, seed, grid=grid, chinchilla=chinchilla)
     notes += n + [f"efficiency leverage: {w.message}" for w in caught]
-    if table.empty:
+    jobs = leverage_jobs(df)
+    if not jobs:
         raise AnalysisError("no modality has both dense and MoE runs to compare: " + "; ".join(notes))
-    free = pd.DataFrame([law_free_leverage(f, df, bootstrap, seed) for f in fits])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = {(f.modality, f.family): f for f in fits}
+        free = pd.DataFrame([law_free_leverage(fitted.get(j), df, bootstrap, seed, job=j) for j in jobs])
+    if table.empty:
+        table = pd.DataFrame(columns=SHOWN)
     rankings, best_fits = [], []
-    for m in sorted({f.modality for f in fits}):
+    for m in sorted({m for m, _ in jobs}):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -220,7 +227,9 @@ def primary(paired: pd.DataFrame | None, h: Headline | None, df: pd.DataFrame,
     if paired is not None:
         keys |= set(zip(paired["modality"], paired["family"], strict=True))
     if h is not None:
-        keys |= set(zip(h.leverage["modality"], h.leverage["family"], strict=True))
+        for t in (h.leverage, h.law_free):
+            if len(t):
+                keys |= set(zip(t["modality"], t["family"], strict=True))
     rows = []
     fkey = family_key(df)
     for modality, family in sorted(keys):

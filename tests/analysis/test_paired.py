@@ -155,3 +155,19 @@ def test_primary_table_one_answer_per_family_and_modality(runs):
     row = with_floor[(with_floor["family"] == "moe learned E=8") & (with_floor["modality"] == "text")]
     assert row["margin under bigram floor"].iloc[0] == pytest.approx(3.1 - best)
     assert with_floor["EL from"].str.startswith("none").all()
+
+
+def test_primary_leverage_is_law_free_where_the_laws_are_not_identified():
+    """Dense and MoE worth 1.5x its compute at 4 sizes x 2 budgets: no Chinchilla law is
+    identified (two budgets), so the primary EL is the runs' own, with an interval that holds it."""
+    from analysis.headline import headline, primary
+    from analysis.synthetic_moe import leverage_runs
+
+    df = leverage_runs({"text": 1.5}, seed=4, sizes=(1e6, 2e6, 4e6, 8e6), tokens=(2e7, 2e8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = headline(df, bootstrap=200)
+    assert h.leverage.empty  # nothing law-based is printed
+    (row,) = primary(None, h, df).to_dict("records")
+    assert row["EL from"].startswith("runs alone") and row["verdict"] == "no matched pairs: no verdict"
+    assert row["EL lower"] < 1.5 < row["EL upper"] and row["EL lower"] <= row["EL"] <= row["EL upper"]
