@@ -239,7 +239,7 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
     joint = joint.dropna()
     N = joint[("N", i)].to_numpy(float) if len(joint) else np.zeros(0)
     Di, Dj = (joint[("D", m)].to_numpy(float) if len(joint) else np.zeros(0) for m in (i, j))
-    ident = check_design(pd.DataFrame({"N": N, "D": Di + Dj}), 5, ("N", "D"), "bimodal",
+    ident = check_design(pd.DataFrame({"N": N, "D": Di + Dj}), 5, ("N", "D"), "bimodal interaction",
                          min_resid_df=MIN_RESID_DF["bimodal"])
     if not ident.ok:
         raise NotIdentified(f"group ({label}), joint runs", ident)

@@ -294,7 +294,7 @@ class ChinchillaResult(LawResult):
 def check_group(df: pd.DataFrame, label: str, min_resid_df: int = MIN_RESID_DF["chinchilla"]) -> None:
     """Raise NotIdentified unless the runs' design identifies the law (identify.check_design:
     three sizes, three budgets, `min_resid_df` runs beyond the five parameters)."""
-    ident = check_design(df, 5, ("N", "D"), label, min_resid_df=min_resid_df)
+    ident = check_design(df, 5, ("N", "D"), "Chinchilla", min_resid_df=min_resid_df)
     if not ident.ok:
         raise NotIdentified(f"group ({label})", ident)
 

@@ -61,7 +61,7 @@ class NotIdentified(AnalysisError):
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.2g}" if v >= 1e4 or v < 1 else f"{v:g}"
+    return f"{v:.2g}" if v >= 1e4 or v < 1 else f"{v:.3g}"
 
 
 def next_level(levels: np.ndarray, integer: bool = False) -> float:
@@ -90,8 +90,9 @@ def design_words(df: pd.DataFrame, columns: tuple[str, ...]) -> str:
 
 
 def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label: str,
-                 linear: tuple[str, ...] = (), min_resid_df: int = 7) -> Identification:
-    """Before a fit of `n_params` parameters to the rows of df (label: the law, for messages):
+                 linear: tuple[str, ...] = (), min_resid_df: int = MIN_RESID_DF["chinchilla"]
+                 ) -> Identification:
+    """Before a fit of `n_params` parameters to the rows of df (label: the law's name):
     at least MIN_LEVELS distinct values of every column in `curved`, two of every column in
     `linear`, and `min_resid_df` runs beyond the parameters (MIN_RESID_DF holds each law's).
     The suggestion names sweep values that would satisfy it."""
@@ -123,8 +124,8 @@ def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label
                     f"{_fmt(next_level(df[c].to_numpy(float), integer=c == 'E'))}, at every "
                     f"{'size' if c != 'N' else 'budget'})")
         return Identification(
-            False, f"{words} for {n_params} parameters; a bootstrap needs at least "
-            f"{min_resid_df} runs beyond them", f"add {missing} or more runs{hint}")
+            False, f"{words} for {n_params} parameters; the {label} law's bootstrap needs at "
+            f"least {min_resid_df} runs beyond them", f"add {missing} or more runs{hint}")
     return Identification(True)
 
 

@@ -1,12 +1,16 @@
 """IsoFLOP profiles (Hoffmann et al. 2022, Approach 2): for each compute budget with runs of at
 least three sizes, a parabola of loss in log N gives the loss-optimal N; across budgets,
-log N_opt = a log C + k gives the exponent a of N*(C) ~ C^a (OLS, statsmodels)."""
+log N_opt = a log C + k gives the exponent a of N*(C) ~ C^a (OLS, statsmodels). Identified, as
+analysis/identify.py asks of every law, only from MIN_BUDGETS budgets with an interior optimum:
+a line through two points has no residual to give it an interval."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
+
+MIN_BUDGETS = 3
 
 
 def budgets(df: pd.DataFrame, rel_tol: float = 0.1) -> pd.Series:
@@ -23,8 +27,8 @@ def budgets(df: pd.DataFrame, rel_tol: float = 0.1) -> pd.Series:
 
 
 def isoflop(df: pd.DataFrame, rel_tol: float = 0.1) -> tuple[pd.DataFrame, dict | None]:
-    """Per budget: C, runs, N_opt, loss_opt; and the exponent fit when two or more budgets
-    have an interior optimum. Rows are (family, modality)-homogeneous input."""
+    """Per budget: C, runs, N_opt, loss_opt; and the exponent fit when MIN_BUDGETS or more
+    budgets have an interior optimum. Rows are (family, modality)-homogeneous input."""
     rows = []
     for _, g in df.groupby(budgets(df, rel_tol)):
         if g["N"].nunique() < 3:
@@ -39,9 +43,9 @@ def isoflop(df: pd.DataFrame, rel_tol: float = 0.1) -> tuple[pd.DataFrame, dict 
         rows.append({"C": float(np.exp(np.log(g["C"]).mean())), "runs": len(g),
                      "N_opt": float(np.exp(x_opt)), "loss_opt": float(c - b * b / (4 * a))})
     table = pd.DataFrame(rows, columns=["C", "runs", "N_opt", "loss_opt"])
-    if len(table) < 2:
+    if len(table) < MIN_BUDGETS:
         return table, None
     ols = sm.OLS(np.log(table["N_opt"]), sm.add_constant(np.log(table["C"]))).fit()
-    lo, hi = ols.conf_int().iloc[1] if len(table) > 2 else (np.nan, np.nan)
+    lo, hi = ols.conf_int().iloc[1]
     return table, {"a": float(ols.params.iloc[1]), "a_lower": float(lo), "a_upper": float(hi),
                    "budgets": len(table)}

@@ -14,7 +14,7 @@ from analysis.compare import compare_laws, compare_pairs, law_points, pairs
 from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups_noting
-from analysis.isoflop import isoflop
+from analysis.isoflop import MIN_BUDGETS, isoflop
 from analysis.records import bigram_floors, by_family, family_key, load_docs, load_runs
 from analysis.results import bound_text
 from analysis.shared_exponent import shared_table, shared_tests
@@ -148,9 +148,14 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                          f"FLOPs per token ~ {f.flops.k:.3g} N^{f.flops.s:.3f} (within "
                          f"{f.flops.max_error:.1%} of every run)"
                          + "".join(f"; warning: {w}" for w in r.warnings))
-    iso_rows = []
+    iso_rows, iso_gaps = [], []
     for (family, modality), g in by_family(df).groupby(["family", "modality"]):
         table_g, exp = isoflop(g)
+        if exp is None and len(table_g):
+            iso_gaps.append(f"- family={family}, modality={modality}: not identified: "
+                            f"{len(table_g)} budget(s) with an interior optimum, the exponent "
+                            f"needs {MIN_BUDGETS}; add budgets with at least three sizes around "
+                            "their optimum")
         if exp is not None:
             approach3 = fronts.get((family, modality))
             a3 = approach3.at(np.array([1.0])).attrs["a"] if approach3 else np.nan
@@ -160,6 +165,9 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
         lines += ["", "## IsoFLOP profiles (Approach 2): N* ~ C^a", "",
                   "Budgets with at least three sizes whose loss parabola in log N has an interior "
                   "minimum; the interval is OLS's 95%.", "", render(pd.DataFrame(iso_rows))]
+    if iso_gaps:
+        lines += ([] if iso_rows else ["", "## IsoFLOP profiles (Approach 2): N* ~ C^a", ""])
+        lines += [""] + iso_gaps
     figs = [plots.loss_vs_compute(df, fronts, out / "loss_vs_compute.png")]
     pair_rows = pairs(df, docs=docs)
     if table is not None:

@@ -74,11 +74,17 @@ def _fetch(data_dir: str | None, base: dict, log) -> dict:
 
 def fit_seconds(bootstrap: int = REPORT_BOOTSTRAP) -> float:
     """Seconds one law fit of the report takes here (the start grid and `bootstrap` refits),
-    timed on synthetic points of the demo's size with a tenth of the refits."""
-    from analysis.chinchilla import fit_chinchilla
-    from analysis.synthetic import chinchilla_points
+    timed with a tenth of the refits on synthetic points of the demo's scale, on the smallest
+    grid the fit's identification gate accepts (4 sizes x 3 budgets)."""
+    import numpy as np
+    import pandas as pd
 
-    points = chinchilla_points(6, n_range=(2e4, 1e5), d_range=(2e5, 1e6))
+    from analysis.chinchilla import fit_chinchilla
+    from analysis.synthetic import CHINCHILLA, chinchilla_law
+
+    N, D = (a.ravel() for a in np.meshgrid([2e4, 4e4, 7e4, 1e5], [2e5, 5e5, 1e6]))
+    noise = np.exp(np.random.default_rng(0).normal(0, 0.01, len(N)))
+    points = pd.DataFrame({"N": N, "D": D, "loss": chinchilla_law(N, D, CHINCHILLA) * noise})
     t = time.perf_counter()
     fit_chinchilla(points, bootstrap=0)
     grid = time.perf_counter() - t
