@@ -117,10 +117,15 @@ def test_bank_law_recovers_its_coefficients(truth, law):
 @pytest.mark.parametrize("truth", ["chinchilla", "joint", "granularity"])
 def test_ranking_puts_the_true_law_first(truth):
     table, scored, _ = rank_laws(bank_runs(truth, seed=100), "text", bootstrap=20)
-    assert best_law(table) == truth
     assert isinstance(table, pd.DataFrame) and set(scored) == set(table["law"])
     base = table[table["law"] == BASELINE].iloc[0]
-    assert table.loc[table["rank"] == "1", "RMS error (%)"].iloc[0] < base["RMS error (%)"]
+    if truth == "chinchilla":  # three unequal E: the joint law is ill conditioned, so refused
+        assert list(table["rank"]) == ["only law fitted", "baseline"] and best_law(table) is None
+        first = table.iloc[0]
+    else:
+        assert best_law(table) == truth
+        first = table[table["rank"] == "1"].iloc[0]
+    assert first["law"] == truth and first["RMS error (%)"] < base["RMS error (%)"]
 
 
 def test_bank_with_one_fittable_law_says_so_and_keeps_the_baseline():
