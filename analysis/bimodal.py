@@ -30,6 +30,7 @@ interaction at the runs and the barrier stay identified and keep finite interval
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -65,15 +66,29 @@ FLAT = 0.2  # exponent x spread of log N (or log D) below which a term is a line
 
 
 def bimodal_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
-    """(group, rows) for every (family, i+j) with joint runs and unimodal dense runs of i and j."""
-    jobs = []
+    """(group, rows) for every (family, i+j) with joint runs and unimodal runs of i and j of the
+    same family (records.family_key: router, expert count and top-k too). An MoE family's joint
+    runs measured against dense unimodal runs would count the experts' own gain as synergy, so a
+    family without unimodal runs of its own is not fitted (a warning says so)."""
+    from analysis.records import family_key
+
+    df = df.assign(family=family_key(df))
+    jobs, missing = [], []
     for (family, mods), g in df.groupby(["family", "modalities"]):
         parts = mods.split("+")
         if len(parts) != 2:
             continue
-        uni = df[(df["family"] == "dense") & df["modalities"].isin(parts)
+        uni = df[(df["family"] == family) & df["modalities"].isin(parts)
                  & (df["modalities"] == df["modality"])]
+        if set(uni["modality"]) != set(parts):
+            missing.append(f"{family} on {mods}")
+            continue
         jobs.append(({"family": family, "pair": mods}, pd.concat([g, uni])))
+    if missing:
+        warnings.warn("bimodal law not reported for " + ", ".join(missing) + ": no unimodal runs "
+                      "of the same family on both modalities (against another family's unimodal "
+                      "runs the difference between the families would read as synergy)",
+                      stacklevel=2)
     return jobs
 
 

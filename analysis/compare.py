@@ -3,9 +3,10 @@
 Observed pairs share a `pair` id; runs without one pair with the dense run of the same seed
 and modalities whose total compute and tokens are both within 1% (the matched-partner search's
 tolerance); every MoE/MoT run left without a partner is counted and explained. dL = L_family -
-L_dense in nats/token: mean over pairs, a paired bootstrap interval, a paired t-test (identical
-differences are an exact result: p = 0 unless they are all 0), and Holm's correction across
-modalities. From the laws: dL(C) between the compute-optimal losses L*(C) of the two families,
+L_dense in nats/token; each pair's SE from its per-document differences and the pairs
+combined by a random-effects meta-regression on log N and log D (analysis/paired.py), with
+Holm's correction over every (family, modality) verdict of the table (POLICY).
+From the laws: dL(C) between the compute-optimal losses L*(C) of the two families,
 with bootstrap bands and the compute where the sign flips. C is compute as analysis/compute.py
 defines it, the same in pairs, frontiers, ranges and crossovers.
 
@@ -24,17 +25,17 @@ import warnings
 import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.weightstats import DescrStatsW
 
 from analysis.compute import Frontier
 from analysis.errors import AnalysisError
+from analysis.paired import DocLosses, combine, pair_difference
 from analysis.prediction import CHINCHILLA, prediction_interval
 from analysis.records import by_family, family_key
 from analysis.results import held, interval
 
 TOLERANCE = 0.01  # moe_vs_dense/model/pairing.py matches partners to within 1%
-PAIR_COLUMNS = ["family", "modality", "pair", "run", "run_dense", "C", "N_active", "loss",
-                "loss_dense", "dL"]
+PAIR_COLUMNS = ["family", "modality", "pair", "run", "run_dense", "C", "N_active", "D", "loss",
+                "loss_dense", "dL", "dL_se"]
 
 
 def match_runs(df: pd.DataFrame, tol: float = TOLERANCE) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -73,9 +74,11 @@ def match_runs(df: pd.DataFrame, tol: float = TOLERANCE) -> tuple[pd.DataFrame, 
     return pd.DataFrame(rows, columns=["run", "run_dense", "pair"]), why
 
 
-def pairs(df: pd.DataFrame, tol: float = TOLERANCE) -> pd.DataFrame:
-    """One row per (pair, modality, other family): dense and other losses and dL. Families are
-    `family_key` labels; partners share their modality set (match_runs)."""
+def pairs(df: pd.DataFrame, tol: float = TOLERANCE,
+          docs: dict[str, dict[str, DocLosses]] | None = None) -> pd.DataFrame:
+    """One row per (pair, modality, other family): dense and other losses, dL and its
+    document-level SE `dL_se` (paired.pair_difference on `docs`, records.load_docs; NaN
+    without them). Families are `family_key` labels; partners share their modality set."""
     df = df.assign(family=family_key(df))
     match, _ = match_runs(df, tol)
     if match.empty:
@@ -86,17 +89,33 @@ def pairs(df: pd.DataFrame, tol: float = TOLERANCE) -> pd.DataFrame:
     joined = other.merge(dense, on=["run_dense", "modality"])
     joined["pair"] = joined["pair_y"].fillna(joined["run"] + "~" + joined["run_dense"])
     joined["dL"] = joined["loss"] - joined["loss_dense"]
+    joined["dL_se"] = np.nan
+    for i, r in joined.iterrows():
+        a, b = (docs or {}).get(r["run"], {}), (docs or {}).get(r["run_dense"], {})
+        if r["modality"] in a and r["modality"] in b:
+            try:
+                joined.loc[i, "dL"], joined.loc[i, "dL_se"] = pair_difference(a[r["modality"]],
+                                                                              b[r["modality"]])
+            except AnalysisError as e:
+                warnings.warn(f"pair {r['run']} / {r['run_dense']} ({r['modality']}): {e}; "
+                              "no document-level SE", stacklevel=2)
     return joined[PAIR_COLUMNS].reset_index(drop=True)
 
 
-def compare_pairs(df: pd.DataFrame, alpha: float = 0.05, bootstrap: int = 2000,
-                  seed: int = 0, tol: float = TOLERANCE) -> pd.DataFrame:
+POLICY = ("one verdict per MoE family and modality, from the paired loss difference; Holm's "
+          "step-down over every such verdict in the table at familywise error 5%")
+
+
+def compare_pairs(df: pd.DataFrame, alpha: float = 0.05, tol: float = TOLERANCE,
+                  docs: dict[str, dict[str, DocLosses]] | None = None) -> pd.DataFrame:
     """Per (family, modality): pairs, runs without a dense partner (`unpaired`, explained in a
-    warning), mean dL, bootstrap interval, t-test, Holm-adjusted p and a verdict. Each MoE
-    family (router, expert count, top-k: records.family_key) is its own row."""
+    warning), and the pairs' dL combined by paired.combine (a random-effects meta-regression on
+    log N and log D with each pair's document-level SE from `docs`): dL at the design's centre
+    (N_centre, D_centre), its SE, 1 - alpha interval, p, and the verdict under POLICY (Holm over
+    every row of the table). Each MoE family (records.family_key) is its own row."""
     df = df.assign(family=family_key(df))
     _, why = match_runs(df, tol)
-    p = pairs(df, tol)
+    p = pairs(df, tol, docs)
     if why:
         others = df.loc[df["family"] != "dense", "run"].nunique()
         warnings.warn(f"{len(why)} of {others} MoE/MoT run(s) found no dense partner:\n  "
@@ -107,36 +126,28 @@ def compare_pairs(df: pd.DataFrame, alpha: float = 0.05, bootstrap: int = 2000,
                             f"pair_id, or have the same seed and modalities and compute and "
                             f"tokens within {tol:.0%}")
     lonely = df[df["run"].isin(why)].groupby(["family", "modality"])["run"].nunique()
-    rng = np.random.default_rng(seed)
     rows = []
     for (family, modality), g in p.groupby(["family", "modality"]):
-        d = g["dL"].to_numpy(float)
-        row = {"family": family, "modality": modality, "pairs": len(d),
-               "unpaired": int(lonely.get((family, modality), 0)), "dL": d.mean(),
-               "lower": np.nan, "upper": np.nan, "t": np.nan, "p": np.nan}
-        if len(d) > 1:
-            means = d[rng.integers(0, len(d), (bootstrap, len(d)))].mean(1)
-            row["lower"], row["upper"] = interval(means, alpha)
-            if np.ptp(d) > 0:
-                t, pv, _ = DescrStatsW(d).ttest_mean(0.0)
-                row["t"], row["p"] = float(t), float(pv)
-            else:  # every pair differs by exactly d[0]: no sampling error to test against
-                row["t"] = math.copysign(math.inf, d[0]) if d[0] else 0.0
-                row["p"] = 0.0 if d[0] else 1.0
-        rows.append(row)
+        c = combine(g["dL"], g["dL_se"], g["N_active"], g["D"], alpha)
+        rows.append({"family": family, "modality": modality, "pairs": len(g),
+                     "pairs with document SE": int(g["dL_se"].notna().sum()),
+                     "unpaired": int(lonely.get((family, modality), 0)),
+                     "N_centre": float(np.exp(np.log(g["N_active"]).mean())),
+                     "D_centre": float(np.exp(np.log(g["D"]).mean())),
+                     "dL": c.dL, "se": c.se, "lower": c.lower, "upper": c.upper, "df": c.df,
+                     "tau": c.tau, "p": c.p, "model": c.model})
     table = pd.DataFrame(rows)
     table["p_holm"] = np.nan
-    for _family, g in table.groupby("family"):
-        ok = g["p"].notna()
-        if ok.any():
-            table.loc[g.index[ok], "p_holm"] = multipletests(g.loc[ok, "p"], alpha, "holm")[1]
+    ok = table["p"].notna()
+    if ok.any():
+        table.loc[ok, "p_holm"] = multipletests(table.loc[ok, "p"], alpha, "holm")[1]
     table["verdict"] = [_verdict(r, alpha) for r in table.itertuples()]
     return table
 
 
 def _verdict(r, alpha: float) -> str:
-    if r.pairs < 2 or not np.isfinite(r.p_holm):
-        return "too few pairs to test"
+    if not np.isfinite(r.p_holm):
+        return "no test (no standard error)"
     if r.p_holm >= alpha:
         return "no significant difference"
     return f"{r.family} better" if r.dL < 0 else "dense better"

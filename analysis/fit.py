@@ -15,9 +15,10 @@ from analysis.results import LawResult
 def fit_groups(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int = 1000,
                seed: int = 0) -> list[LawResult]:
     """chinchilla: one fit per (MoE family as `family_key` labels it, modality) over the runs on
-    the joint mixture (records.by_family); bimodal: per (family, modality pair);
-    routed: per modality over MoE runs with varying expert counts. A group that cannot be
-    fitted (or is not identified) is skipped with one warning each; none fitted: AnalysisError."""
+    the joint mixture (records.by_family), its group naming that mixture; bimodal: per (family,
+    modality pair); routed: per modality, router, top-k and token count (routed.routed_jobs).
+    A group that cannot be fitted (or is not identified) is skipped with one warning each; none
+    fitted: AnalysisError."""
     results, problems = fit_groups_noting(df, law, bootstrap, seed)
     for p in problems if results else []:
         warnings.warn(f"skipped: {p}", stacklevel=2)
@@ -31,7 +32,7 @@ def fit_groups_noting(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int 
     """As fit_groups, returning (results, one line per group skipped and why) without warning
     or raising, for a report that prints each skipped group where its law would be."""
     if law == "chinchilla":
-        jobs = [({"family": f, "modality": m}, g)
+        jobs = [({"family": f, "modality": m, "mixture": ", ".join(sorted(set(g["modalities"])))}, g)
                 for (f, m), g in by_family(df).groupby(["family", "modality"])]
         fit = lambda group, g: fit_chinchilla(g, group, bootstrap, seed)  # noqa: E731
     elif law == "bimodal":

@@ -354,19 +354,22 @@ def law_free_ratio(dense_C, dense_L, moe_C, moe_L, moe_w=None) -> tuple[float, n
     return float(np.exp(np.average(logc - np.log(mc[inside]), weights=weight))), mc[inside]
 
 
-def law_free_leverage(fit: LeverageFit, df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
-                      alpha: float = 0.05) -> dict:
+def law_free_leverage(fit: LeverageFit | None, df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
+                      alpha: float = 0.05, job: tuple[str, str] | None = None) -> dict:
     """EL from the runs alone on the observed range, with a bootstrap interval over the same
     paired resampling as the laws (runs, not residuals, resampled; each MoE run weighted by how
     often a draw holds it), and the law-based EL at the compared runs' compute. No interval
     where the draws take fewer than MIN_DISTINCT_DRAWS distinct values (column `distinct
-    draws`) or where it would not hold its estimate."""
-    rows = df[df["modality"] == fit.modality].assign(fkey=lambda x: family_key(x))
+    draws`) or where it would not hold its estimate. Without a fit (the laws not identified),
+    `job` = (modality, family) and the law column is NaN."""
+    modality, family = (fit.modality, fit.family) if fit is not None else job
+    rows = df[df["modality"] == modality].assign(fkey=lambda x: family_key(x))
     rows = rows.assign(key=pair_keys(rows))
-    d, m = rows[rows["fkey"] == "dense"], rows[rows["fkey"] == fit.family]
+    d, m = rows[rows["fkey"] == "dense"], rows[rows["fkey"] == family]
     est, compared = law_free_ratio(d["C"], d["loss"], m["C"], m["loss"])
-    law = fit.curve(compared)["EL"].to_numpy() if len(compared) else np.array([np.nan])
-    out = {"modality": fit.modality, "family": fit.family, "EL (runs)": est, "lower": np.nan,
+    law = (fit.curve(compared)["EL"].to_numpy() if fit is not None and len(compared)
+           else np.array([np.nan]))
+    out = {"modality": modality, "family": family, "EL (runs)": est, "lower": np.nan,
            "upper": np.nan, "MoE runs compared": len(compared),
            "EL (law) at the same compute": float(np.exp(np.mean(np.log(law))))}
     if len(compared) and bootstrap:

@@ -9,7 +9,8 @@ analysis/compute.py says why compute is defined so.
 
 Reads record schema versions 1 and 2: version 2 only adds optional fields, and its
 `eval.final` holds the same per-modality losses (paired-document losses sit apart in
-`eval.paired` and are not rows here).
+`eval.paired` and are not rows here). `load_docs` reads the per-document losses a completed
+run keeps in eval_docs.json, for paired differences (analysis/paired.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import math
 import warnings
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
+
+if TYPE_CHECKING:
+    from analysis.paired import DocLosses
 
 SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
@@ -215,6 +220,40 @@ def _finish(df: pd.DataFrame, params: str) -> pd.DataFrame:
                       f"{', '.join(df.loc[bad, 'run'].astype(str).unique()[:10])}", stacklevel=3)
         df = df[~bad]
     return df[COLUMNS].reset_index(drop=True)
+
+
+def load_docs(paths: list[str | Path]) -> dict[str, dict[str, DocLosses]]:
+    """Per run id and modality (or paired key such as image->text), the per-document losses
+    of `eval_docs.json` beside each record.json under `paths`; runs without one are absent."""
+    from analysis.paired import DocLosses
+
+    out: dict[str, dict[str, DocLosses]] = {}
+    for p in map(Path, paths):
+        files = [p] if p.is_file() else sorted(p.rglob("record.json")) if p.is_dir() else []
+        for f in files:
+            docs = f.with_name("eval_docs.json")
+            if f.name != "record.json" or not docs.is_file():
+                continue
+            try:
+                run = json.loads(f.read_text())["run_id"]
+                raw = json.loads(docs.read_text())
+                out[run] = {m: DocLosses(np.asarray(v["nll_sum"], float), np.asarray(v["tokens"], np.int64))
+                            for m, v in raw.items()}
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+                warnings.warn(f"{docs}: unreadable per-document losses ({e}); its pairs get no "
+                              "document-level SE", stacklevel=2)
+    return out
+
+
+def bigram_floors(records: list[dict]) -> dict[tuple[str, str], float]:
+    """{(run id, modality): bigram floor in nats/token} from records that carry
+    `floors.<modality>.bigram`; empty when none does."""
+    out = {}
+    for rec in records:
+        for m, f in (rec.get("floors") or {}).items():
+            if isinstance(f, dict) and isinstance(f.get("bigram"), int | float):
+                out[(rec["run_id"], m)] = float(f["bigram"])
+    return out
 
 
 def load(inputs: list[str | Path], params: str = "active",

@@ -15,7 +15,7 @@ from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups_noting
 from analysis.isoflop import MIN_BUDGETS, isoflop
-from analysis.records import by_family, family_key, load_runs
+from analysis.records import bigram_floors, by_family, family_key, load_docs, load_runs
 from analysis.results import bound_text
 from analysis.shared_exponent import shared_table, shared_tests
 from analysis.tables import fits_table, render
@@ -67,17 +67,19 @@ def _fit(what: str, df: pd.DataFrame, law: str, bootstrap: int, notes: list[str]
 
 
 def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
-              notes: list[str]) -> list[str]:
-    """The efficiency-leverage section: tables (also as CSV and LaTeX) and its figure."""
+              notes: list[str]):
+    """The efficiency-leverage section: tables (also as CSV and LaTeX) and its figure; and the
+    Headline it came from (None where none could be made)."""
     from analysis.headline import headline, sections
     from analysis.plots_leverage import leverage_vs_compute
 
     h = _try("efficiency leverage", lambda: headline(df, bootstrap, chinchilla=chinchilla), notes)
     if h is None:
-        return []
+        return [], None
     notes += h.notes
     lines = ["", "## Efficiency leverage: the dense compute that separate experts are worth", ""]
-    frames = {"leverage": h.leverage, "leverage_from_runs": h.law_free, "law_bank": h.ranking}
+    frames = {"leverage": h.leverage.drop(columns="verdict"), "leverage_from_runs": h.law_free,
+              "law_bank": h.ranking}
     for (name, frame), (title, why, table), (_, _, tex) in zip(
             frames.items(), sections(h), sections(h, "latex"), strict=True):
         frame.to_csv(out / f"{name}.csv", index=False)
@@ -87,13 +89,27 @@ def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
     fig = leverage_vs_compute(h.fits, h.best_fits, h.law_free, out / "leverage_vs_compute.png")
     if fig is not None:
         lines += [f"![{fig.stem}]({fig.name})", ""]
-    return lines
+    return lines, h
+
+
+def _primary(df: pd.DataFrame, paired, h, records: list[dict], out: Path) -> list[str]:
+    """The report's first table: one answer per MoE family and modality (headline.primary)."""
+    from analysis.headline import primary, primary_text
+
+    table = primary(paired, h, df, bigram_floors(records) or None)
+    if table.empty:
+        return []
+    table.to_csv(out / "primary.csv", index=False)
+    (out / "primary.tex").write_text(render(table, "latex"))
+    return ["## Primary answer: one per MoE family and modality", "", primary_text(table),
+            "([primary.csv](primary.csv), [primary.tex](primary.tex))", "", render(table), ""]
 
 
 def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  params: str = "active") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     df, records = load_runs(inputs, params)
+    docs = load_docs(inputs)
     notes: list[str] = []
     lines = ["# moe-vs-dense report", "",
              f"{df['run'].nunique()} completed runs, modalities: "
@@ -101,7 +117,9 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
              "Losses are held-out nats/token; N is the "
              f"{'active' if params == 'active' else 'total'} parameter count; D is tokens of "
              f"the modality. Compute: {DEFINITION}",
-             "", _regime(df), "", _precision(df), "", "## Runs", "",
+             "", _regime(df), "", _precision(df), ""]
+    first = len(lines)
+    lines += ["## Runs", "",
              "Every run, one row per modality, is in [runs.csv](runs.csv).", "",
              render(df.assign(family=family_key(df)).groupby(["family", "modalities", "modality"]).agg(
                  runs=("run", "nunique"), N_min=("N", "min"), N_max=("N", "max"),
@@ -109,7 +127,10 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  best_loss=("loss", "min"), max_loss_se=("loss_se", "max")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
     chin, chin_gaps = _fit("Chinchilla fits", df, "chinchilla", bootstrap, notes)
-    lines += _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
+    lever, h = _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
+    table = _try("paired comparison", lambda: compare_pairs(df, docs=docs), notes)
+    lines[first:first] = _primary(df, table, h, records, out)
+    lines += lever
     fronts = frontiers(df, chinchilla_by_group(chin))
     if chin or chin_gaps:
         lines += ["", "## Fitted laws: L = E + A/N^alpha + B/D^beta", "",
@@ -148,15 +169,15 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
         lines += ([] if iso_rows else ["", "## IsoFLOP profiles (Approach 2): N* ~ C^a", ""])
         lines += [""] + iso_gaps
     figs = [plots.loss_vs_compute(df, fronts, out / "loss_vs_compute.png")]
-    pair_rows = pairs(df)
-    table = _try("paired comparison", lambda: compare_pairs(df), notes)
+    pair_rows = pairs(df, docs=docs)
     if table is not None:
         lines += ["", "## MoE/MoT minus dense on matched pairs (nats/token)", "",
                   "dL < 0 means the experts reach a lower loss. Runs pair by pair_id, else by "
                   "seed and modalities with compute and tokens within 1%; `unpaired` counts "
-                  "MoE/MoT runs with no dense partner (why: under Notes). Interval: 95% paired "
-                  "bootstrap; p: paired t-test (0 when every pair differs by the same non-zero "
-                  "amount), Holm-corrected across modalities.", "", render(table)]
+                  "MoE/MoT runs with no dense partner (why: under Notes). Each pair's SE from its "
+                  "per-document differences (eval_docs.json); the pairs combined by `model` at "
+                  "the design's centre (N_centre, D_centre); 95% interval from it; p_holm and "
+                  "verdict are the primary table's (Holm over every row).", "", render(table)]
     c_min, c_max = df["C"].min(), df["C"].max() * 100
     points = law_points(fronts, df, 100.0) if fronts else pd.DataFrame()
     if len(points):
@@ -165,12 +186,13 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "and 100x beyond the largest run (extrapolated, marked so). L: each family's "
                   "compute-optimal loss with the 95% prediction interval of a new run at that "
                   "N*, D* (bootstrap refits x resampled residuals); dL = L_moe - L_dense with "
-                  "its 95% bootstrap band; verdict: which is lower where the band excludes 0, "
-                  "else not resolved. C is FLOPs on the modality's tokens; `C (whole run)` the compute "
+                  "its 95% bootstrap band (secondary: unadjusted, no verdict). C is FLOPs on the "
+                  "modality's tokens; `C (whole run)` the compute "
                   "of a whole run of the family's mixture that spends C on this modality (median "
                   "ratio over its runs), the cost to read a crossover by. `extrapolated in`: "
                   "what lies outside the runs at that row (C beyond the largest run, or a "
-                  "family's N* or D* outside its runs' sizes or tokens).", "", render(points),
+                  "family's N* or D* outside its runs' sizes or tokens).", "",
+                  render(points.drop(columns="verdict", errors="ignore")),
                   "", "Where dL changes sign, from "
                   f"{c_min:.3g} to {c_max:.3g} FLOPs:", "",
                   render(compare_laws(fronts, c_min, c_max, df=df))]
@@ -188,7 +210,8 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "separate fits' residuals as noise). Closed testing at 5%: \"exponents "
                   "differ\" needs both restrictions rejected; \"offsets differ\" only one law "
                   "for both. p_exponents is closed-test adjusted. Differences: separate fits, "
-                  "95% bootstrap intervals.", "", render(shared_table(tests))]
+                  "95% bootstrap intervals. Secondary: p-values only, the verdicts are the primary "
+                  "table's.", "", render(shared_table(tests).drop(columns="verdict", errors="ignore"))]
     bt = _try("backtest", lambda: backtest(by_family(df), HOLDOUT, bootstrap=bootstrap), notes)
     if bt is not None:
         s = summarize(bt)
@@ -207,7 +230,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
         lines += bimodal_gaps
         for r in bimodal:
             b = r.barrier()
-            joint = df[(df["family"] == r.group["family"]) & (df["modalities"] == r.group["pair"])]
+            joint = df[(family_key(df) == r.group["family"]) & (df["modalities"] == r.group["pair"])]
             fpt = fit_flops_per_token(joint["N"], joint["flops_per_token"])(b["N"])
             where = (f"N = {b['N']:.3g} (total compute {fpt * b['tokens_per_param'] * b['N']:.3g} "
                      "FLOPs)" if np.isfinite(b["N"]) else "no sign change in 1e3..1e16 params")
@@ -215,7 +238,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   f"{bound_text(b['N_upper'], '.3g')}]"
                   if not np.isnan(b.get("N_lower", np.nan)) else "")
             lines.append(f"- {r.label()}: competition barrier at D/N = {b['tokens_per_param']:.3g}: "
-                         f"{where}{ci}; runs: "
+                         f"{where}{ci}; sign of the fitted interaction at the runs (not a test): "
                          + ", ".join(f"{v} x{c}" for v, c in r.points["verdict"].value_counts().items()))
     if bimodal:
         figs.append(plots.competition_map(bimodal, out / "competition_map.png"))

@@ -48,9 +48,20 @@ def _with_experts(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def routed_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
-    """Per modality: MoE runs with a learned router plus dense runs (E = 1)."""
-    rows = _with_experts(df[(df["family"] == "dense") | ((df["family"] == "moe") & (df["n_experts"] > 0))])
-    return [({"modality": m}, g) for m, g in rows.groupby("modality")]
+    """As Clark et al. fit it: per modality, router, experts per token and token count, that
+    router's MoE runs and the dense runs (E = 1) trained on the same tokens. Routers, top-k and
+    token budgets (D to 3 significant digits) are never pooled: the law has no term for them."""
+    moe = df[(df["family"] == "moe") & (df["n_experts"] > 0)]
+    dense = df[df["family"] == "dense"]
+    budget = lambda x: x["D"].map(lambda d: float(f"{d:.3g}"))  # noqa: E731
+    jobs = []
+    keys = [moe["modality"], moe["router"].fillna("learned"), moe["top_k"].fillna(1).clip(lower=1),
+            budget(moe)]
+    for (m, router, k, D), g in moe.groupby(keys):
+        same = dense[(dense["modality"] == m) & (budget(dense) == D)]
+        jobs.append(({"modality": m, "router": router, "top_k": int(k), "D": D},
+                     _with_experts(pd.concat([same, g]))))
+    return jobs
 
 
 def e_hat(E, e_start: float, e_max: float) -> np.ndarray:

@@ -58,8 +58,10 @@ def leverage_runs(factors: dict[str, float], seed: int = 0, noise: float = 0.005
 
 
 # truths of the bank's laws (parameters in the order of analysis.law_bank)
-JOINT_TRUTH = {"A": 36.0, "delta": 0.23, "alpha": 0.19, "gamma": 0.01, "B": 36.0, "omega": -0.55,
-               "beta": 0.18, "zeta": -0.026, "E": 1.36}
+# the joint law: A (35.91), delta (-0.2285), E_start (2.07) and E_max (290.45) are Ludziejewski et
+# al. (2025) Table 3's; the rest are values of the same size (exponents here positive)
+JOINT_TRUTH = {"A": 35.91, "delta": -0.2285, "alpha": 0.19, "gamma": 0.01, "B": 36.0, "omega": -0.05,
+               "beta": 0.18, "zeta": -0.026, "E": 1.36, "E_start": 2.07, "E_max": 290.45}
 GRANULARITY_TRUTH = {"g": 150.0, "gamma": 0.6, "alpha": 0.33, "A": 200.0, "B": 200.0, "beta": 0.30,
                      "E": 1.2}
 ROUTED_TRUTH = {"a": -0.08, "b": -0.05, "c": 0.004, "d": 1.9, "E_start": 1.9, "E_max": 300.0}
@@ -75,7 +77,6 @@ def bank_runs(truth: str, seed: int = 0, noise: float = 0.005, sizes=SIZES, toke
     chinchilla: dense, E=8 and E=32 families, each its own Chinchilla law (unequal irreducible
     losses); joint and routed: dense and E in 4, 16, 64; granularity: dense (Chinchilla) and
     E=8 at granularities 1, 2, 4, 8 (column `granularity`)."""
-    from analysis.law_bank import e_hat
     from analysis.routed import e_hat as clark_e_hat
 
     rng = np.random.default_rng(seed)
@@ -95,7 +96,7 @@ def bank_runs(truth: str, seed: int = 0, noise: float = 0.005, sizes=SIZES, toke
     elif truth == "joint":
         t = JOINT_TRUTH
         for e in EXPERTS:
-            le = np.log(e_hat(e))
+            le = np.log(clark_e_hat(e, t["E_start"], t["E_max"]))
             p = (t["E"], t["A"] * np.exp(t["delta"] * le), t["B"] * np.exp(t["omega"] * le),
                  t["alpha"] + t["gamma"] * le, t["beta"] + t["zeta"] * le)
             add(chinchilla(N, D, p), e)

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.chinchilla import Grid  # noqa: E402
-from analysis.law_bank import BANK, rank_laws  # noqa: E402
+from analysis.law_bank import BANK, best_law, rank_laws  # noqa: E402
 from analysis.leverage import MORE, UNRESOLVED, leverage_table  # noqa: E402
 from analysis.synthetic_moe import bank_runs, leverage_runs  # noqa: E402
 
@@ -85,7 +85,7 @@ def _bank_trial(job) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table, _, _ = rank_laws(bank_runs(truth, seed=seed), "text", bootstrap=bootstrap, seed=seed)
-    return str(table["law"].iloc[0])
+    return str(best_law(table))
 
 
 def law_bank(trials: int, bootstrap: int, workers: int) -> tuple[list[dict], dict]:

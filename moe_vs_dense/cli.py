@@ -236,7 +236,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from analysis.compare import compare_laws, compare_pairs, law_points
     from analysis.compute import frontiers
     from analysis.fit import chinchilla_by_group, fit_groups
-    from analysis.records import load
+    from analysis.records import load, load_docs
     from analysis.tables import render
 
     df = load(args.inputs, args.params)
@@ -247,7 +247,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         why = e
     _print_headline(df, args, fits)
     print("MoE/MoT minus dense on matched pairs (nats/token):\n")
-    print(render(compare_pairs(df), args.format))
+    print(render(compare_pairs(df, docs=load_docs(args.inputs)), args.format))
     if why is not None:
         print(f"\nno law-based comparison: {why}")
         return 0

@@ -98,7 +98,12 @@ def test_cli_fit_json_compare_and_report(paired_runs, tmp_path, capsys):
                  "--bootstrap", "20"]) == 0
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "## Exponent or offset" in report and "## Backtest: predicting the 3 largest" in report
-    assert "prediction interval" in report and "not resolved" in report
+    assert "prediction interval" in report
+    # the primary answer comes first; the secondary law-based table prints no verdicts
+    assert report.index("## Primary answer") < report.index("## Runs")
+    assert "Holm's step-down over every such verdict" in report and "not resolved" not in report
+    primary = pd.read_csv(tmp_path / "rep" / "primary.csv")
+    assert len(primary) == 3 and primary["verdict"].str.endswith("better").sum() == 2
     assert "## MoE/MoT minus dense on matched pairs" in report and "moe learned E=8 better" in report
     assert "C is training FLOPs spent on a modality's tokens" in report
     assert "FLOPs per token ~ 6 N^1.000 (within 0.0% of every run)" in report

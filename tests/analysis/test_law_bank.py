@@ -3,40 +3,54 @@ import pandas as pd
 import pytest
 
 from analysis.errors import AnalysisError
+from analysis.identify import NotIdentified
 from analysis.law_bank import (
+    BASELINE,
+    CHINCHILLA,
     GRANULARITY,
     JOINT,
-    e_hat,
+    best_law,
     fit_law,
-    lse_objective,
     one_se,
+    predict_natural,
     rank_laws,
     reduce_to_chinchilla,
     split,
 )
-from analysis.synthetic_moe import GRANULARITY_TRUTH, JOINT_TRUTH, bank_runs
+from analysis.routed import e_hat
+from analysis.synthetic_moe import GRANULARITY_TRUTH, JOINT_TRUTH, bank_runs, rows
+
+# Ludziejewski et al. (2025), Table 3: the constants this repository can quote from the paper
+PAPER = {"A": 35.91, "delta": -0.2285, "E_start": 2.07, "E_max": 290.45}
 
 
-def test_lse_gradient_matches_finite_differences():
+@pytest.mark.parametrize("law", [JOINT, CHINCHILLA])
+def test_objective_gradient_matches_finite_differences(law):
     df = bank_runs("joint", seed=0, sizes=(1e6, 1e7), tokens=(1e8, 1e9))
-    X, logL = JOINT.design(df), np.log(df["loss"].to_numpy())[None]
-    theta = JOINT.log_theta(np.array([list(JOINT_TRUTH.values())]))[0] + 0.01
+    logL = np.log(df["loss"].to_numpy())[None]
+    truth = np.array([list(JOINT_TRUTH.values()) if law is JOINT else [1.3, 40.0, 40.0, 0.2, 0.2]])
+    theta = law.log_theta(truth)[0] + 0.01
     w = np.arange(len(df), dtype=float)[None] % 3
-    f0, g = lse_objective(theta[None], X, logL, w)
-    for i in range(len(theta)):
+    _, g = law.objective(theta[None], df, logL, w)
+    for i in range(len(theta)):  # E_start and E_max (the last two) too
         step = np.zeros_like(theta)
         step[i] = 1e-6
-        up, down = (lse_objective((theta + sign * step)[None], X, logL, w)[0] for sign in (1, -1))
+        up, down = (law.objective((theta + sign * step)[None], df, logL, w)[0] for sign in (1, -1))
         fd = (up - down) / 2e-6
         assert fd[0] == pytest.approx(g[0, i], rel=1e-4, abs=1e-8)
 
 
 def test_joint_law_is_chinchilla_for_dense_and_at_each_expert_count():
-    assert e_hat(1.0) == pytest.approx(1.0) and e_hat(8.0) == pytest.approx(8.0, rel=0.01)
-    p = np.array([list(JOINT_TRUTH.values())])
-    dense = reduce_to_chinchilla("joint", p, n_experts=1)[0]
     t = JOINT_TRUTH
-    np.testing.assert_allclose(dense, [t["E"], t["A"], t["B"], t["alpha"], t["beta"]])
+    assert t["delta"] == PAPER["delta"] < 0  # the paper's sign
+    assert e_hat(1.0, t["E_start"], t["E_max"]) == pytest.approx(t["E_start"])
+    p = np.array([list(JOINT_TRUTH.values())])
+    np.testing.assert_allclose(JOINT.natural(JOINT.log_theta(p)), p)
+    dense = reduce_to_chinchilla("joint", p, n_experts=1)[0]
+    le = np.log(t["E_start"])  # dense runs: Ehat = E_start
+    np.testing.assert_allclose(dense, [t["E"], t["A"] * np.exp(t["delta"] * le),
+                                       t["B"] * np.exp(t["omega"] * le),
+                                       t["alpha"] + t["gamma"] * le, t["beta"] + t["zeta"] * le])
     df = bank_runs("joint", seed=0, noise=0.0)
     moe16 = df[df["n_experts"] == 16]
     E, A, B, al, be = reduce_to_chinchilla("joint", p, n_experts=16)[0]
@@ -52,8 +66,29 @@ def test_holdout_keeps_the_largest_compute_out_and_laws_say_what_they_lack():
     assert held.groupby("n_experts").size().min() >= 2  # every MoE family is judged
     with pytest.raises(AnalysisError, match="needs a 'granularity'"):
         fit_law(GRANULARITY, df, {"modality": "text"}, bootstrap=0)
-    with pytest.raises(AnalysisError, match="'n_experts' does not vary"):
+    with pytest.raises(NotIdentified, match="1 expert count"):
         fit_law(JOINT, df[df["family"] == "dense"], {"modality": "text"}, bootstrap=0)
+
+
+@pytest.mark.slow
+def test_joint_law_recovers_the_papers_constants():
+    """Runs drawn from Eq. 6 with the paper's constants (Table 3; the rest of JOINT_TRUTH of the
+    same size) at 5 sizes x 5 budgets x 10 expert counts, 0.1% noise: the fit recovers E_start,
+    E_max, delta and a."""
+    rng = np.random.default_rng(0)
+    truth = np.array(list(JOINT_TRUTH.values()))
+    N, D = (g.ravel() for g in np.meshgrid((1e6, 3e6, 1e7, 3e7, 1e8), (2e7, 6e7, 2e8, 6e8, 2e9)))
+    parts = []
+    for e in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+        r = rows("moe" if e > 1 else "dense", N, D, np.ones(len(N)), "text", 0, e if e > 1 else 0,
+                 "learned" if e > 1 else None)
+        parts.append(r.assign(loss=predict_natural(JOINT, truth, r) * np.exp(rng.normal(0, 0.001, len(N)))))
+    df = pd.concat(parts, ignore_index=True)
+    r = fit_law(JOINT, df, {"modality": "text"}, bootstrap=0)
+    assert r.params["E_start"] == pytest.approx(PAPER["E_start"], rel=0.05)
+    assert r.params["E_max"] == pytest.approx(PAPER["E_max"], rel=0.15)
+    assert r.params["delta"] == pytest.approx(PAPER["delta"], abs=0.04)
+    assert r.params["A"] == pytest.approx(PAPER["A"], rel=0.05)
 
 
 def test_one_se_rule_prefers_what_the_data_cannot_tell_apart():
@@ -69,7 +104,9 @@ def test_bank_law_recovers_its_coefficients(truth, law):
     r = fit_law(law, df, {"modality": "text"}, bootstrap=40)
     t = JOINT_TRUTH if truth == "joint" else GRANULARITY_TRUTH
     for k in ("alpha", "beta", "E", "gamma"):
-        assert r.params[k] == pytest.approx(t[k], rel=0.15, abs=0.01), k
+        # the joint law's gamma shares four expert counts with the fitted E_start and E_max
+        loose = 0.015 if truth == "joint" and k == "gamma" else 0.01
+        assert r.params[k] == pytest.approx(t[k], rel=0.15, abs=loose), k
     ci = r.conf_int()
     assert (ci["lower"] <= r.params).all() and (r.params <= ci["upper"]).all()
     rows = law.rows(df)
@@ -77,9 +114,52 @@ def test_bank_law_recovers_its_coefficients(truth, law):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("truth", ["chinchilla", "joint", "routed", "granularity"])
+@pytest.mark.parametrize("truth", ["chinchilla", "joint", "granularity"])
 def test_ranking_puts_the_true_law_first(truth):
     table, scored, _ = rank_laws(bank_runs(truth, seed=100), "text", bootstrap=20)
-    assert table["law"].iloc[0] == truth
     assert isinstance(table, pd.DataFrame) and set(scored) == set(table["law"])
-    assert table["error / best's"].min() == pytest.approx(1.0)
+    base = table[table["law"] == BASELINE].iloc[0]
+    if truth == "chinchilla":  # three unequal E: the joint law is ill conditioned, so refused
+        assert list(table["rank"]) == ["only law fitted", "baseline"] and best_law(table) is None
+        first = table.iloc[0]
+    else:
+        assert best_law(table) == truth
+        first = table[table["rank"] == "1"].iloc[0]
+    assert first["law"] == truth and first["RMS error (%)"] < base["RMS error (%)"]
+
+
+def test_bank_with_one_fittable_law_says_so_and_keeps_the_baseline():
+    """Dense and one MoE family at one expert count: only the per-family Chinchilla law can be
+    fitted (joint and routed need expert counts, granularity a granularity): no ranking."""
+    df = bank_runs("chinchilla", seed=3)
+    df = df[df["n_experts"].isin([0, 8])]
+    table, scored, notes = rank_laws(df, "text", bootstrap=10)
+    assert list(table["law"]) == ["chinchilla", BASELINE]
+    assert list(table["rank"]) == ["only law fitted", "baseline"] and best_law(table) is None
+    assert any("only the chinchilla law" in n for n in notes)
+    assert any(n.startswith("joint law: ") and "not identified" in n for n in notes)
+
+
+def test_bank_refuses_a_split_that_leaves_one_token_count():
+    """The demo's failure: with two budgets the held-out runs are the larger one, so training
+    has one D and only a law without a token term could be fitted."""
+    df = bank_runs("chinchilla", seed=3, tokens=(2e7, 2e9))
+    with pytest.raises(AnalysisError, match="1 token count among the training runs"):
+        rank_laws(df, "text", holdout_largest=5, bootstrap=10)
+
+
+def test_baseline_is_a_bar_a_law_must_clear():
+    """Runs from a pure power law in compute: the baseline predicts the held-out runs to within
+    their noise, with prediction intervals that hold their estimates."""
+    from analysis.law_bank import score_baseline
+
+    df = bank_runs("chinchilla", seed=5)
+    noise = np.exp(np.random.default_rng(0).normal(0, 0.002, len(df)))
+    df = df.assign(loss=3.0 * (df["C"] / 1e12) ** -0.05 * noise)
+    train, held = split(df[df["modality"] == "text"], 3)
+    s = score_baseline(train, held)
+    assert s.law == BASELINE and s.n_params == 2 * 2  # two MoE families, two parameters each
+    p = s.predicted
+    assert ((p["lower"] < p["predicted"]) & (p["predicted"] < p["upper"])).all()
+    obs = held["loss"].to_numpy()
+    assert np.abs(np.log(p["predicted"].to_numpy() / obs)).max() < 0.02
