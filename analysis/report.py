@@ -40,6 +40,83 @@ def _precision(df: pd.DataFrame) -> str:
             "eval.final.<modality>.docs_for_target says what more validation data would take).")
 
 
+def _floors(df: pd.DataFrame, notes: list[str]) -> tuple[list[str], pd.DataFrame]:
+    """The floors section (each family's best loss beside the loss of count models of the
+    training data on the same validation rows) and the rows the laws may use: a run that does not
+    beat its unigram floor on a modality has learned nothing about it, so that row is left out of
+    every fit and comparison below (said in the notes). Rows without floors are kept."""
+    if df["floor_unigram"].isna().all():
+        notes.append("floors: no record has floors (records before schema version 3), so no run "
+                     "was checked against them")
+        return [], df
+    nothing = df["loss"] >= df["floor_unigram"]
+    best = df.loc[df.assign(family=family_key(df)).groupby(
+        [family_key(df), "modalities", "modality"])["loss"].idxmin()]
+    table = pd.DataFrame({
+        "family": family_key(best), "modalities": best["modalities"], "modality": best["modality"],
+        "best_loss": best["loss"], "se": best["loss_se"], "uniform": best["floor_uniform"],
+        "unigram": best["floor_unigram"], "bigram": best["floor_bigram"],
+        "markov": best["floor_markov"], "bigram_margin": best["floor_bigram"] - best["loss"],
+    })
+    margin, se = table["bigram_margin"], table["se"]
+    table["beats_bigram"] = np.where(table["bigram"].isna(), "?", np.where(
+        se.isna(), np.where(margin > 0, "yes (no SE)", "no"), np.where(margin > se, "yes", "no")))
+    counts = (df.assign(family=family_key(df), nothing=nothing)
+              .groupby(["family", "modalities", "modality"])["nothing"].sum())
+    table["runs_not_beating_unigram"] = [int(counts.get((f, ms, m), 0)) for f, ms, m in
+                                         zip(table["family"], table["modalities"],
+                                             table["modality"], strict=True)]
+    lines = ["", "## Floors: what counting the training data achieves", "",
+             "Each family's best held-out loss (nats/token, with its SE) beside the loss of count "
+             "models fitted on the training split and scored on the same validation rows and "
+             "tokens: uniform over the modality's ids, unigram, bigram and an order-k Markov "
+             "model (Witten-Bell interpolated; k chosen on held-out training rows). "
+             "`bigram_margin` = bigram floor - best loss; `beats_bigram`: by more than its SE. "
+             "A run at or above its unigram floor has learned nothing about that modality and is "
+             "left out of every law fit and comparison below; every run's floors are in "
+             "runs.csv.", "", render(table.sort_values(["modality", "family"]))]
+    if nothing.any():
+        flagged = df[nothing]
+        notes.append(f"floors: {len(flagged)} (run, modality) rows do not beat their unigram floor "
+                     "and are left out of the law fits and comparisons: " + ", ".join(
+                         f"{r} {m} ({lo:.3f} >= {u:.3f})" for r, m, lo, u in list(zip(
+                             flagged["run"], flagged["modality"], flagged["loss"],
+                             flagged["floor_unigram"], strict=True))[:20])
+                     + (" ..." if len(flagged) > 20 else ""))
+    if df["floor_unigram"].isna().any():
+        notes.append(f"floors: {int(df['floor_unigram'].isna().sum())} rows have no floors in "
+                     "their records and were kept unchecked")
+    return lines, df[~nothing].reset_index(drop=True)
+
+
+def _routing(records: list[dict], out: Path) -> list[str]:
+    """For every learned-router run, the mutual information between a token's modality and its
+    expert per MoE layer, and its modality x expert heatmaps: does the router separate
+    modalities by itself?"""
+    learned = sorted((r for r in records if r.get("router") == "learned" and r.get("expert_stats")),
+                     key=lambda r: r["compute"])
+    if not learned:
+        return []
+    rows, figs = [], []
+    for r in learned:
+        for s in r["expert_stats"]:
+            mi, h = s.get("modality_expert_mi_bits"), s.get("modality_entropy_bits")
+            rows.append({"run": r["run_id"], "layer": s["layer"], "experts": len(s["tokens_per_expert"]),
+                         "MI_bits": mi, "modality_entropy_bits": h,
+                         "MI_share": mi / h if mi is not None and h else np.nan,
+                         "dead_experts": s.get("dead_experts"), "imbalance": s.get("imbalance")})
+        fig = plots.expert_use(r, out / f"expert_use_{r['run_id']}.png")
+        if fig is not None:
+            figs.append(fig)
+    return (["", "## Does a learned router separate modalities?", "",
+             "Per learned-router run (by compute) and MoE layer, on the final validation rows: the "
+             "mutual information between a token's modality and its expert (bits; "
+             "`MI_share` = MI / modality entropy: 1 when experts separate modalities completely, "
+             "0 when routing ignores modality), then each run's modality x expert heatmaps "
+             "(share of each modality's tokens per expert, scale 0..1).", "",
+             render(pd.DataFrame(rows)), ""] + [f"![{p.stem}]({p.name})" for p in figs])
+
+
 def _try(what: str, fn, notes: list[str]):
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -94,6 +171,13 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  D_min=("D", "min"), D_max=("D", "max"), C_min=("C", "min"), C_max=("C", "max"),
                  best_loss=("loss", "min"), max_loss_se=("loss_se", "max")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
+    floor_lines, df = _floors(df, notes)
+    lines += floor_lines
+    if df.empty:
+        lines += ["", "No run beats its unigram floor on any modality: there is nothing to fit.",
+                  "", "## Notes", ""] + [f"- {n}" for n in notes]
+        (out / "report.md").write_text("\n".join(lines) + "\n")
+        return out / "report.md"
     chin = _try("Chinchilla fits", lambda: fit_groups(df, "chinchilla", bootstrap), notes) or []
     lines += _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
     fronts = frontiers(df, chinchilla_by_group(chin))
@@ -185,7 +269,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     routed = _try("routed law", lambda: fit_groups(df, "routed", bootstrap), notes)
     if routed:
         lines += ["", "## Routed-MoE law (Clark et al. 2022)", "", render(fits_table(routed))]
-    figs.append(plots.expert_use(records, out / "expert_use.png"))
+    lines += _routing(records, out)
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
