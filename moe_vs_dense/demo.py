@@ -257,7 +257,7 @@ def write_reports(out: Path, runs: list[PlannedRun], bootstrap: int = REPORT_BOO
         f.write(f"\n## Competition and synergy\n\nNot part of the demo: at its budgets, unimodal "
                 "and bimodal baselines would take too few optimizer steps to measure competition "
                 f"rather than step counts. The study of its own is [{COMPETITION}]({link}) "
-                "(about 45 minutes on a 2-core CPU): "
+                "(about half an hour on a 2-core CPU): "
                 f"`moe-vs-dense sweep run {COMPETITION} --workers 2`, then "
                 "`moe-vs-dense report runs/competition/runs --out runs/competition/report`.\n")
     return report
