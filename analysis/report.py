@@ -175,7 +175,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     lines += floor_lines
     if df.empty:
         lines += ["", "No run beats its unigram floor on any modality: there is nothing to fit.",
-                  "", "## Notes", ""] + [f"- {n}" for n in notes]
+                  *_routing(records, out), "", "## Notes", ""] + [f"- {n}" for n in notes]
         (out / "report.md").write_text("\n".join(lines) + "\n")
         return out / "report.md"
     chin = _try("Chinchilla fits", lambda: fit_groups(df, "chinchilla", bootstrap), notes) or []

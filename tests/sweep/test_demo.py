@@ -30,20 +30,25 @@ def test_tiny_demo_report(tmp_path, demo_data, monkeypatch):
     report = demo(tmp_path / "demo", minutes=2.0, bootstrap=20, log=lines.append)
     text = report.read_text()
     assert any("token budgets x" in line for line in lines)  # the plan was printed first
-    pairs = _section(text, "## MoE/MoT minus dense on matched pairs")
-    rows = [r for r in pairs.splitlines() if r.startswith("|") and "moe" in r]
-    assert {m for m in ("text", "image") if any(f"| {m} " in r for r in rows)} == {"text", "image"}
-    header = [c.strip() for c in pairs.splitlines()[next(
-        i for i, r in enumerate(pairs.splitlines()) if r.startswith("| family"))].split("|")]
-    for r in rows:
-        cells = dict(zip(header, [c.strip() for c in r.split("|")], strict=True))
-        assert re.fullmatch(r"-?\d.*", cells["lower"]) and re.fullmatch(r"-?\d.*", cells["upper"])
-        assert float(cells["lower"]) <= float(cells["dL"]) <= float(cells["upper"])
-    assert "| dense " in text and "| moe " in text
+    floors = _section(text, "## Floors")
+    assert all(f"| {f} " in floors for f in ("dense", "moe modality E=2", "moe learned E=4"))
+    assert "| text " in floors and "| image " in floors
+    # runs this short do not beat their unigram floors: they are named and nothing is fitted
+    # through them; runs that do are compared pair by pair with intervals that hold their estimate
+    if "## MoE/MoT minus dense on matched pairs" in text:
+        pairs = _section(text, "## MoE/MoT minus dense on matched pairs")
+        rows = [r for r in pairs.splitlines() if r.startswith("|") and "moe" in r]
+        header = [c.strip() for c in pairs.splitlines()[next(
+            i for i, r in enumerate(pairs.splitlines()) if r.startswith("| family"))].split("|")]
+        for r in rows:
+            cells = dict(zip(header, [c.strip() for c in r.split("|")], strict=True))
+            assert float(cells["lower"]) <= float(cells["dL"]) <= float(cells["upper"])
+    else:
+        assert "nothing to fit" in text and "do not beat their unigram floor" in text
+    assert "## Does a learned router separate modalities?" in text
     figures = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", text)
-    assert figures and all((report.parent / f).is_file() for f in figures)
-    assert "## Floors" in text and "## Does a learned router separate modalities?" in text
     assert any(f.startswith("expert_use_") for f in figures)
+    assert all((report.parent / f).is_file() for f in figures)
     link = re.search(r"\[configs/studies/competition.yaml\]\(([^)]+)\)", text).group(1)
     assert (report.parent / link).resolve().is_file()
     # a second call plans the same runs (saved scale, no new timing), all of them done
