@@ -1,5 +1,6 @@
 """Figures (matplotlib, Agg): loss vs compute with fitted frontiers, dL vs compute with bands,
-the competition/synergy map of modality pairs, and expert use per MoE layer."""
+the competition/synergy map of modality pairs, and per run a modality x expert heatmap of each
+MoE layer's routing."""
 
 from __future__ import annotations
 
@@ -153,19 +154,47 @@ def competition_map(bimodal_results, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def expert_use(records: list[dict], path: Path) -> Path | None:
-    """Share of tokens per expert and layer, for the largest MoE run (by compute)."""
-    moe = [r for r in records if r.get("expert_stats")]
-    if not moe:
+def modality_expert_shares(layer: dict, mods: list[str], width: int) -> np.ndarray:
+    """[modality, expert]: the share of each modality's tokens that each expert receives (rows
+    sum to 1; NaN for a modality with no tokens in this layer)."""
+    mat = np.full((len(mods), width), np.nan)
+    for i, m in enumerate(mods):
+        row = np.asarray(layer["by_modality"].get(m, []), float)
+        if row.sum() > 0:
+            mat[i] = 0.0
+            mat[i, : len(row)] = row / row.sum()
+    return mat
+
+
+def expert_use(record: dict, path: Path) -> Path | None:
+    """One run's routing: per MoE layer, a modality x expert heatmap of the share of each
+    modality's tokens that each expert receives (rows sum to 1, colour scale 0..1), with the
+    mutual information between modality and expert in the title (bits; the modality entropy
+    when experts separate modalities completely, 0 when routing ignores modality)."""
+    layers = [s for s in record.get("expert_stats") or [] if s.get("by_modality")]
+    if not layers:
         return None
-    run = max(moe, key=lambda r: r["compute"])
-    rows = [np.asarray(s["tokens_per_expert"], float) for s in run["expert_stats"]]
-    width = max(len(r) for r in rows)
-    mat = np.full((len(rows), width), np.nan)
-    for i, r in enumerate(rows):
-        mat[i, : len(r)] = r / max(r.sum(), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * width, 1.2 + 0.4 * len(rows)))
-    im = ax.imshow(mat, cmap="viridis", aspect="auto")
-    ax.set(xlabel="expert", ylabel="MoE layer", title=f"expert use: {run['run_id']}")
-    fig.colorbar(im, ax=ax, label="share of tokens")
-    return _save(fig, path)
+    mods = sorted({m for s in layers for m in s["by_modality"]})
+    width = max(len(s["tokens_per_expert"]) for s in layers)
+    fig, axes = plt.subplots(1, len(layers), squeeze=False,
+                             figsize=(1.6 + (0.5 * width + 0.9) * len(layers), 1.4 + 0.45 * len(mods)))
+    for ax, s in zip(axes.flat, layers, strict=True):
+        shares = modality_expert_shares(s, mods, width)
+        if width <= 16:
+            for (i, e), v in np.ndenumerate(shares):
+                if np.isfinite(v):
+                    ax.text(e, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="black" if v > 0.6 else "white")
+        im = ax.imshow(shares, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(width))
+        ax.set_yticks(range(len(mods)), mods if ax is axes.flat[0] else [])
+        mi, h = s.get("modality_expert_mi_bits"), s.get("modality_entropy_bits")
+        what = f"MI {mi:.2f} of {h:.2f} bits" if mi is not None and h is not None else "MI unknown"
+        ax.set(xlabel="expert", title=f"layer {s['layer']}: {what}")
+        ax.title.set_fontsize(9)
+    fig.suptitle(f"{record['run_id']}: share of each modality's tokens per expert", fontsize=9,
+                 y=1.08)
+    fig.colorbar(im, ax=list(axes.flat), label="share of the modality's tokens")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

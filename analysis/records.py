@@ -4,10 +4,12 @@ Columns: run, family, router, seed, status, pair, modality, modalities (the run'
 '+'), N (the params the laws use), N_active, N_total, D (tokens of this modality, else all),
 D_total, flops_per_token, C (training FLOPs on this modality's tokens: flops_per_token x D),
 C_total (on all tokens: flops_per_token x D_total), loss (nats/token), bits_per_unit,
-n_experts, top_k (experts per token), granularity (dense FFN width / one expert's width).
+n_experts, top_k (experts per token), granularity (dense FFN width / one expert's width),
+floor_uniform, floor_unigram, floor_bigram, floor_markov (nats/token of count models of the
+training data on the validation rows the run scored; NaN where the record has none).
 analysis/compute.py says why compute is defined so.
 
-Reads record schema versions 1 and 2: version 2 only adds optional fields, and its
+Reads record schema versions 1 to 3: versions 2 and 3 only add optional fields, and their
 `eval.final` holds the same per-modality losses (paired-document losses sit apart in
 `eval.paired` and are not rows here). `load_docs` reads the per-document losses a completed
 run keeps in eval_docs.json, for paired differences (analysis/paired.py).
@@ -33,12 +35,14 @@ if TYPE_CHECKING:
 SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
            "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
-           "loss_se", "bits_per_unit", "n_experts", "top_k", "granularity"]
+           "loss_se", "bits_per_unit", "n_experts", "top_k", "granularity"] + [
+           f"floor_{k}" for k in ("uniform", "unigram", "bigram", "markov")]
+FLOORS = COLUMNS[-4:]
 # what a CSV's columns may stand for (`load_csv`'s `columns` maps these to the CSV's names)
 CSV_KEYS = ("params", "tokens", "loss", "family", "modality", "flops", "seed", "n_experts",
-            "top_k", "router", "granularity", "run", "loss_se")
+            "top_k", "router", "granularity", "run", "loss_se", *FLOORS)
 CSV_NUMERIC = ("params", "tokens", "loss", "flops", "seed", "n_experts", "top_k", "granularity",
-               "loss_se")
+               "loss_se", *FLOORS)
 
 
 def family_key(df: pd.DataFrame) -> pd.Series:
@@ -88,8 +92,10 @@ def record_rows(record: dict) -> list[dict]:
     rows, fpt = [], record["flops_per_token"]
     model = record.get("model") or {}
     d_ff, d_expert = model.get("d_ff"), model.get("d_expert")
+    floors = record["eval"].get("floors") or {}
     for m, ev in record["eval"]["final"].items():
         D = by_mod.get(m, record["tokens"]["total"])
+        floor = floors.get(m) or {}
         rows.append({
             "run": record["run_id"], "family": record["family"], "router": record.get("router"),
             "seed": record["seed"], "status": record["status"], "pair": record.get("pair_id"),
@@ -101,6 +107,7 @@ def record_rows(record: dict) -> list[dict]:
             "bits_per_unit": ev.get("bits_per_unit"),
             "n_experts": model.get("n_experts", 0) or 0, "top_k": model.get("top_k") or 0,
             "granularity": d_ff / d_expert if d_ff and d_expert else float("nan"),
+            **{c: floor.get(c.removeprefix("floor_"), float("nan")) for c in FLOORS},
         })
     return rows
 
@@ -144,8 +151,9 @@ def load_runs(paths: list[str | Path], params: str = "active") -> tuple[pd.DataF
 def load_csv(path: str | Path, columns: dict[str, str] | None = None,
              params: str = "active") -> pd.DataFrame:
     """A CSV with columns params, tokens, loss and optionally family, modality, flops (training
-    FLOPs, else 6 x params x tokens), seed, n_experts, top_k, router, granularity, run, loss_se;
-    `columns` maps those names to the CSV's own."""
+    FLOPs, else 6 x params x tokens), seed, n_experts, top_k, router, granularity, run, loss_se,
+    floor_uniform, floor_unigram, floor_bigram, floor_markov; `columns` maps those names to the
+    CSV's own."""
     path = Path(path)
     unknown = sorted(set(columns or {}) - set(CSV_KEYS))
     if unknown:
@@ -175,6 +183,7 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
         "loss": raw[names["loss"]], "loss_se": get("loss_se", float("nan")),
         "bits_per_unit": None, "n_experts": get("n_experts", 0),
         "top_k": get("top_k", 0), "granularity": get("granularity", float("nan")),
+        **{c: get(c, float("nan")) for c in FLOORS},
     })
     df["modalities"] = df["modality"]
     bad = ~df[["N_active", "D", "loss", "C"]].map(_positive_finite).all(axis=1)
@@ -212,7 +221,7 @@ def _finish(df: pd.DataFrame, params: str) -> pd.DataFrame:
         raise AnalysisError(f"params must be 'active' or 'total', not {params!r}")
     df["N"] = df["N_active"] if params == "active" else df["N_total"]
     for c in ("N", "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
-              "loss_se"):
+              "loss_se", *FLOORS):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     bad = ~df[["N", "D", "C", "loss"]].map(_positive_finite).all(axis=1)
     if bad.any():
@@ -242,17 +251,6 @@ def load_docs(paths: list[str | Path]) -> dict[str, dict[str, DocLosses]]:
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
                 warnings.warn(f"{docs}: unreadable per-document losses ({e}); its pairs get no "
                               "document-level SE", stacklevel=2)
-    return out
-
-
-def bigram_floors(records: list[dict]) -> dict[tuple[str, str], float]:
-    """{(run id, modality): bigram floor in nats/token} from records that carry
-    `floors.<modality>.bigram`; empty when none does."""
-    out = {}
-    for rec in records:
-        for m, f in (rec.get("floors") or {}).items():
-            if isinstance(f, dict) and isinstance(f.get("bigram"), int | float):
-                out[(rec["run_id"], m)] = float(f["bigram"])
     return out
 
 

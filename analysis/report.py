@@ -15,7 +15,7 @@ from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups_noting
 from analysis.isoflop import MIN_BUDGETS, isoflop
-from analysis.records import bigram_floors, by_family, family_key, load_docs, load_runs
+from analysis.records import by_family, family_key, load_docs, load_runs
 from analysis.results import bound_text
 from analysis.shared_exponent import shared_table, shared_tests
 from analysis.tables import fits_table, render
@@ -43,6 +43,83 @@ def _precision(df: pd.DataFrame) -> str:
             f"median {se.median():.2g}, max {se.max():.2g} nats/token; {below} of {len(se)} are "
             "at most 0.005, the trainer's default target (each record's "
             "eval.final.<modality>.docs_for_target says what more validation data would take).")
+
+
+def _floors(df: pd.DataFrame, notes: list[str]) -> tuple[list[str], pd.DataFrame]:
+    """The floors section (each family's best loss beside the loss of count models of the
+    training data on the same validation rows) and the rows the laws may use: a run that does not
+    beat its unigram floor on a modality has learned nothing about it, so that row is left out of
+    every fit and comparison below (said in the notes). Rows without floors are kept."""
+    if df["floor_unigram"].isna().all():
+        notes.append("floors: no record has floors (records before schema version 3), so no run "
+                     "was checked against them")
+        return [], df
+    nothing = df["loss"] >= df["floor_unigram"]
+    best = df.loc[df.assign(family=family_key(df)).groupby(
+        [family_key(df), "modalities", "modality"])["loss"].idxmin()]
+    table = pd.DataFrame({
+        "family": family_key(best), "modalities": best["modalities"], "modality": best["modality"],
+        "best_loss": best["loss"], "se": best["loss_se"], "uniform": best["floor_uniform"],
+        "unigram": best["floor_unigram"], "bigram": best["floor_bigram"],
+        "markov": best["floor_markov"], "bigram_margin": best["floor_bigram"] - best["loss"],
+    })
+    margin, se = table["bigram_margin"], table["se"]
+    table["beats_bigram"] = np.where(table["bigram"].isna(), "?", np.where(
+        se.isna(), np.where(margin > 0, "yes (no SE)", "no"), np.where(margin > se, "yes", "no")))
+    counts = (df.assign(family=family_key(df), nothing=nothing)
+              .groupby(["family", "modalities", "modality"])["nothing"].sum())
+    table["runs_not_beating_unigram"] = [int(counts.get((f, ms, m), 0)) for f, ms, m in
+                                         zip(table["family"], table["modalities"],
+                                             table["modality"], strict=True)]
+    lines = ["", "## Floors: what counting the training data achieves", "",
+             "Each family's best held-out loss (nats/token, with its SE) beside the loss of count "
+             "models fitted on the training split and scored on the same validation rows and "
+             "tokens: uniform over the modality's ids, unigram, bigram and an order-k Markov "
+             "model (Witten-Bell interpolated; k chosen on held-out training rows). "
+             "`bigram_margin` = bigram floor - best loss; `beats_bigram`: by more than its SE. "
+             "A run at or above its unigram floor has learned nothing about that modality and is "
+             "left out of every law fit and comparison below; every run's floors are in "
+             "runs.csv.", "", render(table.sort_values(["modality", "family"]))]
+    if nothing.any():
+        flagged = df[nothing]
+        notes.append(f"floors: {len(flagged)} (run, modality) rows do not beat their unigram floor "
+                     "and are left out of the law fits and comparisons: " + ", ".join(
+                         f"{r} {m} ({lo:.3f} >= {u:.3f})" for r, m, lo, u in list(zip(
+                             flagged["run"], flagged["modality"], flagged["loss"],
+                             flagged["floor_unigram"], strict=True))[:20])
+                     + (" ..." if len(flagged) > 20 else ""))
+    if df["floor_unigram"].isna().any():
+        notes.append(f"floors: {int(df['floor_unigram'].isna().sum())} rows have no floors in "
+                     "their records and were kept unchecked")
+    return lines, df[~nothing].reset_index(drop=True)
+
+
+def _routing(records: list[dict], out: Path) -> list[str]:
+    """For every learned-router run, the mutual information between a token's modality and its
+    expert per MoE layer, and its modality x expert heatmaps: does the router separate
+    modalities by itself?"""
+    learned = sorted((r for r in records if r.get("router") == "learned" and r.get("expert_stats")),
+                     key=lambda r: r["compute"])
+    if not learned:
+        return []
+    rows, figs = [], []
+    for r in learned:
+        for s in r["expert_stats"]:
+            mi, h = s.get("modality_expert_mi_bits"), s.get("modality_entropy_bits")
+            rows.append({"run": r["run_id"], "layer": s["layer"], "experts": len(s["tokens_per_expert"]),
+                         "MI_bits": mi, "modality_entropy_bits": h,
+                         "MI_share": mi / h if mi is not None and h else np.nan,
+                         "dead_experts": s.get("dead_experts"), "imbalance": s.get("imbalance")})
+        fig = plots.expert_use(r, out / f"expert_use_{r['run_id']}.png")
+        if fig is not None:
+            figs.append(fig)
+    return (["", "## Does a learned router separate modalities?", "",
+             "Per learned-router run (by compute) and MoE layer, on the final validation rows: the "
+             "mutual information between a token's modality and its expert (bits; "
+             "`MI_share` = MI / modality entropy: 1 when experts separate modalities completely, "
+             "0 when routing ignores modality), then each run's modality x expert heatmaps "
+             "(share of each modality's tokens per expert, scale 0..1).", "",
+             render(pd.DataFrame(rows)), ""] + [f"![{p.stem}]({p.name})" for p in figs])
 
 
 def _try(what: str, fn, notes: list[str]):
@@ -92,11 +169,14 @@ def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
     return lines, h
 
 
-def _primary(df: pd.DataFrame, paired, h, records: list[dict], out: Path) -> list[str]:
+def _primary(df: pd.DataFrame, paired, h, out: Path) -> list[str]:
     """The report's first table: one answer per MoE family and modality (headline.primary)."""
     from analysis.headline import primary, primary_text
 
-    table = primary(paired, h, df, bigram_floors(records) or None)
+    known = df.dropna(subset=["floor_bigram"])
+    floors = dict(zip(zip(known["run"], known["modality"], strict=True), known["floor_bigram"],
+                      strict=True))
+    table = primary(paired, h, df, floors or None)
     if table.empty:
         return []
     table.to_csv(out / "primary.csv", index=False)
@@ -126,10 +206,17 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  D_min=("D", "min"), D_max=("D", "max"), C_min=("C", "min"), C_max=("C", "max"),
                  best_loss=("loss", "min"), max_loss_se=("loss_se", "max")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
+    floor_lines, df = _floors(df, notes)
+    lines += floor_lines
+    if df.empty:
+        lines += ["", "No run beats its unigram floor on any modality: there is nothing to fit.",
+                  *_routing(records, out), "", "## Notes", ""] + [f"- {n}" for n in notes]
+        (out / "report.md").write_text("\n".join(lines) + "\n")
+        return out / "report.md"
     chin, chin_gaps = _fit("Chinchilla fits", df, "chinchilla", bootstrap, notes)
     lever, h = _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
     table = _try("paired comparison", lambda: compare_pairs(df, docs=docs), notes)
-    lines[first:first] = _primary(df, table, h, records, out)
+    lines[first:first] = _primary(df, table, h, out)
     lines += lever
     fronts = frontiers(df, chinchilla_by_group(chin))
     if chin or chin_gaps:
@@ -246,7 +333,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     if routed or routed_gaps:
         lines += ["", "## Routed-MoE law (Clark et al. 2022)", ""]
         lines += ([render(fits_table(routed)), ""] if routed else []) + routed_gaps
-    figs.append(plots.expert_use(records, out / "expert_use.png"))
+    lines += _routing(records, out)
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

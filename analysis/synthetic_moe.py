@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.records import COLUMNS
+from analysis.records import COLUMNS, FLOORS
 
 DENSE = {"text": (1.2, 300.0, 200.0, 0.35, 0.30), "dna": (1.3, 150.0, 400.0, 0.30, 0.32)}
 SIZES = (1e6, 3e6, 1e7, 3e7, 1e8)
@@ -33,7 +33,7 @@ def rows(family: str, N, D, loss, modality: str, seed: int = 0, n_experts: int =
         "D_total": D, "flops_per_token": flops_per_param * N, "C": flops_per_param * N * D,
         "C_total": flops_per_param * N * D, "loss": np.asarray(loss, float), "loss_se": np.nan,
         "bits_per_unit": np.nan, "n_experts": n_experts, "top_k": 1 if n_experts else 0,
-        "granularity": np.nan, **extra})
+        "granularity": np.nan, **{c: np.nan for c in FLOORS}, **extra})
     return out[COLUMNS]
 
 

@@ -1,11 +1,14 @@
 """`moe-vs-dense demo`: real data to a report with intervals, in one command and a fixed time budget.
 
-Fetch the built-in sources, prepare the mixtures, run the demo sweep (configs/sweeps/demo.yaml:
+Fetch the built-in sources, prepare the mixture, run the demo sweep (configs/sweeps/demo.yaml:
 dense, modality-routed MoE and learned-router MoE at matched active FLOPs per token over three
-sizes and two token budgets, plus unimodal and bimodal dense baselines), then fit the laws and
-write the report. `minutes` scales the token budgets to the time a short timing on this machine
-predicts; the scale chosen is saved beside the runs, so running the demo again with the same
-budget plans the same runs and resumes them instead of starting over.
+sizes and three token budgets on text, code and image), then fit the laws and write the report.
+`minutes` scales the token budgets to the time a short timing on this machine predicts, but never
+below a design that identifies the headline (`design_problems`): with too little time the learned
+router is dropped first, then the demo refuses. The plan is saved beside the runs, so running the
+demo again with the same budget plans the same runs and resumes them instead of starting over.
+Competition and synergy (unimodal and bimodal baselines) are a study of their own:
+configs/studies/competition.yaml.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+from moe_vs_dense.config import set_path
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.sweep.plan import PlannedRun, expand
 from moe_vs_dense.sweep.spec import SweepConfig, load_sweep
@@ -27,9 +31,19 @@ FIGURES_S = 15.0  # drawing the report's figures and tables
 # unequal runs on the workers, and a whole run is slower than its short timing (a 12-min demo
 # trained ~2x longer than planned with 1.1 on a busy 2-core machine)
 PACKING = 1.6
-MIN_SCALE, MAX_SCALE = 0.05, 20.0
+MAX_SCALE = 20.0
 REPORT_BOOTSTRAP = 100
 FALLBACK_SOURCES = {"fashion_mnist": "mnist"}
+# What identifies a Chinchilla law per family and modality (5 parameters): at least three sizes
+# and three token budgets, and more runs than parameters.
+MIN_SIZES, MIN_BUDGETS, MIN_RUNS = 3, 3, 6
+# Optimizer steps of each family's smallest and largest runs below which the demo refuses a
+# design: shorter runs measure warm-up and the shared output layer, not what a model learned; at
+# the largest budget the largest demo models beat their bigram floors on text, code and image
+# (README, "The demo").
+MIN_STEPS, MIN_LARGEST_STEPS = 60, 240
+OPTIONAL_FAMILIES = ("moe_learned",)  # dropped, in this order, when the time is short
+COMPETITION = "configs/studies/competition.yaml"
 
 
 def _round_sig(x: float, digits: int = 2) -> int:
@@ -38,13 +52,41 @@ def _round_sig(x: float, digits: int = 2) -> int:
     return int(round(x, -int(math.floor(math.log10(x))) + digits - 1))
 
 
-def scaled(sweep: SweepConfig, scale: float, baselines: bool = True) -> SweepConfig:
-    """The sweep with every token budget times `scale` (two significant digits), and without
-    the unimodal and bimodal baselines unless `baselines`."""
-    update = {"tokens": [_round_sig(t * scale) for t in sweep.tokens]}
-    if not baselines:
-        update.update(unimodal="none", bimodal="none")
+def scaled(sweep: SweepConfig, scale: float, families: list[str] | None = None) -> SweepConfig:
+    """The sweep with every token budget times `scale` (two significant digits) and only
+    `families` (all when None)."""
+    update: dict = {"tokens": [_round_sig(t * scale) for t in sweep.tokens]}
+    if families is not None:
+        update["families"] = {k: v for k, v in sweep.families.items() if k in families}
     return sweep.model_copy(update=update)
+
+
+def design_problems(runs: list[PlannedRun]) -> list[str]:
+    """Why these paired runs would not identify the headline (empty when they do): per family,
+    at least MIN_SIZES sizes, MIN_BUDGETS budgets and MIN_RUNS runs, the smallest run at least
+    MIN_STEPS optimizer steps and the largest budget at least MIN_LARGEST_STEPS."""
+    problems = []
+    families = sorted({r.family for r in runs if r.kind == "paired"})
+    if len(families) < 2 or "dense" not in families:
+        problems.append(f"families {', '.join(families) or 'none'}: the headline compares dense "
+                        "with at least one MoE family")
+    for family in families:
+        rs = [r for r in runs if r.kind == "paired" and r.family == family]
+        sizes = {r.accounting.active_params for r in rs}
+        steps = sorted({r.config.train.steps(r.config.data.seq_len) for r in rs})
+        if len(sizes) < MIN_SIZES:
+            problems.append(f"{family}: {len(sizes)} model sizes; a law needs {MIN_SIZES}")
+        if len(steps) < MIN_BUDGETS:
+            problems.append(f"{family}: {len(steps)} distinct token budgets; a law needs {MIN_BUDGETS}")
+        if len(rs) < MIN_RUNS:
+            problems.append(f"{family}: {len(rs)} runs; a 5-parameter law needs {MIN_RUNS}")
+        if steps and steps[0] < MIN_STEPS:
+            problems.append(f"{family}: the shortest run takes {steps[0]} optimizer steps "
+                            f"(at least {MIN_STEPS})")
+        if steps and steps[-1] < MIN_LARGEST_STEPS:
+            problems.append(f"{family}: the longest run takes {steps[-1]} optimizer steps (at least "
+                            f"{MIN_LARGEST_STEPS}, where the largest models beat their bigram floors)")
+    return problems
 
 
 def _fetch(data_dir: str | None, base: dict, log) -> dict:
@@ -94,11 +136,9 @@ def fit_seconds(bootstrap: int = REPORT_BOOTSTRAP) -> float:
 
 
 def report_groups(runs: list[PlannedRun]) -> int:
-    """Law fits the reports make: per (family, modality) of the paired runs; with baselines,
-    per unimodal modality and per bimodal pair."""
-    groups = len({(r.config.model.family, m) for r in runs if r.kind == "paired"
-                  for m in r.config.data.modalities})
-    return groups + len({tuple(r.config.data.modalities) for r in runs if r.kind != "paired"})
+    """Law fits the report makes: per (family, modality) of the paired runs."""
+    return len({(r.family, m) for r in runs if r.kind == "paired"
+                for m in r.config.data.modalities})
 
 
 def _plan_seconds(runs: list[PlannedRun], seconds: dict[str, float], scale: float,
@@ -108,29 +148,45 @@ def _plan_seconds(runs: list[PlannedRun], seconds: dict[str, float], scale: floa
     return total * PACKING / workers
 
 
+def pick(sweep: SweepConfig, base: dict, seconds: dict[str, float], per_fit: float,
+         seconds_left: float, workers: int, log=print) -> tuple[SweepConfig, list[PlannedRun], float]:
+    """The largest scale of the demo's token budgets (at most MAX_SCALE) whose training and report
+    fit `seconds_left`, given each run's timed seconds at scale 1, for the fullest design that
+    passes `design_problems` at that scale: all families, then without each OPTIONAL_FAMILIES in
+    turn. Refuses (UserError) when none does."""
+    families = list(sweep.families)
+    tried = []
+    while True:
+        subset = scaled(sweep, 1.0, families)
+        runs = expand(subset, base, str(SWEEP))
+        reporting = report_groups(runs) * per_fit + FIGURES_S
+        fixed = _plan_seconds(runs, {r.run_id: 0.0 for r in runs}, 0.0, workers)
+        per_scale = _plan_seconds(runs, seconds, 1.0, workers) - fixed
+        scale = min(MAX_SCALE, (seconds_left - reporting - fixed) / per_scale)
+        chosen = scaled(sweep, max(scale, 1e-3), families)
+        runs = expand(chosen, base, str(SWEEP))
+        problems = design_problems(runs) if scale > 0 else ["no time left to train"]
+        if not problems:
+            log(f"the report will take about {reporting:.0f} s; training gets the rest")
+            return chosen, runs, scale
+        tried.append(f"{' + '.join(families)} at token budgets x{scale:.2g}: {'; '.join(problems)}")
+        drop = next((f for f in OPTIONAL_FAMILIES if f in families), None)
+        if drop is None:
+            raise UserError("the time budget is too short for a demo whose runs identify its "
+                            "headline (raise --minutes):\n  " + "\n  ".join(tried))
+        log(f"  too little time for {drop} as well: {'; '.join(problems)}; the demo goes on "
+            f"without it")
+        families.remove(drop)
+
+
 def choose(sweep: SweepConfig, base: dict, seconds_left: float, workers: int,
            bootstrap: int, log) -> tuple[SweepConfig, list[PlannedRun], float]:
-    """The largest scale of the demo's token budgets whose training and report fit
-    `seconds_left`, from a short timing; the baselines (and competition/synergy with them) are
-    dropped when even a quarter of the nominal budgets does not fit with them."""
+    """`pick` from a short timing of each model and of one law fit on this machine."""
     from moe_vs_dense.sweep.estimate import estimate
 
     log("timing a few training steps of each model and one law fit ...")
-    runs = expand(sweep, base, str(SWEEP))
-    seconds = estimate(runs, threads=1)
-    per_fit = fit_seconds(bootstrap)
-    for baselines in (True, False):
-        subset = [r for r in runs if baselines or r.kind == "paired"]
-        reporting = report_groups(subset) * per_fit + FIGURES_S
-        fixed = _plan_seconds(subset, {r.run_id: 0.0 for r in subset}, 0.0, workers)
-        per_scale = _plan_seconds(subset, seconds, 1.0, workers) - fixed
-        scale = (seconds_left - reporting - fixed) / per_scale
-        if scale >= 0.25 or not baselines:
-            break
-    log(f"the report will take about {reporting:.0f} s; training gets the rest")
-    scale = float(min(MAX_SCALE, max(MIN_SCALE, scale)))
-    chosen = scaled(sweep, scale, baselines)
-    return chosen, expand(chosen, base, str(SWEEP)), scale
+    seconds = estimate(expand(sweep, base, str(SWEEP)), threads=1)
+    return pick(sweep, base, seconds, fit_seconds(bootstrap), seconds_left, workers, log)
 
 
 def plan(out: Path, minutes: float, data_dir: str | None, workers: int, start: float,
@@ -141,25 +197,32 @@ def plan(out: Path, minutes: float, data_dir: str | None, workers: int, start: f
     from moe_vs_dense.sweep import prepare_data
 
     sweep, base = load_sweep(SWEEP)
-    log(f"== 1/4 fetch real data for every modality (budget {minutes:g} min, {workers} workers)")
+    for key, value in sweep.set.items():  # the demo's own mixture, before fetching its sources
+        if key.startswith("data."):
+            set_path(base, key, copy.deepcopy(value))
+    log(f"== 1/4 fetch real data for {', '.join(base['data']['mixture'])} (budget {minutes:g} min, "
+        f"{workers} workers)")
     out.mkdir(parents=True, exist_ok=True)
     base = _fetch(data_dir, base, log)
+    sweep = sweep.model_copy(update={"set": {k: v for k, v in sweep.set.items()
+                                             if k != "data.mixture"}})
     all_runs = expand(sweep, base, str(SWEEP))
     mixtures = {r.config.data.model_dump_json() for r in all_runs}
-    log(f"== 2/4 prepare the {len(mixtures)} data mixtures of the runs (cached after the first time)")
+    log(f"== 2/4 prepare the {len(mixtures)} data mixture(s) of the runs, with their floors "
+        "(cached after the first time)")
     prepare_data(all_runs, data_dir, log=lambda m: log("  " + m))
     saved_path = out / "demo_plan.json"
     saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
-    if (saved.get("minutes") == minutes and "baselines" in saved
+    if (saved.get("minutes") == minutes and "families" in saved
             and saved.get("modalities") == sorted(base["data"]["mixture"])):
         scale = saved["scale"]
-        runs = expand(scaled(sweep, scale, saved["baselines"]), base, str(SWEEP))
+        runs = expand(scaled(sweep, scale, saved["families"]), base, str(SWEEP))
         log(f"== 3/4 plan: the plan of the earlier run in {out} (token budgets x{scale:.3g})")
         return runs, scale
     log("== 3/4 plan")
     seconds_left = minutes * 60 - (time.monotonic() - start)
     chosen, runs, scale = choose(sweep, base, seconds_left, workers, bootstrap, log)
-    write_json(saved_path, {"minutes": minutes, "scale": scale, "baselines": chosen.unimodal != "none",
+    write_json(saved_path, {"minutes": minutes, "scale": scale, "families": list(chosen.families),
                             "modalities": sorted(base["data"]["mixture"])})
     return runs, scale
 
@@ -182,10 +245,7 @@ def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | N
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     runs, scale = plan(out, minutes, data_dir, workers, start, bootstrap, log)
     table = plan_table(runs)
-    paired = table[table["pair"] != "-"]
-    log(render_plan(paired))
-    log(f"\nplus {len(table) - len(paired)} unimodal/bimodal dense baselines "
-        f"(every run: {out / 'plan.csv'})")
+    log(render_plan(table))
     log(summary(runs, None, workers) + f"; token budgets x{scale:.3g} of configs/sweeps/demo.yaml")
     table.to_csv(out / "plan.csv", index=False)
     log(f"   train (Ctrl-C stops; the same command resumes; {time.monotonic() - start:.0f} s so far)")
@@ -200,26 +260,17 @@ def demo(out: str | Path = "runs/demo", minutes: float = 12.0, data_dir: str | N
 
 
 def write_reports(out: Path, runs: list[PlannedRun], bootstrap: int = REPORT_BOOTSTRAP) -> Path:
-    """report/ from the paired runs (laws, matched pairs, expert use, frontiers) and
-    report/baselines/ from the unimodal and bimodal runs (competition and synergy). Two reports,
-    because the analysis groups laws by family and modality alone: a one-modality dense baseline
-    would otherwise enter the joint dense runs' law."""
+    """report/ from the demo's paired runs, with a pointer to the competition study."""
     from analysis.report import write_report
 
-    def records(kinds: tuple[str, ...]) -> list[Path]:
-        files = [out / "runs" / r.run_id / "record.json" for r in runs if r.kind in kinds]
-        return [f for f in files if f.exists()]
-
-    report = write_report(records(("paired",)), out / "report", bootstrap=bootstrap)
-    baselines = records(("unimodal", "bimodal"))
-    if not baselines:
-        with open(report, "a") as f:
-            f.write("\n## Competition and synergy\n\nNot in this plan: the time budget had no room "
-                    "for the unimodal and bimodal baselines (a larger --minutes adds them).\n")
-        return report
-    extra = write_report(baselines, out / "report" / "baselines", bootstrap=bootstrap)
-    link = extra.relative_to(report.parent)
+    files = [out / "runs" / r.run_id / "record.json" for r in runs]
+    report = write_report([f for f in files if f.exists()], out / "report", bootstrap=bootstrap)
+    link = os.path.relpath(SWEEP.parents[2] / COMPETITION, report.parent.resolve())
     with open(report, "a") as f:
-        f.write(f"\n## Competition and synergy\n\nFrom the unimodal and bimodal dense baselines: "
-                f"[{link}]({link}).\n")
+        f.write(f"\n## Competition and synergy\n\nNot part of the demo: at its budgets, unimodal "
+                "and bimodal baselines would take too few optimizer steps to measure competition "
+                f"rather than step counts. The study of its own is [{COMPETITION}]({link}) "
+                "(about half an hour on a 2-core CPU): "
+                f"`moe-vs-dense sweep run {COMPETITION} --workers 2`, then "
+                "`moe-vs-dense report runs/competition/runs --out runs/competition/report`.\n")
     return report

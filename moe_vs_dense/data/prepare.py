@@ -4,7 +4,8 @@ Output: `<data dir>/prepared/<hash>/`, where the hash covers the data config (mi
 not change content), the source checksums and the format version, so preparing again is a
 cache hit. Per stream and split: `<stream>.<split>.tokens.npy` [rows, seq_len + 1] and
 `<stream>.<split>.mods.npy` (modality id per token), memory-mapped at train time; `meta.json`
-holds counts per modality and the vocabulary.
+holds counts per modality, the vocabulary, and per validation row the loss of count models
+fitted on the training split (`data/floors.py`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from moe_vs_dense.config import DataConfig
+from moe_vs_dense.data.floors import SMOOTHING, stream_floors
 from moe_vs_dense.data.sources import documents, source_fingerprint, verify_builtin
 from moe_vs_dense.data.tokenizers import Vocab, build_vocab, train_bpe
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.io import atomic_dir, write_json
 from moe_vs_dense.modalities import MODALITIES
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: floors in meta.json
 SPLITS = ("train", "val")
 
 
@@ -146,7 +148,7 @@ def prepare(cfg: DataConfig, data: Path, log: Callable[[str], None] = print) -> 
     vocab = build_vocab(cfg.tokenizers, cfg.modalities, bpe_specs)
     row_len = cfg.seq_len + 1
     meta = {"format_version": FORMAT_VERSION, "seq_len": cfg.seq_len, "vocab_size": vocab.size,
-            "modalities": cfg.modalities, "streams": {}}
+            "modalities": cfg.modalities, "floors_method": SMOOTHING, "streams": {}}
     with atomic_dir(out) as tmp:
         for name, c in collected.items():
             ds = datasets.Dataset.from_dict({"doc": c["docs"]})
@@ -184,6 +186,9 @@ def prepare(cfg: DataConfig, data: Path, log: Callable[[str], None] = print) -> 
                         for i, m in enumerate(MODALITIES) if counts[i]
                     },
                 }
+            arrays = {split: (np.load(tmp / f"{name}.{split}.tokens.npy"),
+                              np.load(tmp / f"{name}.{split}.mods.npy")) for split in SPLITS}
+            stream_meta["val"]["floors"] = stream_floors(*arrays["train"], *arrays["val"], vocab)
             meta["streams"][name] = stream_meta
             log(f"packed {name:10s} train {stream_meta['train']['rows']:7d} rows  "
                 f"val {stream_meta['val']['rows']:6d} rows of {row_len} tokens")

@@ -1,5 +1,5 @@
 """`record.json`: what a run is and what it reached, in the schema analysis reads
-(`analysis/record.schema.json`, version 2). Written atomically at every eval, checkpoint and end."""
+(`analysis/record.schema.json`, version 3). Written atomically at every eval, checkpoint and end."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ import numpy as np
 import torch
 
 from moe_vs_dense.config import Config
+from moe_vs_dense.data.floors import KINDS, floors_over
 from moe_vs_dense.data.loader import MixtureSampler, PreparedData
+from moe_vs_dense.data.prepare import bits_per_unit
 from moe_vs_dense.io import write_text
 from moe_vs_dense.model.accounting import Accounting
-from moe_vs_dense.train.evaluate import SE_METHOD
+from moe_vs_dense.train.evaluate import SE_METHOD, stream_key, tokens_per_unit
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: eval.floors
 
 
 def tokens_by_modality(data: PreparedData, sampler: MixtureSampler, rows: int) -> dict[str, int]:
@@ -58,6 +60,26 @@ def docs_for_target(docs: int, se: float | None, target: float) -> int | None:
     """Validation documents that would bring `se` to `target` at the same per-document spread
     (a cluster SE falls as 1/sqrt(documents))."""
     return None if se is None else max(2, math.ceil(docs * (se / target) ** 2))
+
+
+def run_floors(data: PreparedData, rows: int | None) -> dict:
+    """The floors (data/floors.py) of every result key over the validation rows a run scored
+    (the first `rows` of each stream, None: all), pooled over streams as the evaluator pools
+    losses, in nats/token and bits per raw unit; {} for data prepared without floors."""
+    parts: dict[str, list[tuple[str, str]]] = {}
+    for s in data.streams:
+        for m in data.meta["streams"][s]["val"].get("floors", {}):
+            parts.setdefault(stream_key(data, s, m), []).append((s, m))
+    tpu = tokens_per_unit(data, parts)
+    out = {}
+    for key, where in parts.items():
+        f = floors_over([data.meta["streams"][s]["val"]["floors"][m] for s, m in where], rows)
+        if f is None:
+            continue
+        f["bits_per_unit"] = {k: None if tpu[key] is None else bits_per_unit(f[k], tpu[key])
+                              for k in KINDS}
+        out[key] = f
+    return out
 
 
 def split_final(losses: dict, target: float) -> tuple[dict, dict]:
@@ -133,6 +155,8 @@ def build_record(cfg: Config, run_dir: Path, acc: Accounting, data: PreparedData
             "se_target_met": bool(final) and all(v["se"] is not None and v["se"] <= cfg.eval.target_se
                                                  for v in final["losses"].values()),
             "rows_per_stream": {"curve": cfg.eval.rows, "final": cfg.eval.final_rows},
+            "floors": run_floors(data, cfg.eval.final_rows),
+            "floors_method": data.meta.get("floors_method"),
         },
         "expert_stats": final["expert_stats"] if final else [],
         "stability": {"loss_spikes": state["monitor"]["loss"]["count"],

@@ -42,6 +42,14 @@ def test_prepare_every_modality_real_fixtures(tmp_path, small_config, speech_wav
                 assert ((toks[sel] >= tok.offset) & (toks[sel] < tok.offset + tok.size)).all()
         # train and validation share no document
         assert not set(_docs(data.array(s, "train"))) & set(_docs(data.array(s, "val")))
+        # floors per validation row and target modality, ordered as a count model must be
+        val = data.meta["streams"][s]["val"]
+        assert set(val["floors"]) == set(val["modalities"])
+        for m, f in val["floors"].items():
+            assert len(f["tokens"]) == len(f["unigram"]) == data.rows(s, "val")
+            mods = np.asarray(data.array(s, "val", "mods"))[:, 1:]
+            assert f["tokens"] == (mods == MODALITY_ID[m]).sum(axis=1).tolist()
+            assert sum(f["unigram"]) < sum(f["uniform"]) and sum(f["bigram"]) < sum(f["uniform"])
     # paired image documents end with their label text
     img = data.vocab.show(np.asarray(data.array("image", "train")).reshape(-1)[:2000])
     labels = [shown for m, shown in img if m == "text"]

@@ -184,11 +184,20 @@ def test_plan_command_writes_one_loadable_config_and_command_per_run(tmp_path, c
         assert col in text
 
 
-def test_demo_sweep_has_three_sizes_two_budgets_and_both_routers():
+def test_demo_sweep_has_three_sizes_three_budgets_both_routers_and_no_baselines():
     sweep, runs = load_plan(ROOT / "configs" / "sweeps" / "demo.yaml")
-    assert len(sweep.sizes) >= 3 and len(sweep.tokens) >= 2
+    assert len(sweep.sizes) >= 3 and len(sweep.tokens) >= 3
     routers = {r.router for r in runs if r.config.model.family == "moe"}
     assert routers == {"modality", "learned"}
-    assert {m for r in runs if r.kind == "unimodal" for m in r.config.data.modalities} == set(
-        runs[0].config.data.modalities)
+    assert {r.kind for r in runs} == {"paired"}
+    assert runs[0].config.data.modalities == ["text", "image"]
     assert all(abs(r.mismatch) <= 0.01 for r in runs if r.mismatch is not None)
+
+
+def test_competition_study_has_baselines_with_enough_steps():
+    sweep, runs = load_plan(ROOT / "configs" / "studies" / "competition.yaml")
+    kinds = {r.kind for r in runs}
+    assert kinds == {"paired", "unimodal", "bimodal"} and len(sweep.tokens) >= 3
+    uni = [r for r in runs if r.kind == "unimodal"]
+    assert {m for r in uni for m in r.config.data.modalities} == {"text", "code", "image"}
+    assert min(r.config.train.steps(r.config.data.seq_len) for r in uni) >= 60

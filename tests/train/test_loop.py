@@ -25,7 +25,15 @@ def test_pair_records_validate_and_analysis_reads_them(tmp_path, demo_data, caps
     for rec in (dense, moe):
         validate(rec)
         assert rec == json.loads((tmp_path / rec["run_id"] / "record.json").read_text())
-        assert rec["status"] == "completed" and rec["schema_version"] == 2
+        assert rec["status"] == "completed" and rec["schema_version"] == 3
+        # floors for every result key, on exactly the tokens its loss was scored on
+        floors = rec["eval"]["floors"]
+        for key, ev in {**rec["eval"]["final"], **rec["eval"]["paired"]}.items():
+            f = floors[key]
+            assert f["tokens"] == ev["tokens"]
+            assert min(f[k] for k in ("uniform", "unigram", "bigram", "markov")) > 0
+            assert f["bits_per_unit"]["unigram"] > 0
+        assert floors["text"]["markov"] < floors["text"]["bigram"] < floors["text"]["unigram"]
         assert rec["tokens"]["total"] == 8 * 4 * 256
         assert sum(rec["tokens"]["by_modality"].values()) == pytest.approx(8 * 4 * 256, abs=6)
         assert set(rec["eval"]["final"]) == {"text", "code", "dna", "image", "speech", "protein"}
@@ -51,6 +59,8 @@ def test_pair_records_validate_and_analysis_reads_them(tmp_path, demo_data, caps
     # granularity = dense FFN width / expert width: 48 / 48 here, none for dense
     assert (df.loc[df["family"] == "moe", "granularity"] == 1.0).all()
     assert df.loc[df["family"] == "dense", "granularity"].isna().all()
+    text = df[(df["run"] == "dense") & (df["modality"] == "text")].iloc[0]
+    assert text["floor_bigram"] == dense["eval"]["floors"]["text"]["bigram"]
     assert main(["compare", str(tmp_path), "--bootstrap", "10"]) == 0
     assert "text" in capsys.readouterr().out
     lines = [json.loads(x) for x in (tmp_path / "dense" / "metrics.jsonl").read_text().splitlines()]
