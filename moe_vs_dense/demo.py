@@ -20,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+from analysis.identify import MIN_LEVELS, MIN_RESID_DF
 from moe_vs_dense.config import set_path
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.sweep.plan import PlannedRun, expand
@@ -34,9 +35,10 @@ PACKING = 1.6
 MAX_SCALE = 20.0
 REPORT_BOOTSTRAP = 100
 FALLBACK_SOURCES = {"fashion_mnist": "mnist"}
-# What identifies a Chinchilla law per family and modality (5 parameters): at least three sizes
-# and three token budgets, and more runs than parameters.
-MIN_SIZES, MIN_BUDGETS, MIN_RUNS = 3, 3, 6
+# What identifies a Chinchilla law per family and modality: the analysis' own gate (three levels
+# of N and of D, and MIN_RESID_DF runs beyond its 5 parameters, set by coverage).
+MIN_SIZES = MIN_BUDGETS = MIN_LEVELS
+MIN_RUNS = 5 + MIN_RESID_DF["chinchilla"]
 # Optimizer steps of each family's smallest and largest runs below which the demo refuses a
 # design: shorter runs measure warm-up and the shared output layer, not what a model learned; at
 # the largest budget the largest demo models beat their bigram floors on text, code and image
@@ -79,7 +81,8 @@ def design_problems(runs: list[PlannedRun]) -> list[str]:
         if len(steps) < MIN_BUDGETS:
             problems.append(f"{family}: {len(steps)} distinct token budgets; a law needs {MIN_BUDGETS}")
         if len(rs) < MIN_RUNS:
-            problems.append(f"{family}: {len(rs)} runs; a 5-parameter law needs {MIN_RUNS}")
+            problems.append(f"{family}: {len(rs)} runs; a 5-parameter law needs {MIN_RUNS}, "
+                            f"{MIN_RUNS - 5} beyond its parameters")
         if steps and steps[0] < MIN_STEPS:
             problems.append(f"{family}: the shortest run takes {steps[0]} optimizer steps "
                             f"(at least {MIN_STEPS})")

@@ -31,6 +31,7 @@ def test_the_demo_design_identifies_its_headline(sweep_base):
 @pytest.mark.parametrize("change, problem", [
     ({"sizes": "two"}, "2 model sizes; a law needs 3"),
     ({"tokens": [400000, 1600000]}, "2 distinct token budgets; a law needs 3"),
+    ({"tokens": [400000, 800000, 1600000]}, "9 runs; a 5-parameter law needs 12"),
     ({"tokens": [100000, 800000, 1600000]}, "the shortest run takes 25 optimizer steps"),
     ({"tokens": [300000, 500000, 700000]}, "the longest run takes 171 optimizer steps"),
     ({"families": "dense only"}, "the headline compares dense with at least one MoE family"),
