@@ -278,3 +278,32 @@ def test_group_balance_loss_is_the_switch_loss_within_each_group():
                                                           len(experts))
     got = group_balance_loss(probs, idx, group_N, expert_group)
     torch.testing.assert_close(got, torch.as_tensor(want), rtol=1e-6, atol=0)
+
+
+def test_modality_router_with_equal_expert_counts_never_reads_the_device(monkeypatch):
+    """Assignments by arithmetic: no nonzero per modality, no value read back (each is a host
+    sync on CUDA); token-major, token n's experts are its modality's, in order."""
+    layer = make(router="modality", experts_per_modality=2)
+    group = torch.tensor([2, 0, 1, 1, 0])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the router read a device value back")
+
+    monkeypatch.setattr(torch, "nonzero", refuse)
+    monkeypatch.setattr(torch.Tensor, "__int__", refuse)
+    monkeypatch.setattr(torch.Tensor, "item", refuse)
+    monkeypatch.setattr(torch.Tensor, "tolist", refuse)
+    r = layer.router(torch.randn(5, D), group)
+    monkeypatch.undo()
+    assert r.tok_A.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert r.exp_A.tolist() == [4, 5, 0, 1, 2, 3, 2, 3, 0, 1]
+    assert r.w_A.tolist() == [0.5] * 10 and r.top_k == 2
+
+
+def test_modality_router_with_unequal_expert_counts():
+    layer = make(router="modality", experts_per_modality={"text": 2, "dna": 1, "image": 3})
+    r = layer.router(torch.randn(4, D), torch.tensor([2, 1, 0, 2]))
+    assert r.tok_A.tolist() == [0, 0, 0, 1, 2, 2, 3, 3, 3]
+    assert r.exp_A.tolist() == [3, 4, 5, 2, 0, 1, 3, 4, 5]
+    assert r.w_A.tolist() == pytest.approx([1 / 3] * 3 + [1.0] + [0.5] * 2 + [1 / 3] * 3)
+    assert r.top_k is None
