@@ -64,6 +64,9 @@ class MoE(nn.Module):
         self.impl = "auto"  # torch backend: "auto" | "grouped_mm" | "loop" (benchmarks, tests)
         self.aux_loss = torch.zeros(())
         self.stats: dict[str, torch.Tensor] = {}
+        # tokens per expert summed over the training micro-batches since the last bias update;
+        # a plain attribute, not a buffer, so that DDP does not overwrite it with rank 0's
+        self.load_E: torch.Tensor | None = None
 
     def forward(self, x_BTD: torch.Tensor, group_BT: torch.Tensor) -> torch.Tensor:
         B, T, D = x_BTD.shape
@@ -78,6 +81,8 @@ class MoE(nn.Module):
         self.aux_loss = self.cfg.aux_loss_weight * r.aux + self.cfg.z_loss_weight * r.z
         self.stats = {"tokens_per_expert": counts_E.detach(), "aux": r.aux.detach(),
                       "z": r.z.detach()}
+        if self.training and getattr(self.router, "bias_balancing", False):
+            self.load_E = counts_E.detach() if self.load_E is None else self.load_E + counts_E.detach()
         return y_ND.view(B, T, D)
 
     def _torch_forward(self, x_ND: torch.Tensor, r: Routing):

@@ -166,24 +166,19 @@ class Transformer(nn.Module):
         self.aux_loss = torch.stack(aux).sum() if aux else x.new_zeros((), dtype=torch.float32)
         return F.linear(x, head.to(x.dtype))
 
-    def expert_stats(self) -> list[dict]:
-        """Per MoE layer: tokens per expert, load imbalance (max/mean), dead experts, losses."""
-        out = []
-        for i, m in enumerate(self.moe_layers()):
-            counts = m.stats["tokens_per_expert"].float()
-            out.append({
-                "layer": i,
-                "tokens_per_expert": counts.long().tolist(),
-                "imbalance": float(counts.max() / counts.mean().clamp(min=1e-9)),
-                "dead_experts": int((counts == 0).sum()),
-                "aux_loss": float(m.stats["aux"]),
-                "z_loss": float(m.stats["z"]),
-            })
-        return out
-
     @torch.no_grad()
     def update_router_bias(self) -> None:
-        """Auxiliary-loss-free balancing step, after each optimizer step."""
-        for m in self.moe_layers():
-            if getattr(m.router, "bias_balancing", False):
-                m.router.update_bias(m.stats["tokens_per_expert"], m.cfg.bias_update_rate)
+        """Auxiliary-loss-free balancing, once per optimizer step: each biased router moves by
+        its tokens per expert summed over every micro-batch of the step and, under
+        torch.distributed, over every rank (one all-reduce), so all ranks make the same
+        update; then the counts start again."""
+        layers = [m for m in self.moe_layers()
+                  if getattr(m.router, "bias_balancing", False) and m.load_E is not None]
+        if not layers:
+            return
+        load = torch.cat([m.load_E for m in layers])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)
+        for m, load_E in zip(layers, load.split([m.n_experts for m in layers]), strict=True):
+            m.router.update_bias(load_E, m.cfg.bias_update_rate)
+            m.load_E = None

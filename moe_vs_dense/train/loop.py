@@ -114,7 +114,6 @@ def _run(cfg: Config, run_dir: Path, data, acc, progress: bool) -> dict:
         net = torch.compile(net)
     loader = MixtureLoader(data, tc.batch_rows, cfg.seed)
     extra = {"compiled": compiled, "host": record.host(device, world)}
-    bias = cfg.model.family == "moe" and cfg.model.moe.bias_balancing
 
     def write_record() -> dict:
         state["monitor"] = monitor.state_dict()
@@ -138,7 +137,7 @@ def _run(cfg: Config, run_dir: Path, data, acc, progress: bool) -> dict:
         for step in range(state["step"], steps):
             micro = split_batch(*loader.batch(step), rank, world, tc.grad_accum, device)
             loss, gnorm = train_step(net, opt, sched, micro, grad_clip=tc.grad_clip,
-                                     precision=tc.precision, bias_balancing=bias)
+                                     precision=tc.precision)
             pending.append(torch.stack([loss.float(), gnorm.float()]))
             bar.update(step_tokens)
             n = step + 1

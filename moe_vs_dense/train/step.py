@@ -50,8 +50,8 @@ def split_batch(tokens, mods, rank: int, world: int, micro: int, device) -> list
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, micro_batches,
-               *, grad_clip: float | None = None, precision: str = "fp32",
-               bias_balancing: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               *, grad_clip: float | None = None,
+               precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over micro-batches of (tokens [b, T+1], modality ids [b, T+1]) of equal
     size. Returns (mean LM loss, gradient norm before clipping) as device tensors."""
     core = unwrap(model)
@@ -70,6 +70,5 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    if bias_balancing:
-        core.update_router_bias()
+    core.update_router_bias()
     return total / n, norm
