@@ -8,8 +8,6 @@ when CUDA and the package are both there. All are dropless.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,21 +23,47 @@ def experts_per_group(cfg: MoEConfig, modalities: list[str]) -> list[int]:
     return [per[m] if isinstance(per, dict) else per for m in modalities]
 
 
-def resolve_backend(cfg: MoEConfig) -> str:
-    have_cuda = torch.cuda.is_available()
-    have_mb = importlib.util.find_spec("megablocks") is not None
+def megablocks_missing() -> str | None:
+    """What the megablocks backend lacks on this machine (None: nothing): a CUDA device,
+    megablocks' compiled ops (`megablocks_ops`, built only where nvcc and CUDA torch are) and
+    grouped GEMM (the `grouped_gemm` package, megablocks' `gg` extra)."""
+    if not torch.cuda.is_available():
+        return "this machine has no CUDA device"
+    try:
+        import megablocks.ops  # noqa: F401  (imports the CUDA extension megablocks_ops)
+        from megablocks import grouped_gemm_util as gg
+    except ModuleNotFoundError as e:
+        return f"megablocks does not import ({e})"
+    except Exception as e:  # ImportError, or a RuntimeError from Triton or CUDA at import
+        return f"megablocks does not import ({type(e).__name__}: {e})"
+    if not gg.grouped_gemm_is_available():
+        return "grouped GEMM is not installed (the grouped_gemm package, megablocks' gg extra)"
+    return None
+
+
+def resolve_backend(cfg: MoEConfig, precision: str = "fp32") -> str:
+    """The backend that will run: `torch`, or `megablocks` where it is usable and the run is
+    bf16 (its grouped GEMM has no fp32 kernel). `auto` falls back to torch; `megablocks` asked
+    for by name is an error that says what is missing."""
+    if cfg.backend == "torch":
+        return "torch"
+    missing = megablocks_missing()
+    if missing is None and precision != "bf16":
+        if cfg.backend == "auto":
+            return "torch"
+        raise UserError(f"model.moe.backend: megablocks runs bf16 only (its grouped GEMM has no "
+                        f"{precision} kernel); set train.precision: bf16 or backend: torch")
+    if missing is None:
+        return "megablocks"
     if cfg.backend == "auto":
-        return "megablocks" if have_cuda and have_mb else "torch"
-    if cfg.backend == "megablocks" and not (have_cuda and have_mb):
-        why = "no CUDA device" if not have_cuda else "the megablocks package is not installed"
-        raise UserError(f"model.moe.backend: megablocks needs CUDA and `pip install "
-                        f"moe-vs-dense[gpu]`, but this machine has {why}; use backend: torch")
-    return cfg.backend
+        return "torch"
+    raise UserError(f"model.moe.backend: megablocks cannot run here: {missing}. On a CUDA node, "
+                    "`pip install 'moe-vs-dense[gpu]'` (README, GPU); else use backend: torch")
 
 
 class MoE(nn.Module):
     def __init__(self, cfg: MoEConfig, d_model: int, hidden: int, modalities: list[str],
-                 init_std: float, out_std: float) -> None:
+                 init_std: float, out_std: float, precision: str = "fp32") -> None:
         super().__init__()
         self.cfg = cfg
         if cfg.router == "learned":
@@ -60,7 +84,7 @@ class MoE(nn.Module):
         self.experts = Experts(n_experts, d_model, hidden, init_std, out_std)
         self.shared = (SwiGLU(d_model, cfg.d_shared or hidden, init_std, out_std)
                        if cfg.shared_expert else None)
-        self.backend = resolve_backend(cfg)
+        self.backend = resolve_backend(cfg, precision)
         self.impl = "auto"  # torch backend: "auto" | "grouped_mm" | "loop" (benchmarks, tests)
         self.aux_loss = torch.zeros(())
         self.stats: dict[str, torch.Tensor] = {}

@@ -76,7 +76,8 @@ class GroupLinear(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, modalities: list[str], rotary: Rotary) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, modalities: list[str], rotary: Rotary,
+                 precision: str) -> None:
         super().__init__()
         d, std = cfg.d_model, cfg.init_std
         out_std = init_std_out(std, cfg.n_layers)
@@ -89,7 +90,7 @@ class Block(nn.Module):
         self.norm2 = GroupRMSNorm(groups, d, cfg.norm_eps)
         self.is_moe = cfg.family == "moe" and layer % cfg.moe.every == cfg.moe.every - 1
         if self.is_moe:
-            self.ffn = MoE(cfg.moe, d, cfg.expert_hidden, modalities, std, out_std)
+            self.ffn = MoE(cfg.moe, d, cfg.expert_hidden, modalities, std, out_std, precision)
         elif self.per_modality:
             self.ffn = Experts(groups, d, cfg.ffn_hidden, std, out_std)
         else:
@@ -109,18 +110,22 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """tokens [B, T] and modality ids [B, T] -> logits [B, T, V]; `aux_loss` after forward."""
+    """tokens [B, T] and modality ids [B, T] -> logits [B, T, V]; `aux_loss` after forward.
+    `precision` (the run's, fp32 or bf16) decides which MoE backend can run; `moe_backend` says
+    which one does (None for models without MoE layers)."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int,
-                 modalities: list[str]) -> None:
+                 modalities: list[str], precision: str = "fp32") -> None:
         super().__init__()
         self.cfg, self.vocab_size, self.modalities = cfg, vocab_size, list(modalities)
         d = cfg.d_model
         self.embed = nn.Embedding(vocab_size, d)
         nn.init.normal_(self.embed.weight, std=cfg.init_std)
         rotary = Rotary(d // cfg.n_heads, max_len, cfg.rope_theta)
-        self.blocks = nn.ModuleList(Block(cfg, i, self.modalities, rotary)
+        self.blocks = nn.ModuleList(Block(cfg, i, self.modalities, rotary, precision)
                                     for i in range(cfg.n_layers))
+        backends = {m.backend for m in self.moe_layers()}
+        self.moe_backend: str | None = backends.pop() if backends else None
         self.norm = GroupRMSNorm(1, d, cfg.norm_eps)
         self.lm_head = None
         if not cfg.tie_embeddings:
