@@ -29,7 +29,7 @@ from moe_vs_dense.train import checkpoint, metrics, record, rundir
 from moe_vs_dense.train.evaluate import evaluate
 from moe_vs_dense.train.metrics import Monitor
 from moe_vs_dense.train.speed import matmul_peak
-from moe_vs_dense.train.step import build, split_batch, train_step
+from moe_vs_dense.train.step import build, compile_fresh, ran_compiled, split_batch, train_step
 
 
 def train(cfg: Config, run_dir: str | Path, *, data_root: str | Path | None = None,
@@ -111,12 +111,13 @@ def _run(cfg: Config, run_dir: Path, data, acc, progress: bool) -> dict:
     net = acc.prepare_model(model) if world > 1 else model
     compiled = tc.compile and device.type == "cuda"
     if compiled:
-        net = torch.compile(net)
+        net = compile_fresh(net)
     loader = MixtureLoader(data, tc.batch_rows, cfg.seed)
     extra = {"compiled": compiled, "host": record.host(device, world)}
 
     def write_record() -> dict:
         state["monitor"] = monitor.state_dict()
+        extra["compiled"] = compiled and ran_compiled()  # what really ran
         rec = record.build_record(cfg, run_dir, acct, data, loader.sampler, state, extra)
         if main:
             record.write(run_dir, rec)

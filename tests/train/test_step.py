@@ -45,3 +45,19 @@ def test_counts_restart_after_each_update(demo_data):
     loader = MixtureLoader(data, cfg.train.batch_rows, cfg.seed)
     train_step(model, opt, sched, split_batch(*loader.batch(0), 0, 1, 2, torch.device("cpu")))
     assert all(m.load_E is None for m in model.moe_layers())
+
+
+def test_every_model_of_a_sweep_worker_really_compiles():
+    """Ten models of different widths in one process (as a sweep worker trains them): each
+    one compiles, where without a Dynamo reset the ninth and later ran eagerly."""
+    from moe_vs_dense.config import ModelConfig
+    from moe_vs_dense.model.transformer import Transformer
+    from moe_vs_dense.train.step import compile_fresh, ran_compiled
+
+    for i in range(10):
+        model = Transformer(ModelConfig(d_model=16 + 8 * i, n_heads=2, n_layers=1), 64, 16,
+                            ["text"])
+        net = compile_fresh(model, backend="eager")
+        assert not ran_compiled()
+        net(torch.randint(0, 64, (2, 16)))
+        assert ran_compiled(), f"model {i} ran eagerly"
