@@ -141,8 +141,10 @@ class Transformer(nn.Module):
         return ", ".join(f"{MODALITIES.index(m)}={m}" for m in self.modalities)
 
     def check_modalities(self, mods: np.ndarray | torch.Tensor) -> None:
-        """Raise UserError if a modality id (of a batch, on the host) is not one the model was
-        built with; the trainer calls it on each batch before it moves to the device."""
+        """Raise UserError if a modality id of a batch held on the host is not one the model
+        was built with. The trainer does not call it: its batches come from data prepared for
+        these modalities, and the forward asserts on the device. It is for code that builds
+        its own batches and wants a UserError rather than a device-side assert."""
         ids = np.unique(np.asarray(mods.cpu() if isinstance(mods, torch.Tensor) else mods))
         known = {MODALITIES.index(m) for m in self.modalities}
         bad = [int(i) for i in ids if int(i) not in known]
