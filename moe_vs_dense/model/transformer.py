@@ -54,7 +54,9 @@ class GroupRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(groups, d))
 
     def forward(self, x_BTD: torch.Tensor, plan: GroupPlan | None) -> torch.Tensor:
-        w = self.weight[0] if plan is None else self.weight[plan.group_N].view_as(x_BTD)
+        if plan is None:  # one weight: the fused kernel applies it
+            return F.rms_norm(x_BTD, (x_BTD.shape[-1],), self.weight[0], eps=self.eps)
+        w = self.weight[plan.group_N].view_as(x_BTD)
         return F.rms_norm(x_BTD, (x_BTD.shape[-1],), eps=self.eps) * w
 
 
@@ -96,13 +98,15 @@ class Block(nn.Module):
         else:
             self.ffn = SwiGLU(d, cfg.ffn_hidden, std, out_std)
 
-    def forward(self, x_BTD: torch.Tensor, plan: GroupPlan) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, group_N: torch.Tensor,
+                plan: GroupPlan | None) -> torch.Tensor:
+        """`plan`: the tokens sorted by modality group, for MoT's per-modality parts only."""
         local = plan if self.per_modality else None
         q, k, v = self.qkv(self.norm1(x_BTD, local), local).chunk(3, dim=-1)
         x_BTD = x_BTD + self.out(causal_attention(q, k, v, self.n_heads, self.rotary), local)
         h = self.norm2(x_BTD, local)
         if self.is_moe:
-            return x_BTD + self.ffn(h, plan.group_N.view(x_BTD.shape[:2]))
+            return x_BTD + self.ffn(h, group_N.view(x_BTD.shape[:2]))
         if self.per_modality:
             y = self.ffn(h.reshape(-1, h.shape[-1]), plan.order_N, plan.counts_G)
             return x_BTD + y.view_as(x_BTD)
@@ -163,10 +167,10 @@ class Transformer(nn.Module):
         # checked on the device: raises at once on CPU and never makes the host wait for a GPU
         torch._assert_async((group_N >= 0).all(), "a token's modality id is not one the model "
                             f"was built with ({self._modality_ids()})")
-        plan = GroupPlan.build(group_N, len(self.modalities))
+        plan = GroupPlan.build(group_N, len(self.modalities)) if self.cfg.family == "mot" else None
         x = self.embed(tokens_BT)
         for block in self.blocks:
-            x = block(x, plan)
+            x = block(x, group_N, plan)
         x = self.norm(x, None)
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
         aux = [m.aux_loss for m in self.moe_layers()]
