@@ -153,12 +153,13 @@ class _RoutedGLU(torch.autograd.Function):
 class Experts(nn.Module):
     """E SwiGLU experts, each weight stacked over experts as [E, in, out]."""
 
-    def __init__(self, num: int, d_model: int, hidden: int, init_std: float, out_std: float) -> None:
+    def __init__(self, n_experts: int, d_model: int, d_expert: int, init_std: float,
+                 out_std: float) -> None:
         super().__init__()
-        self.num, self.hidden = num, hidden
-        self.w_gate = nn.Parameter(torch.randn(num, d_model, hidden) * init_std)
-        self.w_up = nn.Parameter(torch.randn(num, d_model, hidden) * init_std)
-        self.w_down = nn.Parameter(torch.randn(num, hidden, d_model) * out_std)
+        self.n_experts, self.d_expert = n_experts, d_expert
+        self.w_gate = nn.Parameter(torch.randn(n_experts, d_model, d_expert) * init_std)
+        self.w_up = nn.Parameter(torch.randn(n_experts, d_model, d_expert) * init_std)
+        self.w_down = nn.Parameter(torch.randn(n_experts, d_expert, d_model) * out_std)
 
     def forward(self, x_ND: torch.Tensor, tok_S: torch.Tensor | None, counts_E: torch.Tensor,
                 w_S: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
@@ -182,9 +183,9 @@ class SwiGLU(Experts):
     """The dense FFN: one expert that every token uses, as three plain matmuls (no routing,
     no group counts, nothing that waits for the device)."""
 
-    def __init__(self, d_model: int, hidden: int, init_std: float = 0.02,
+    def __init__(self, d_model: int, d_ff: int, init_std: float = 0.02,
                  out_std: float = 0.02) -> None:
-        super().__init__(1, d_model, hidden, init_std, out_std)
+        super().__init__(1, d_model, d_ff, init_std, out_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.expert(0, x)

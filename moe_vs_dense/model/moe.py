@@ -62,14 +62,15 @@ def resolve_backend(cfg: MoEConfig, precision: str = "fp32") -> str:
 
 
 class MoE(nn.Module):
-    def __init__(self, cfg: MoEConfig, d_model: int, hidden: int, modalities: list[str],
+    def __init__(self, cfg: MoEConfig, d_model: int, d_expert: int, modalities: list[str],
                  init_std: float, out_std: float, precision: str = "fp32") -> None:
         super().__init__()
         self.cfg = cfg
         if cfg.router == "learned":
             n_experts = cfg.num_experts
-            self.router = LearnedRouter(d_model, n_experts, cfg.top_k, cfg.normalize_topk,
-                                        init_std, bias_balancing=cfg.bias_balancing)
+            self.router = LearnedRouter(d_model, n_experts, cfg.top_k,
+                                        cfg.resolved_norm_topk_prob, init_std,
+                                        bias_balancing=cfg.bias_balancing)
         else:
             per = experts_per_group(cfg, modalities)
             n_experts = sum(per)
@@ -77,12 +78,12 @@ class MoE(nn.Module):
                 self.router = ModalityRouter(per)
             else:
                 group = torch.repeat_interleave(torch.arange(len(per)), torch.tensor(per))
-                self.router = LearnedRouter(d_model, n_experts, cfg.top_k, cfg.normalize_topk,
-                                            init_std, expert_group=group,
+                self.router = LearnedRouter(d_model, n_experts, cfg.top_k,
+                                            cfg.resolved_norm_topk_prob, init_std, expert_group=group,
                                             bias_balancing=cfg.bias_balancing)
         self.n_experts = n_experts
-        self.experts = Experts(n_experts, d_model, hidden, init_std, out_std)
-        self.shared = (SwiGLU(d_model, cfg.d_shared or hidden, init_std, out_std)
+        self.experts = Experts(n_experts, d_model, d_expert, init_std, out_std)
+        self.shared = (SwiGLU(d_model, cfg.d_shared or d_expert, init_std, out_std)
                        if cfg.shared_expert else None)
         self.backend = resolve_backend(cfg, precision)
         self.impl = "auto"  # torch backend: "auto" | "grouped_mm" | "loop" (benchmarks, tests)

@@ -63,11 +63,11 @@ class LearnedRouter(nn.Module):
     experts of its group (modality_group). With bias balancing, a per-expert bias shifts which
     experts are chosen but not their weights (auxiliary-loss-free balancing)."""
 
-    def __init__(self, d_model: int, n_experts: int, top_k: int, normalize: bool,
+    def __init__(self, d_model: int, n_experts: int, top_k: int, norm_topk_prob: bool,
                  init_std: float, expert_group: torch.Tensor | None = None,
                  bias_balancing: bool = False) -> None:
         super().__init__()
-        self.n_experts, self.top_k, self.normalize = n_experts, top_k, normalize
+        self.n_experts, self.top_k, self.norm_topk_prob = n_experts, top_k, norm_topk_prob
         self.weight = nn.Parameter(torch.randn(n_experts, d_model) * init_std)
         self.register_buffer("expert_group", expert_group, persistent=False)
         self.bias_balancing = bias_balancing
@@ -88,7 +88,7 @@ class LearnedRouter(nn.Module):
                 scores_NE = scores_NE.masked_fill(mask_NE, float("-inf"))
         idx_NK = torch.topk(scores_NE, self.top_k, dim=-1).indices
         w_NK = probs_NE.gather(1, idx_NK)
-        if self.normalize:
+        if self.norm_topk_prob:
             w_NK = w_NK / w_NK.sum(dim=-1, keepdim=True)
         z = torch.logsumexp(logits_NE, dim=-1).pow(2).mean()
         if self.expert_group is None:

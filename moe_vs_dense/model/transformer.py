@@ -92,7 +92,7 @@ class Block(nn.Module):
         self.norm2 = GroupRMSNorm(groups, d, cfg.norm_eps)
         self.is_moe = cfg.family == "moe" and layer % cfg.moe.every == cfg.moe.every - 1
         if self.is_moe:
-            self.ffn = MoE(cfg.moe, d, cfg.expert_hidden, modalities, std, out_std, precision)
+            self.ffn = MoE(cfg.moe, d, cfg.d_expert, modalities, std, out_std, precision)
         elif self.per_modality:
             self.ffn = Experts(groups, d, cfg.ffn_hidden, std, out_std)
         else:

@@ -115,7 +115,7 @@ def build_record(cfg: Config, run_dir: Path, acc: Accounting, data: PreparedData
                   "n_heads": cfg.model.n_heads, "n_experts": acc.n_experts,
                   "top_k": moe.top_k if cfg.model.family == "moe" else None,
                   "d_ff": cfg.model.ffn_hidden,
-                  "d_expert": cfg.model.expert_hidden if cfg.model.family == "moe" else None},
+                  "d_expert": cfg.model.d_expert if cfg.model.family == "moe" else None},
         "params": {"total": acc.total_params, "active": acc.active_params,
                    "non_embedding": acc.non_embedding_params, "embedding": acc.embedding_params},
         "flops_per_token": acc.flops_per_token,

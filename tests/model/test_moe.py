@@ -51,7 +51,7 @@ def reference(layer: MoE, x_ND: torch.Tensor, group_N: torch.Tensor) -> torch.Te
             score = probs + (layer.router.bias if cfg.bias_balancing else 0)
             ranked = sorted(allowed, key=lambda j: -float(score[j].detach()))[: cfg.top_k]
             w = probs[ranked]
-            if cfg.normalize_topk:
+            if cfg.resolved_norm_topk_prob:
                 w = w / w.sum()
             chosen = list(zip(ranked, w, strict=True))
         y = sum(wt * e.expert(j, x[None])[0] for j, wt in chosen)
