@@ -113,7 +113,9 @@ class MoE(nn.Module):
     def _torch_forward(self, x_ND: torch.Tensor, r: Routing):
         order = torch.argsort(r.exp_A, stable=True)
         counts_E = count_ids(r.exp_A, self.n_experts)
-        y_ND = self.experts(x_ND, r.tok_A[order], counts_E, r.w_A[order], self.impl)
+        # one expert per modality: every weight is exactly 1, so skip scaling by it
+        w_S = None if self.cfg.router == "modality" and r.top_k == 1 else r.w_A[order]
+        y_ND = self.experts(x_ND, r.tok_A[order], counts_E, w_S, self.impl)
         return y_ND, counts_E
 
     def _megablocks_forward(self, x_ND: torch.Tensor, r: Routing):
