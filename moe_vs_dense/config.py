@@ -190,7 +190,8 @@ class MoEConfig(Strict):
         return self
 
     @property
-    def normalize_topk(self) -> bool:
+    def resolved_norm_topk_prob(self) -> bool:
+        """norm_topk_prob with its default filled in: normalise the weights of top_k >= 2."""
         return self.top_k > 1 if self.norm_topk_prob is None else self.norm_topk_prob
 
 
@@ -224,7 +225,8 @@ class ModelConfig(Strict):
         return self.d_ff or -(-8 * self.d_model // 3 // 8) * 8
 
     @property
-    def expert_hidden(self) -> int:
+    def d_expert(self) -> int:
+        """One expert's hidden size: moe.d_expert, else the dense FFN's split over top_k."""
         return self.moe.d_expert or max(8, self.ffn_hidden // self.moe.top_k)
 
 

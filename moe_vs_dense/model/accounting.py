@@ -39,8 +39,8 @@ def _ffn_layer(cfg: ModelConfig, layer: int, modalities: list[str]) -> tuple[int
     if cfg.family != "moe" or layer % moe.every != moe.every - 1:
         p = 3 * d * cfg.ffn_hidden
         return p, p, 0
-    expert = 3 * d * cfg.expert_hidden
-    shared = 3 * d * (moe.d_shared or cfg.expert_hidden) if moe.shared_expert else 0
+    expert = 3 * d * cfg.d_expert
+    shared = 3 * d * (moe.d_shared or cfg.d_expert) if moe.shared_expert else 0
     if moe.router == "learned":
         n, k, router = moe.num_experts, moe.top_k, d * moe.num_experts
     else:

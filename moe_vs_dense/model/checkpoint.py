@@ -29,6 +29,8 @@ def load(path: Path) -> Transformer:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
         cfg = ModelConfig.model_validate_json(meta["model"])
+        # the weights are the same on every backend; torch runs anywhere, in any precision
+        cfg = cfg.model_copy(update={"moe": cfg.moe.model_copy(update={"backend": "torch"})})
         model = Transformer(cfg, int(meta["vocab_size"]), int(meta["max_len"]),
                             json.loads(meta["modalities"]))
         load_model(model, str(path))

@@ -18,16 +18,22 @@ from torch import nn
 
 @functools.cache
 def _grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether grouped_mm runs forward and backward here (it is new and device-dependent)."""
+    """Whether grouped_mm runs here (it is new and device-dependent) in both forms the experts
+    use: rows times per-group weights, and per-group x^T dy (the weight gradient). Forward
+    only and without autograd: the experts' backward is hand-written from the same calls, and
+    the probe is first reached inside that autograd Function, where autograd is off."""
     if not hasattr(F, "grouped_mm"):
         return False
     try:
-        a = torch.randn(8, 16, device=device_type, dtype=dtype, requires_grad=True)
-        b = torch.randn(2, 16, 16, device=device_type, dtype=dtype, requires_grad=True)
-        offs = torch.tensor([3, 8], device=device_type, dtype=torch.int32)
-        out = F.grouped_mm(a, b, offs=offs)
-        out.backward(torch.ones_like(out))
-        return True
+        with torch.no_grad():
+            a = torch.randn(8, 16, device=device_type, dtype=dtype)
+            b = torch.randn(2, 16, 16, device=device_type, dtype=dtype)
+            offs = torch.tensor([3, 8], device=device_type, dtype=torch.int32)
+            y = F.grouped_mm(a, b, offs=offs)
+            dw = F.grouped_mm(a.t(), y, offs=offs)
+        want = torch.cat([a[:3] @ b[0], a[3:] @ b[1]])
+        return (y.shape == (8, 16) and dw.shape == (2, 16, 16)
+                and torch.allclose(y.float(), want.float(), rtol=0.05, atol=0.05 * float(want.abs().max())))
     except (RuntimeError, NotImplementedError):
         return False
 
@@ -147,12 +153,13 @@ class _RoutedGLU(torch.autograd.Function):
 class Experts(nn.Module):
     """E SwiGLU experts, each weight stacked over experts as [E, in, out]."""
 
-    def __init__(self, num: int, d_model: int, hidden: int, init_std: float, out_std: float) -> None:
+    def __init__(self, n_experts: int, d_model: int, d_expert: int, init_std: float,
+                 out_std: float) -> None:
         super().__init__()
-        self.num, self.hidden = num, hidden
-        self.w_gate = nn.Parameter(torch.randn(num, d_model, hidden) * init_std)
-        self.w_up = nn.Parameter(torch.randn(num, d_model, hidden) * init_std)
-        self.w_down = nn.Parameter(torch.randn(num, hidden, d_model) * out_std)
+        self.n_experts, self.d_expert = n_experts, d_expert
+        self.w_gate = nn.Parameter(torch.randn(n_experts, d_model, d_expert) * init_std)
+        self.w_up = nn.Parameter(torch.randn(n_experts, d_model, d_expert) * init_std)
+        self.w_down = nn.Parameter(torch.randn(n_experts, d_expert, d_model) * out_std)
 
     def forward(self, x_ND: torch.Tensor, tok_S: torch.Tensor | None, counts_E: torch.Tensor,
                 w_S: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
@@ -166,21 +173,22 @@ class Experts(nn.Module):
                                 self.w_up.to(dtype), self.w_down.to(dtype), impl)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Expert e applied to rows x with plain matmuls (for references and export)."""
-        return (F.silu(x @ self.w_gate[e]) * (x @ self.w_up[e])) @ self.w_down[e]
+        """Expert e applied to rows x with plain matmuls (the dense FFN, references, export)."""
+        dtype = compute_dtype(x)
+        w_gate, w_up, w_down = (w[e].to(dtype) for w in (self.w_gate, self.w_up, self.w_down))
+        return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down
 
 
 class SwiGLU(Experts):
-    """The dense FFN: one expert that every token uses (same kernels as the MoE experts)."""
+    """The dense FFN: one expert that every token uses, as three plain matmuls (no routing,
+    no group counts, nothing that waits for the device)."""
 
-    def __init__(self, d_model: int, hidden: int, init_std: float = 0.02,
+    def __init__(self, d_model: int, d_ff: int, init_std: float = 0.02,
                  out_std: float = 0.02) -> None:
-        super().__init__(1, d_model, hidden, init_std, out_std)
+        super().__init__(1, d_model, d_ff, init_std, out_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        x_ND = x.reshape(-1, x.shape[-1])
-        counts = torch.tensor([x_ND.shape[0]], device=x.device)
-        return super().forward(x_ND, None, counts).view_as(x)
+        return self.expert(0, x)
 
 
 def init_std_out(init_std: float, n_layers: int) -> float:

@@ -71,12 +71,12 @@ def to_hf(model: Transformer, out_dir: Path, max_len: int):
     elif c.family == "moe":
         m = c.moe
         if m.router != "learned" or m.every != 1 or m.shared_expert or m.bias_balancing \
-                or not m.normalize_topk:
+                or not m.resolved_norm_topk_prob:
             raise UserError("export: Mixtral holds only a learned router in every layer with "
                             "normalized top-k weights, no shared expert and no bias balancing")
         from transformers import MixtralConfig, MixtralForCausalLM
 
-        hf = MixtralForCausalLM(MixtralConfig(intermediate_size=c.expert_hidden,
+        hf = MixtralForCausalLM(MixtralConfig(intermediate_size=c.d_expert,
                                               num_local_experts=m.num_experts,
                                               num_experts_per_tok=m.top_k,
                                               router_jitter_noise=0.0, **_common(model, max_len)))
@@ -92,7 +92,7 @@ def to_hf(model: Transformer, out_dir: Path, max_len: int):
                 sd[prefix + "experts.gate_up_proj"] = torch.cat([e.w_gate, e.w_up], 2).transpose(1, 2)
                 sd[prefix + "experts.down_proj"] = e.w_down.transpose(1, 2)
             else:
-                for j in range(e.num):
+                for j in range(e.n_experts):
                     gate, up, down = _glu(e, j)
                     sd.update({f"{prefix}experts.{j}.w1.weight": gate,
                                f"{prefix}experts.{j}.w3.weight": up,

@@ -15,7 +15,7 @@ def describe(cfg: ModelConfig) -> str:
         experts = (f"E={m.num_experts} k={m.top_k}" if m.router == "learned"
                    else f"{m.experts_per_modality}/modality" + (f" k={m.top_k}"
                                                                  if m.router == "modality_group" else ""))
-        return f"{base} {m.router} {experts} d_expert={cfg.expert_hidden} every={m.every}"
+        return f"{base} {m.router} {experts} d_expert={cfg.d_expert} every={m.every}"
     return f"{base} d_ff={cfg.ffn_hidden}"
 
 

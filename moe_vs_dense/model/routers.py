@@ -63,11 +63,11 @@ class LearnedRouter(nn.Module):
     experts of its group (modality_group). With bias balancing, a per-expert bias shifts which
     experts are chosen but not their weights (auxiliary-loss-free balancing)."""
 
-    def __init__(self, d_model: int, n_experts: int, top_k: int, normalize: bool,
+    def __init__(self, d_model: int, n_experts: int, top_k: int, norm_topk_prob: bool,
                  init_std: float, expert_group: torch.Tensor | None = None,
                  bias_balancing: bool = False) -> None:
         super().__init__()
-        self.n_experts, self.top_k, self.normalize = n_experts, top_k, normalize
+        self.n_experts, self.top_k, self.norm_topk_prob = n_experts, top_k, norm_topk_prob
         self.weight = nn.Parameter(torch.randn(n_experts, d_model) * init_std)
         self.register_buffer("expert_group", expert_group, persistent=False)
         self.bias_balancing = bias_balancing
@@ -88,7 +88,7 @@ class LearnedRouter(nn.Module):
                 scores_NE = scores_NE.masked_fill(mask_NE, float("-inf"))
         idx_NK = torch.topk(scores_NE, self.top_k, dim=-1).indices
         w_NK = probs_NE.gather(1, idx_NK)
-        if self.normalize:
+        if self.norm_topk_prob:
             w_NK = w_NK / w_NK.sum(dim=-1, keepdim=True)
         z = torch.logsumexp(logits_NE, dim=-1).pow(2).mean()
         if self.expert_group is None:
@@ -111,23 +111,33 @@ class LearnedRouter(nn.Module):
 
 
 class ModalityRouter(nn.Module):
-    """Deterministic: each token goes to every expert of its modality, with equal weights."""
+    """Deterministic: each token goes to every expert of its modality, with equal weights.
+    Assignments are token-major (like top-k routers) and built by arithmetic: with the same
+    expert count k in every group, token n's assignments are n*k .. n*k+k-1 (no host sync);
+    with unequal counts their total is read back once to size the output."""
 
     def __init__(self, experts_per_group: list[int]) -> None:
         super().__init__()
         self.experts_per_group = experts_per_group
-        self.starts = [sum(experts_per_group[:g]) for g in range(len(experts_per_group))]
         self.n_experts = sum(experts_per_group)
+        per = torch.tensor(experts_per_group)
+        self.register_buffer("start_G", torch.cumsum(per, 0) - per, persistent=False)
+        self.register_buffer("count_G", per, persistent=False)
+        self.top_k = experts_per_group[0] if len(set(experts_per_group)) == 1 else None
 
     def forward(self, x_ND: torch.Tensor, group_N: torch.Tensor) -> Routing:
-        toks, exps, ws = [], [], []
-        for g, (start, n) in enumerate(zip(self.starts, self.experts_per_group, strict=True)):
-            t = torch.nonzero(group_N == g).squeeze(1)
-            toks.append(t.repeat_interleave(n))
-            exps.append((start + torch.arange(n, device=t.device)).repeat(len(t)))
-            ws.append(torch.full((len(t) * n,), 1.0 / n, device=t.device))
-        tok_A, exp_A = torch.cat(toks), torch.cat(exps)
-        order = torch.argsort(tok_A * self.n_experts + exp_A)  # token-major, like top-k routers
+        N, dev = x_ND.shape[0], x_ND.device
         zero = x_ND.new_zeros((), dtype=torch.float32)
-        k = self.experts_per_group[0] if len(set(self.experts_per_group)) == 1 else None
-        return Routing(tok_A[order], exp_A[order], torch.cat(ws)[order], zero, zero, k)
+        if self.top_k is not None:
+            k = self.top_k
+            tok_A = torch.arange(N, device=dev).repeat_interleave(k)
+            exp_A = (self.start_G[group_N][:, None] + torch.arange(k, device=dev)).reshape(-1)
+            w_A = torch.full((N * k,), 1.0 / k, device=dev)
+            return Routing(tok_A, exp_A, w_A, zero, zero, k)
+        per_N = self.count_G[group_N]
+        ends_N = torch.cumsum(per_N, 0)
+        total = int(ends_N[-1]) if N else 0  # the one host sync: the number of assignments
+        tok_A = torch.repeat_interleave(torch.arange(N, device=dev), per_N, output_size=total)
+        slot_A = torch.arange(total, device=dev) - (ends_N - per_N)[tok_A]
+        exp_A = self.start_G[group_N][tok_A] + slot_A
+        return Routing(tok_A, exp_A, 1.0 / per_N[tok_A].float(), zero, zero, None)

@@ -54,7 +54,9 @@ class GroupRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(groups, d))
 
     def forward(self, x_BTD: torch.Tensor, plan: GroupPlan | None) -> torch.Tensor:
-        w = self.weight[0] if plan is None else self.weight[plan.group_N].view_as(x_BTD)
+        if plan is None:  # one weight: the fused kernel applies it
+            return F.rms_norm(x_BTD, (x_BTD.shape[-1],), self.weight[0], eps=self.eps)
+        w = self.weight[plan.group_N].view_as(x_BTD)
         return F.rms_norm(x_BTD, (x_BTD.shape[-1],), eps=self.eps) * w
 
 
@@ -76,7 +78,8 @@ class GroupLinear(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, modalities: list[str], rotary: Rotary) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, modalities: list[str], rotary: Rotary,
+                 precision: str) -> None:
         super().__init__()
         d, std = cfg.d_model, cfg.init_std
         out_std = init_std_out(std, cfg.n_layers)
@@ -89,19 +92,21 @@ class Block(nn.Module):
         self.norm2 = GroupRMSNorm(groups, d, cfg.norm_eps)
         self.is_moe = cfg.family == "moe" and layer % cfg.moe.every == cfg.moe.every - 1
         if self.is_moe:
-            self.ffn = MoE(cfg.moe, d, cfg.expert_hidden, modalities, std, out_std)
+            self.ffn = MoE(cfg.moe, d, cfg.d_expert, modalities, std, out_std, precision)
         elif self.per_modality:
             self.ffn = Experts(groups, d, cfg.ffn_hidden, std, out_std)
         else:
             self.ffn = SwiGLU(d, cfg.ffn_hidden, std, out_std)
 
-    def forward(self, x_BTD: torch.Tensor, plan: GroupPlan) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, group_N: torch.Tensor,
+                plan: GroupPlan | None) -> torch.Tensor:
+        """`plan`: the tokens sorted by modality group, for MoT's per-modality parts only."""
         local = plan if self.per_modality else None
         q, k, v = self.qkv(self.norm1(x_BTD, local), local).chunk(3, dim=-1)
         x_BTD = x_BTD + self.out(causal_attention(q, k, v, self.n_heads, self.rotary), local)
         h = self.norm2(x_BTD, local)
         if self.is_moe:
-            return x_BTD + self.ffn(h, plan.group_N.view(x_BTD.shape[:2]))
+            return x_BTD + self.ffn(h, group_N.view(x_BTD.shape[:2]))
         if self.per_modality:
             y = self.ffn(h.reshape(-1, h.shape[-1]), plan.order_N, plan.counts_G)
             return x_BTD + y.view_as(x_BTD)
@@ -109,18 +114,22 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """tokens [B, T] and modality ids [B, T] -> logits [B, T, V]; `aux_loss` after forward."""
+    """tokens [B, T] and modality ids [B, T] -> logits [B, T, V]; `aux_loss` after forward.
+    `precision` (the run's, fp32 or bf16) decides which MoE backend can run; `moe_backend` says
+    which one does (None for models without MoE layers)."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int,
-                 modalities: list[str]) -> None:
+                 modalities: list[str], precision: str = "fp32") -> None:
         super().__init__()
         self.cfg, self.vocab_size, self.modalities = cfg, vocab_size, list(modalities)
         d = cfg.d_model
         self.embed = nn.Embedding(vocab_size, d)
         nn.init.normal_(self.embed.weight, std=cfg.init_std)
         rotary = Rotary(d // cfg.n_heads, max_len, cfg.rope_theta)
-        self.blocks = nn.ModuleList(Block(cfg, i, self.modalities, rotary)
+        self.blocks = nn.ModuleList(Block(cfg, i, self.modalities, rotary, precision)
                                     for i in range(cfg.n_layers))
+        backends = {m.backend for m in self.moe_layers()}
+        self.moe_backend: str | None = backends.pop() if backends else None
         self.norm = GroupRMSNorm(1, d, cfg.norm_eps)
         self.lm_head = None
         if not cfg.tie_embeddings:
@@ -136,8 +145,10 @@ class Transformer(nn.Module):
         return ", ".join(f"{MODALITIES.index(m)}={m}" for m in self.modalities)
 
     def check_modalities(self, mods: np.ndarray | torch.Tensor) -> None:
-        """Raise UserError if a modality id (of a batch, on the host) is not one the model was
-        built with; the trainer calls it on each batch before it moves to the device."""
+        """Raise UserError if a modality id of a batch held on the host is not one the model
+        was built with. The trainer does not call it: its batches come from data prepared for
+        these modalities, and the forward asserts on the device. It is for code that builds
+        its own batches and wants a UserError rather than a device-side assert."""
         ids = np.unique(np.asarray(mods.cpu() if isinstance(mods, torch.Tensor) else mods))
         known = {MODALITIES.index(m) for m in self.modalities}
         bad = [int(i) for i in ids if int(i) not in known]
@@ -156,34 +167,29 @@ class Transformer(nn.Module):
         # checked on the device: raises at once on CPU and never makes the host wait for a GPU
         torch._assert_async((group_N >= 0).all(), "a token's modality id is not one the model "
                             f"was built with ({self._modality_ids()})")
-        plan = GroupPlan.build(group_N, len(self.modalities))
+        plan = GroupPlan.build(group_N, len(self.modalities)) if self.cfg.family == "mot" else None
         x = self.embed(tokens_BT)
         for block in self.blocks:
-            x = block(x, plan)
+            x = block(x, group_N, plan)
         x = self.norm(x, None)
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
         aux = [m.aux_loss for m in self.moe_layers()]
         self.aux_loss = torch.stack(aux).sum() if aux else x.new_zeros((), dtype=torch.float32)
         return F.linear(x, head.to(x.dtype))
 
-    def expert_stats(self) -> list[dict]:
-        """Per MoE layer: tokens per expert, load imbalance (max/mean), dead experts, losses."""
-        out = []
-        for i, m in enumerate(self.moe_layers()):
-            counts = m.stats["tokens_per_expert"].float()
-            out.append({
-                "layer": i,
-                "tokens_per_expert": counts.long().tolist(),
-                "imbalance": float(counts.max() / counts.mean().clamp(min=1e-9)),
-                "dead_experts": int((counts == 0).sum()),
-                "aux_loss": float(m.stats["aux"]),
-                "z_loss": float(m.stats["z"]),
-            })
-        return out
-
     @torch.no_grad()
     def update_router_bias(self) -> None:
-        """Auxiliary-loss-free balancing step, after each optimizer step."""
-        for m in self.moe_layers():
-            if getattr(m.router, "bias_balancing", False):
-                m.router.update_bias(m.stats["tokens_per_expert"], m.cfg.bias_update_rate)
+        """Auxiliary-loss-free balancing, once per optimizer step: each biased router moves by
+        its tokens per expert summed over every micro-batch of the step and, under
+        torch.distributed, over every rank (one all-reduce), so all ranks make the same
+        update; then the counts start again."""
+        layers = [m for m in self.moe_layers()
+                  if getattr(m.router, "bias_balancing", False) and m.load_E is not None]
+        if not layers:
+            return
+        load = torch.cat([m.load_E for m in layers])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)
+        for m, load_E in zip(layers, load.split([m.n_experts for m in layers]), strict=True):
+            m.router.update_bias(load_E, m.cfg.bias_update_rate)
+            m.load_E = None

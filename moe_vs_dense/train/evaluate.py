@@ -16,7 +16,6 @@ document are independent (they are not: a row-level or token-level SE would be t
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -27,15 +26,10 @@ from moe_vs_dense.data.prepare import bits_per_unit
 from moe_vs_dense.data.tokenizers import EOD
 from moe_vs_dense.modalities import MODALITIES
 from moe_vs_dense.model.transformer import Transformer
+from moe_vs_dense.train.step import autocast
 
 SE_METHOD = ("ratio estimator with documents as clusters (tokens between end-of-document "
              "markers; tokens within a document not assumed independent)")
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def ratio_se(sums_R: np.ndarray, counts_R: np.ndarray) -> tuple[float, float | None]:

@@ -29,7 +29,7 @@ from moe_vs_dense.train import checkpoint, metrics, record, rundir
 from moe_vs_dense.train.evaluate import evaluate
 from moe_vs_dense.train.speed import matmul_peak
 from moe_vs_dense.train.state import Cadence, Outcome, TrainerState
-from moe_vs_dense.train.step import build, split_batch, train_step
+from moe_vs_dense.train.step import build, compile_fresh, ran_compiled, split_batch, train_step
 
 
 def train(cfg: Config, run_dir: str | Path, *, data_root: str | Path | None = None,
@@ -97,7 +97,8 @@ class Trainer:
         self.loader = MixtureLoader(data, tc.batch_rows, cfg.seed)
         self.state, self.outcome = TrainerState.create(cfg), Outcome()
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.extra: dict = {"host": record.host(acc.device, self.world)}
+        self.extra: dict = {"host": record.host(acc.device, self.world),
+                            "moe_backend": self.model.moe_backend}
         self.net = self.model
         self.pending: list[torch.Tensor] = []
 
@@ -173,16 +174,15 @@ class Trainer:
         """The model as trained: under DDP when several processes, compiled on CUDA if asked."""
         net = self.acc.prepare_model(self.model) if self.world > 1 else self.model
         self.extra["compiled"] = self.cfg.train.compile and self.acc.device.type == "cuda"
-        return torch.compile(net) if self.extra["compiled"] else net
+        return compile_fresh(net) if self.extra["compiled"] else net
 
     def train_step(self, step: int) -> None:
         """One optimizer step on global batch `step`; its loss and grad norm stay on the device."""
         tc = self.cfg.train
         micro = split_batch(*self.loader.batch(step), self.rank, self.world, tc.grad_accum,
                             self.acc.device)
-        bias = self.cfg.model.family == "moe" and self.cfg.model.moe.bias_balancing
         loss, gnorm = train_step(self.net, self.opt, self.sched, micro, grad_clip=tc.grad_clip,
-                                 precision=tc.precision, bias_balancing=bias)
+                                 precision=tc.precision)
         self.pending.append(torch.stack([loss.float(), gnorm.float()]))
 
     def flush(self, n: int, elapsed: float) -> float:
@@ -256,6 +256,7 @@ class Trainer:
     def write_record(self) -> dict:
         """record.json from the config, accounting, trainer state and outcome (main process)."""
         o = self.outcome
+        self.extra["compiled"] = self.extra.get("compiled", False) and ran_compiled()  # what ran
         state = {**self.state.state_dict(), "steps": self.cadence.steps, "status": o.status,
                  "error": o.error, "diverged_step": o.diverged_step, "final": o.final}
         rec = record.build_record(self.cfg, self.run_dir, self.acct, self.data,

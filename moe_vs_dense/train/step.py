@@ -3,6 +3,8 @@
 `build` makes the model, AdamW and its schedule from a config; `train_step` runs one optimizer
 step over micro-batches (gradient accumulation), with the MoE aux/z losses added, clipping,
 the schedule and router-bias balancing. It returns device tensors and never syncs the host.
+`autocast` is the run's precision; `compile_fresh` and `ran_compiled` compile a model and say
+whether it really ran compiled.
 """
 
 from __future__ import annotations
@@ -12,13 +14,34 @@ from contextlib import nullcontext
 
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from moe_vs_dense.config import Config
 from moe_vs_dense.data.loader import PreparedData
 from moe_vs_dense.model.loss import lm_loss
 from moe_vs_dense.model.transformer import Transformer
-from moe_vs_dense.train.evaluate import autocast
 from moe_vs_dense.train.schedule import optimizer_and_schedule
+
+
+def autocast(device: torch.device, precision: str):
+    """The context a forward runs in: bf16 autocast for `precision: bf16`, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def compile_fresh(net: nn.Module, backend: str = "inductor") -> nn.Module:
+    """torch.compile with Dynamo's state reset first. A sweep worker trains many models in one
+    process; without the reset Dynamo stops recompiling a function after its recompile limit
+    (8 shapes), and later models run eagerly."""
+    torch._dynamo.reset()
+    counters.clear()
+    return torch.compile(net, backend=backend)
+
+
+def ran_compiled() -> bool:
+    """Whether Dynamo compiled any graph since the last `compile_fresh` (else all ran eagerly)."""
+    return counters["stats"]["unique_graphs"] > 0
 
 
 def unwrap(model: nn.Module) -> Transformer:
@@ -33,7 +56,8 @@ def build(cfg: Config, data: PreparedData, device: torch.device | str = "cpu"):
     touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = Transformer(cfg.model, data.vocab.size, data.seq_len, data.meta["modalities"])
+        model = Transformer(cfg.model, data.vocab.size, data.seq_len, data.meta["modalities"],
+                            cfg.train.precision)
     model = model.to(device)
     optimizer, scheduler = optimizer_and_schedule(model, cfg.train, cfg.train.steps(data.seq_len))
     return model, optimizer, scheduler
@@ -50,8 +74,8 @@ def split_batch(tokens, mods, rank: int, world: int, micro: int, device) -> list
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, micro_batches,
-               *, grad_clip: float | None = None, precision: str = "fp32",
-               bias_balancing: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               *, grad_clip: float | None = None,
+               precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over micro-batches of (tokens [b, T+1], modality ids [b, T+1]) of equal
     size. Returns (mean LM loss, gradient norm before clipping) as device tensors."""
     core = unwrap(model)
@@ -70,6 +94,5 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    if bias_balancing:
-        core.update_router_bias()
+    core.update_router_bias()
     return total / n, norm

@@ -51,7 +51,7 @@ def reference(layer: MoE, x_ND: torch.Tensor, group_N: torch.Tensor) -> torch.Te
             score = probs + (layer.router.bias if cfg.bias_balancing else 0)
             ranked = sorted(allowed, key=lambda j: -float(score[j].detach()))[: cfg.top_k]
             w = probs[ranked]
-            if cfg.normalize_topk:
+            if cfg.resolved_norm_topk_prob:
                 w = w / w.sum()
             chosen = list(zip(ranked, w, strict=True))
         y = sum(wt * e.expert(j, x[None])[0] for j, wt in chosen)
@@ -169,12 +169,59 @@ def test_bias_update_moves_load_toward_balance():
 def test_megablocks_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(UserError, match="model.moe.backend: megablocks needs CUDA"):
+    with pytest.raises(UserError, match="model.moe.backend: megablocks cannot run here: this "
+                                        "machine has no CUDA device"):
         make(router="learned", backend="megablocks")
     assert make(router="learned", backend="auto").backend == "torch"
 
 
-def _standin_megablocks(monkeypatch) -> None:
+@pytest.mark.parametrize("gg_ok", [True, False])
+def test_megablocks_backend_needs_grouped_gemm_and_bf16(monkeypatch, gg_ok):
+    """With CUDA and megablocks' ops present: grouped GEMM missing names the gg extra; fp32
+    is refused by name and `auto` falls back to torch; the model says which backend runs."""
+    from moe_vs_dense.config import ModelConfig
+    from moe_vs_dense.model.moe import resolve_backend
+    from moe_vs_dense.model.transformer import Transformer
+
+    _standin_megablocks(monkeypatch, grouped_gemm=gg_ok)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    auto, named = MoEConfig(backend="auto"), MoEConfig(backend="megablocks")
+    assert resolve_backend(auto, "fp32") == "torch"
+    if gg_ok:
+        assert resolve_backend(auto, "bf16") == resolve_backend(named, "bf16") == "megablocks"
+        with pytest.raises(UserError, match="megablocks runs bf16 only.*train.precision: bf16"):
+            resolve_backend(named, "fp32")
+        model = Transformer(ModelConfig(family="moe", d_model=32, n_heads=2, moe=auto), 64, 16,
+                            ["text"], precision="bf16")
+        assert model.moe_backend == "megablocks"
+        assert Transformer(ModelConfig(family="moe", d_model=32, n_heads=2, moe=auto), 64, 16,
+                           ["text"]).moe_backend == "torch"
+    else:
+        assert resolve_backend(auto, "bf16") == "torch"
+        with pytest.raises(UserError, match="grouped_gemm package, megablocks' gg extra.*gpu"):
+            resolve_backend(named, "bf16")
+
+
+def test_megablocks_whose_ops_were_never_built_is_a_clear_error(monkeypatch):
+    """pip installs megablocks without its CUDA extension where nvcc is absent; importing its
+    ops then fails, which must be named rather than crash in the first forward."""
+    from moe_vs_dense.model.moe import resolve_backend
+
+    _standin_megablocks(monkeypatch)
+    monkeypatch.setitem(sys.modules, "megablocks.ops", None)  # import raises ImportError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(UserError, match="megablocks does not import"):
+        resolve_backend(MoEConfig(backend="megablocks"), "bf16")
+
+
+def test_dense_model_has_no_moe_backend():
+    from moe_vs_dense.config import ModelConfig
+    from moe_vs_dense.model.transformer import Transformer
+
+    assert Transformer(ModelConfig(d_model=32, n_heads=2), 64, 16, ["text"]).moe_backend is None
+
+
+def _standin_megablocks(monkeypatch, grouped_gemm: bool = True) -> None:
     """megablocks' ops with the semantics of its Triton kernels, in torch: gather row i from
     token indices[i] // k; scatter row i, times weights[indices[i]], back to that token and
     sum over its k slots. Tests our glue (index order, weights, counts) without CUDA."""
@@ -198,7 +245,8 @@ def _standin_megablocks(monkeypatch) -> None:
         histogram=lambda x, n: torch.bincount(x, minlength=n).int(),
         inclusive_cumsum=lambda x, dim: torch.cumsum(x, dim).int(),
         gather=gather, scatter=scatter)
-    gg = types.SimpleNamespace(ops=types.SimpleNamespace(gmm=gmm))
+    gg = types.SimpleNamespace(ops=types.SimpleNamespace(gmm=gmm),
+                               grouped_gemm_is_available=lambda: grouped_gemm)
     package = types.ModuleType("megablocks")
     package.ops, package.grouped_gemm_util = ops, gg
     monkeypatch.setitem(sys.modules, "megablocks", package)
@@ -235,17 +283,20 @@ def test_megablocks_needs_equal_experts_per_token(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="megablocks runs on CUDA only")
-def test_megablocks_matches_reference_on_gpu():
+def test_megablocks_matches_torch_backend_on_gpu_in_bf16():
     pytest.importorskip("megablocks")
     torch.manual_seed(0)
     layer = MoE(MoEConfig(router="learned", num_experts=8, top_k=2, backend="megablocks"),
-                128, 256, MODS, 0.02, 0.02).cuda()
+                128, 256, MODS, 0.02, 0.02, precision="bf16").cuda()
     x = torch.randn(2, 64, 128, device="cuda")
     group = torch.zeros(2, 64, dtype=torch.long, device="cuda")
-    got = _outputs_and_grads(layer, x, group)
-    layer.backend = "torch"
-    for g, want in zip(got, _outputs_and_grads(layer, x, group), strict=True):
-        torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = _outputs_and_grads(layer, x, group)
+        layer.backend = "torch"
+        want = _outputs_and_grads(layer, x, group)
+    for g, w in zip(got, want, strict=True):
+        scale = float(w.detach().abs().max())
+        torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2 * scale)
 
 
 def test_count_ids_is_bincount_without_the_host_sync():
@@ -278,3 +329,32 @@ def test_group_balance_loss_is_the_switch_loss_within_each_group():
                                                           len(experts))
     got = group_balance_loss(probs, idx, group_N, expert_group)
     torch.testing.assert_close(got, torch.as_tensor(want), rtol=1e-6, atol=0)
+
+
+def test_modality_router_with_equal_expert_counts_never_reads_the_device(monkeypatch):
+    """Assignments by arithmetic: no nonzero per modality, no value read back (each is a host
+    sync on CUDA); token-major, token n's experts are its modality's, in order."""
+    layer = make(router="modality", experts_per_modality=2)
+    group = torch.tensor([2, 0, 1, 1, 0])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the router read a device value back")
+
+    monkeypatch.setattr(torch, "nonzero", refuse)
+    monkeypatch.setattr(torch.Tensor, "__int__", refuse)
+    monkeypatch.setattr(torch.Tensor, "item", refuse)
+    monkeypatch.setattr(torch.Tensor, "tolist", refuse)
+    r = layer.router(torch.randn(5, D), group)
+    monkeypatch.undo()
+    assert r.tok_A.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert r.exp_A.tolist() == [4, 5, 0, 1, 2, 3, 2, 3, 0, 1]
+    assert r.w_A.tolist() == [0.5] * 10 and r.top_k == 2
+
+
+def test_modality_router_with_unequal_expert_counts():
+    layer = make(router="modality", experts_per_modality={"text": 2, "dna": 1, "image": 3})
+    r = layer.router(torch.randn(4, D), torch.tensor([2, 1, 0, 2]))
+    assert r.tok_A.tolist() == [0, 0, 0, 1, 2, 2, 3, 3, 3]
+    assert r.exp_A.tolist() == [3, 4, 5, 2, 0, 1, 3, 4, 5]
+    assert r.w_A.tolist() == pytest.approx([1 / 3] * 3 + [1.0] + [0.5] * 2 + [1 / 3] * 3)
+    assert r.top_k is None

@@ -123,6 +123,20 @@ def test_checkpoint_round_trip(tmp_path, family):
         checkpoint.load(tmp_path / "bad.safetensors")
 
 
+def test_checkpoint_of_a_megablocks_run_loads_anywhere(tmp_path):
+    """A model trained on megablocks (CUDA, bf16) loads on the torch backend, same weights."""
+    cfg = ModelConfig(family="moe", d_model=32, n_layers=1, n_heads=2,
+                      moe=MoEConfig(num_experts=4, top_k=2, backend="megablocks"))
+    model = Transformer(cfg.model_copy(update={"moe": MoEConfig(num_experts=4, top_k=2)}), V, T,
+                        MODS).eval()
+    model.cfg = cfg  # as saved by a run on megablocks
+    checkpoint.save(model, tmp_path / "m.safetensors", T)
+    again = checkpoint.load(tmp_path / "m.safetensors").eval()
+    assert again.moe_backend == "torch"
+    tokens, mods = batch()
+    torch.testing.assert_close(again(tokens[:, :T], mods[:, :T]), model(tokens[:, :T], mods[:, :T]))
+
+
 @pytest.mark.parametrize("cfg", [
     ModelConfig(d_model=64, n_layers=2, n_heads=4),
     ModelConfig(d_model=64, n_layers=2, n_heads=2, tie_embeddings=False, d_ff=96),

@@ -114,7 +114,7 @@ def test_expert_count_and_width_axes(tmp_path):
     assert got == {(4, 1, 1), (4, 2, 2), (8, 1, 1), (8, 2, 2)}
     assert "d32l2-t10k-s0-moe-num_experts8-top_k2-every2" in {r.run_id for r in moe}
     # more active experts at matched FLOPs: narrower experts (the granularity axis)
-    widths = {r.config.model.moe.top_k: r.config.model.expert_hidden
+    widths = {r.config.model.moe.top_k: r.config.model.d_expert
               for r in moe if r.config.model.moe.num_experts == 8}
     assert widths[2] < widths[1]
     assert len({r.pair_id for r in runs}) == 1

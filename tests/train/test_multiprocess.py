@@ -24,9 +24,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# a learned top-1 router with bias balancing: each step's bias update must count both ranks'
+# tokens (rank 0's alone gives another bias, which DDP then copies to rank 1). No aux loss: a
+# balance loss over each rank's rows is not the loss over all rows (its gradients differ).
+BIASED = ["model.family=moe", "model.moe.router=learned", "model.moe.num_experts=4",
+          "model.moe.top_k=1", "model.moe.d_expert=16", "model.moe.bias_balancing=true",
+          "model.moe.bias_update_rate=0.01", "model.moe.aux_loss_weight=0"]
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_match_one_process(tmp_path, demo_data):
-    sets = TINY + MOE + ["train.lr=0.01"]
+@pytest.mark.parametrize("moe", [MOE, BIASED], ids=["modality", "learned-bias"])
+def test_two_cpu_processes_match_one_process(tmp_path, demo_data, moe):
+    sets = TINY + moe + ["train.lr=0.01"]
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
@@ -39,7 +48,7 @@ def test_two_cpu_processes_match_one_process(tmp_path, demo_data):
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "record.json").read_text())
     assert two["host"]["processes"] == 2  # one model on two ranks, not two world-1 copies
-    one = train(tiny("train.lr=0.01", moe=True), tmp_path / "one", data_root=demo_data,
+    one = train(tiny("train.lr=0.01", *moe), tmp_path / "one", data_root=demo_data,
                 progress=False)
     for m, v in one["eval"]["final"].items():
         assert two["eval"]["final"][m]["loss"] == pytest.approx(v["loss"], abs=1e-4)
