@@ -18,7 +18,10 @@ optimum of the same objective that the estimate does.
 Identification (analysis/identify.py): a fit needs at least three sizes and three token budgets
 and four runs beyond its five parameters, and its optimum must be well conditioned with
 positive exponents no larger than MAX_EXPONENT; otherwise `fit_chinchilla` raises
-`NotIdentified` with what to add. A bootstrap whose draws do not vary is refused the same way.
+`NotIdentified` with what to add. A bootstrap whose draws do not vary is refused the same way,
+and so is one whose 95% interval of alpha or beta leaves (0, MAX_EXPONENT]: the estimate may
+sit inside, but the runs then do not pin the law's curvature, and every derived quantity
+(frontiers, leverage, predictions) inherits draws of runaway laws.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from scipy.optimize import minimize
 from analysis.errors import AnalysisError
 from analysis.identify import (
     MIN_RESID_DF,
+    Identification,
     NotIdentified,
     check_design,
     check_draws,
@@ -299,19 +303,37 @@ def check_group(df: pd.DataFrame, label: str, min_resid_df: int = MIN_RESID_DF["
         raise NotIdentified(f"group ({label})", ident)
 
 
+def _widen(N: np.ndarray, D: np.ndarray) -> str:
+    return (f"add runs that widen the range: a larger size (for example {next_level(N):.2g}) and "
+            f"a larger token budget (for example {next_level(D):.2g}) at several sizes")
+
+
 def check_optimum(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, label: str) -> None:
     """Raise NotIdentified unless the optimum is well conditioned (identify.check_fit on the
     Jacobian of the log-space fit) with exponents in (0, MAX_EXPONENT]."""
     jac = numeric_jacobian(lambda th: log_law(th[None], logN, logD)[0], theta)
     edge = [name for name, v in (("alpha", theta[3]), ("beta", theta[4]))
             if not 0 < v <= MAX_EXPONENT]
-    N, D = np.exp(logN[0]), np.exp(logD[0])
     ident = check_fit(jac, ["A", "B", "E", "alpha", "beta"], edge,
-                      f"add runs that widen the range: a larger size (for example "
-                      f"{next_level(N):.2g}) and a larger token budget (for example "
-                      f"{next_level(D):.2g}) at several sizes")
+                      _widen(np.exp(logN[0]), np.exp(logD[0])))
     if not ident.ok:
         raise NotIdentified(f"group ({label})", ident)
+
+
+def check_exponent_intervals(result: ChinchillaResult, df: pd.DataFrame) -> None:
+    """Raise NotIdentified when the 95% interval of alpha or beta (from `result.boot`, fitted
+    to the runs `df`) is missing or leaves (0, MAX_EXPONENT]: the bootstrap then holds runaway
+    laws the estimate's gate would refuse."""
+    ci = result.conf_int()
+    loose = [f"{n} [{ci.at[n, 'lower']:.3g}, {ci.at[n, 'upper']:.3g}]"
+             if np.isfinite(ci.loc[n]).all() else f"{n} (none holds its estimate)"
+             for n in ("alpha", "beta")
+             if not (ci.at[n, "lower"] > 0 and ci.at[n, "upper"] <= MAX_EXPONENT)]
+    if loose:
+        raise NotIdentified(f"group ({result.label()})", Identification(
+            False, f"the 95% interval of {' and '.join(loose)} is not inside (0, {MAX_EXPONENT:g}]: "
+            "the runs do not pin the law's curvature",
+            _widen(df["N"].to_numpy(float), df["D"].to_numpy(float))))
 
 
 def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int = 1000,
@@ -343,6 +365,7 @@ def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int =
         if not ident.ok:
             raise NotIdentified(f"group ({group_label(group)})", ident)
         result.boot = to_natural(draws)
+        check_exponent_intervals(result, df)
     result.warnings += _edge_warnings(theta, grid)
     if not res.success:
         result.warnings.append(f"the optimizer did not converge: {res.message}")

@@ -33,7 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.chinchilla import NAMES, REFIT_ITERS, ChinchillaResult, Grid, batched_lbfgs, fit_chinchilla
+from analysis.chinchilla import (
+    NAMES,
+    REFIT_ITERS,
+    ChinchillaResult,
+    Grid,
+    batched_lbfgs,
+    check_exponent_intervals,
+    fit_chinchilla,
+)
 from analysis.compare import match_runs
 from analysis.compute import FlopsPerToken, fit_flops_per_token
 from analysis.errors import AnalysisError
@@ -277,9 +285,12 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
     if bootstrap:
         wd, wm = paired_weights(kd, km, bootstrap, np.random.default_rng(seed))
         dense.boot, moe.boot = refit_weighted(dense, dense_df, wd), refit_weighted(moe, moe_df, wm)
-        for fit in (dense, moe):  # draws that do not vary give no interval (identify.check_draws)
+        for fit, runs in ((dense, dense_df), (moe, moe_df)):
+            # draws that do not vary give no interval (identify.check_draws)
             if not check_draws(fit.boot, fit.params.to_numpy(), NAMES).ok:
                 fit.boot = None
+            else:  # nor do draws of runaway laws: then the law is not identified
+                check_exponent_intervals(fit, runs)
     flops = lambda g: fit_flops_per_token(g["N"], g["flops_per_token"])  # noqa: E731
     return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
                        float(np.median(moe_df["N_total"] / moe_df["N_active"])),

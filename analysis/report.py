@@ -26,11 +26,11 @@ HOLDOUT = 3  # largest-compute runs per group the report's backtest predicts
 def _regime(df: pd.DataFrame) -> str:
     ratio = df["D"] / df["N"]
     return (f"D/N, the tokens of each modality a run trained on over its parameters (N as "
-            f"defined above, embeddings included as the record counts them), spans "
+            f"defined above; the records count non-embedding parameters), spans "
             f"{ratio.min():.3g} to {ratio.max():.3g} (median {ratio.median():.3g}). Chinchilla's "
             "compute-optimal ratio of about 20 is all training tokens over all parameters of a "
-            "dense text model; on a run of several modalities each modality's ratio is only "
-            "its share of the run's")
+            "dense text model; on a run of several modalities each modality's D/N counts only "
+            "that modality's share of the run's tokens.")
 
 
 def _precision(df: pd.DataFrame) -> str:
@@ -122,12 +122,19 @@ def _routing(records: list[dict], out: Path) -> list[str]:
              render(pd.DataFrame(rows)), ""] + [f"![{p.stem}]({p.name})" for p in figs])
 
 
+def _said(what: str, caught) -> list[str]:
+    """The analysis' own warnings, once each; numpy's floating-point warnings from bootstrap
+    draws of runaway laws say nothing to a reader."""
+    said = [f"{what}: {w.message}" for w in caught if not issubclass(w.category, RuntimeWarning)]
+    return list(dict.fromkeys(said))
+
+
 def _try(what: str, fn, notes: list[str]):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = fn()
-        notes += [f"{what}: {w.message}" for w in caught]
+        notes += _said(what, caught)
         return out
     except AnalysisError as e:
         notes.append(f"{what}: {e}")
@@ -135,12 +142,19 @@ def _try(what: str, fn, notes: list[str]):
 
 
 def _fit(what: str, df: pd.DataFrame, law: str, bootstrap: int, notes: list[str]):
-    """(identified fits, one '- ...' line per group not fitted, with why and what to add)."""
+    """(identified fits, one '- ...' line per reason a group was not fitted: its groups, why
+    and what to add)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results, problems = fit_groups_noting(df, law, bootstrap)
-    notes += [f"{what}: {w.message}" for w in caught]
-    return results, [f"- {p}" for p in problems]
+    notes += _said(what, caught)
+    groups: dict[str, list[str]] = {}
+    for p in problems:
+        label, _, why = p.partition(": ")
+        groups.setdefault(why, []).append(label)
+    return results, [f"- {labels[0]}: {why}" if len(labels) == 1
+                     else f"- {len(labels)} groups, {'; '.join(labels)}: {why}"
+                     for why, labels in groups.items()]
 
 
 def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
