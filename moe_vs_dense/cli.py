@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     # numpy's floating-point RuntimeWarnings from bootstrap draws and optimizer starts that
     # wander into overflow: the fits drop such draws and say in their own warnings what failed
-    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"analysis(\.|$)")
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"(analysis|numpy)(\.|$)")
     try:
         return args.func(args)
     except (UserError, AnalysisError) as e:
