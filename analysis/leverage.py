@@ -382,6 +382,7 @@ def law_free_leverage(fit: LeverageFit | None, df: pd.DataFrame, bootstrap: int 
            else np.array([np.nan]))
     out = {"modality": modality, "family": family, "EL (runs)": est, "lower": np.nan,
            "upper": np.nan, "MoE runs compared": len(compared),
+           "C (runs compared)": float(np.exp(np.log(compared).mean())) if len(compared) else np.nan,
            "EL (law) at the same compute": float(np.exp(np.mean(np.log(law))))}
     if len(compared) and bootstrap:
         wd, wm = paired_weights(d["key"].to_numpy(), m["key"].to_numpy(), bootstrap,

@@ -39,9 +39,90 @@ def _grid(n: int):
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # tight: a figure-level legend placed below the panels is kept, not cut
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+NICE_STEPS = ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8),
+              (1, 1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 9),
+              (*np.round(np.arange(1, 2, 0.1), 1), *np.round(np.arange(2, 4, 0.2), 1),
+               *np.arange(4, 10, 0.5)))
+
+
+def decimal_log_ticks(ax, most: int = 7) -> None:
+    """Plain decimal labels (0.9, 1, 2, 3) on a log-scale y axis, never the mixed
+    4x10^0 / 9x10^-1 that matplotlib writes on a narrow range: the finest set of round values
+    of which at most `most` fall in the current limits; minor ticks unlabelled."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = sorted(ax.get_ylim())
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0):
+        return
+    decades = range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+    chosen: list[float] = []
+    for steps in reversed(NICE_STEPS):
+        ticks = [float(f"{m * 10.0 ** k:.6g}") for k in decades for m in steps]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) <= most:
+            chosen = ticks
+            if len(ticks) >= 3:
+                break
+    if len(chosen) < 2:  # a range too narrow for round values: three inside it
+        for digits in range(3, 9):
+            chosen = sorted({float(f"{v:.{digits}g}") for v in np.geomspace(lo, hi, 5)[1:-1]})
+            if len(chosen) == 3:
+                break
+    ax.yaxis.set_major_locator(FixedLocator(chosen))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def unbounded_arrow(ax, x, y=None, **kw) -> None:
+    """An arrowhead at the top edge above x (data), meaning: the upper bound is unbounded.
+    From y (data) when given and inside the axes, else a short arrow just under the edge;
+    never clipped to a finite stand-in for the bound."""
+    ylo, yhi = sorted(ax.get_ylim())
+    inside = y is not None and np.isfinite(y) and ylo < y < yhi
+    start = ((x, y), "data") if inside else ((x, 0.86), ax.get_xaxis_transform())
+    ax.annotate("", xy=(x, 1.0), xycoords=ax.get_xaxis_transform(), xytext=start[0],
+                textcoords=start[1], annotation_clip=False,
+                arrowprops={"arrowstyle": "-|>", "color": kw.get("color", "k"), "lw": 0.9,
+                            "shrinkA": 0, "shrinkB": 0})
+
+
+def unbounded_handle():
+    """The one legend entry that explains the arrows of unbounded upper bounds."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color="k", marker=r"$\uparrow$", ms=9, ls="none",
+                  label="upper bound unbounded (arrow to the top edge)")
+
+
+def shared_legend(fig, columns: list[list]):
+    """One legend for the whole figure, below the panels, one legend column per list of
+    handles (shorter columns padded with blank rows, so each column keeps its own kind of entry);
+    a label is shown once."""
+    from matplotlib.lines import Line2D
+
+    seen: set[str] = set()
+    cols = []
+    for col in columns:
+        keep = []
+        for h in col:
+            if h.get_label() not in seen:
+                seen.add(h.get_label())
+                keep.append(h)
+        if keep:
+            cols.append(keep)
+    if not cols:
+        return None
+    rows = max(len(c) for c in cols)
+    handles = [h for c in cols for h in c + [Line2D([], [], ls="none", label=" ")] * (rows - len(c))]
+    fig.tight_layout()
+    return fig.legend(handles=handles, labels=[h.get_label() for h in handles], loc="upper center",
+                      bbox_to_anchor=(0.5, 0.0), ncol=len(cols), fontsize=7, frameon=False)
 
 
 COMPUTE_LABEL = "training FLOPs on this modality's tokens"
@@ -57,46 +138,66 @@ def solid_dashed(ax, x, y, inside, **kw) -> None:
     ax.plot(x, np.where(~inside | (near & ~inside.all()), y, np.nan), ls="--", **kw)
 
 
-def band(ax, x, lower, upper, **kw) -> None:
-    """A 95% band; where its upper bound is unbounded (inf) it runs to the top of the axes with
-    an arrow there, never clipped to a finite number. Withheld bounds (NaN) leave a gap."""
+def band(ax, x, lower, upper, top: float | None = None, **kw) -> bool:
+    """A 95% band; where its upper bound is unbounded (inf) it runs to the top of the axes
+    (`top`, else the axes' current top) with an arrowhead there, never clipped to a finite
+    number; withheld bounds (NaN) leave a gap. True where some of it is unbounded (the caller
+    adds unbounded_handle() to its legend once)."""
     x, lo, hi = (np.asarray(v, float) for v in (x, lower, upper))
     open_ = np.isinf(hi) & np.isfinite(lo)
     ax.fill_between(x, lo, np.where(open_, np.nan, hi), **kw)
-    if open_.any():
-        kw.pop("label", None)
-        top = ax.get_ylim()[1]
-        ax.fill_between(x, lo, np.where(open_, top, np.nan), **{**kw, "alpha": 0.08})
-        ax.set_ylim(top=top)
-        ax.annotate("upper bound unbounded", (x[open_][0], top), xytext=(0, -12),
-                    textcoords="offset points", fontsize=6, arrowprops={"arrowstyle": "->"})
+    if not open_.any():
+        return False
+    kw.pop("label", None)
+    top = ax.get_ylim()[1] if top is None else top
+    ax.fill_between(x, lo, np.where(open_, top, np.nan), **{**kw, "alpha": 0.08})
+    ax.set_ylim(top=top)
+    # one arrowhead per stretch of unbounded points, at its middle
+    edges = np.flatnonzero(np.diff(np.r_[0, open_.astype(int), 0]))
+    color = kw.get("color", kw.get("edgecolor", "k"))
+    for a, b in zip(edges[::2], edges[1::2], strict=True):
+        unbounded_arrow(ax, float(np.exp(np.mean(np.log(x[[a, b - 1]])))) if x[a] > 0
+                        else float(np.mean(x[[a, b - 1]])), color=color)
+    return True
 
 
 def loss_vs_compute(df: pd.DataFrame, frontiers: dict[tuple[str, str], Frontier],
                     path: Path) -> Path:
     """Runs at their compute C and each family's compute-optimal frontier in the same C
-    (families and runs as records.by_family gives them, like the frontiers)."""
+    (families and runs as records.by_family gives them, like the frontiers): solid where C,
+    N* and D* all lie within the family's runs, dashed beyond. One legend below the panels."""
+    from matplotlib.lines import Line2D
+
     df = by_family(df)
     colors = _colors(df["family"])
     mods = sorted(df["modality"].unique())
     fig, axes = _grid(len(mods))
     C = np.exp(np.linspace(np.log(df["C"].min() / 3), np.log(df["C"].max() * 3), 100))
+    fitted: set[str] = set()
     for ax, m in zip(axes, mods, strict=True):
         for family, g in df[df["modality"] == m].groupby("family"):
             color = colors[family]
-            ax.scatter(g["C"], g["loss"], s=14, color=color, alpha=0.7, label=f"{family} runs")
+            ax.scatter(g["C"], g["loss"], s=14, color=color, alpha=0.7)
             f = frontiers.get((family, m))
             if f is not None:
+                fitted.add(family)
                 at = f.at(C)
                 seen = (at["C"].between(g["C"].min(), g["C"].max()).to_numpy()
                         & at["N_opt"].between(g["N"].min(), g["N"].max()).to_numpy()
                         & at["D_opt"].between(g["D"].min(), g["D"].max()).to_numpy())
-                solid_dashed(ax, C, at["loss_opt"], seen, color=color, lw=1.5,
-                             label=f"{family} law, compute-optimal (dashed: C, N* or D* "
-                             "beyond the runs)")
+                solid_dashed(ax, C, at["loss_opt"], seen, color=color, lw=1.5)
         ax.set(xscale="log", yscale="log", title=m, xlabel=COMPUTE_LABEL,
                ylabel="held-out loss (nats/token)")
-        ax.legend(fontsize=7)
+        decimal_log_ticks(ax)
+    families = sorted(df["family"].unique(), key=lambda f: (f != "dense", f))
+    handles = [Line2D([], [], color=colors[f], marker="o", ms=4, alpha=0.8,
+                      ls="-" if f in fitted else "none", label=f) for f in families]
+    styles = [Line2D([], [], color="gray", marker="o", ms=4, ls="none", label="runs"),
+                Line2D([], [], color="gray", ls="-", label="fitted law, compute-optimal"),
+                Line2D([], [], color="gray", ls="--", label="extrapolated: C, N* or D* beyond the runs")]
+    fig.suptitle("Loss against compute: runs (points) and each family's compute-optimal law\n"
+                 "(solid within the runs' C, N* and D*, dashed beyond)", fontsize=9)
+    shared_legend(fig, [handles, styles])
     return _save(fig, path)
 
 
@@ -117,16 +218,17 @@ def delta_vs_compute(frontiers: dict[tuple[str, str], Frontier], pair_table: pd.
         seen = curve["C"].to_numpy() <= (c_observed or np.inf)
         solid_dashed(ax, curve["C"], curve["dL"], seen, color=color,
                      label="from the fitted laws (dashed: beyond the largest run)")
-        if "lower" in curve:
-            band(ax, curve["C"], curve["lower"], curve["upper"], color=color, alpha=0.2,
-                 label="95% bootstrap band")
+        handles = []
+        if "lower" in curve and band(ax, curve["C"], curve["lower"], curve["upper"], color=color,
+                                     alpha=0.2, label="95% bootstrap band"):
+            handles.append(unbounded_handle())
         obs = pair_table[(pair_table["family"] == family) & (pair_table["modality"] == m)]
         if len(obs):
             ax.scatter(obs["C"], obs["dL"], s=14, color="k", label="observed pairs")
         ax.axhline(0, color="gray", lw=0.8, ls="--")
         ax.set(xscale="log", title=f"{m}: {family} - dense", xlabel=COMPUTE_LABEL,
                ylabel="dL (nats/token)")
-        ax.legend(fontsize=7)
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize=7)
     return _save(fig, path)
 
 
