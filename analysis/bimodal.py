@@ -226,11 +226,12 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
     label = group_label(group)
     i, j = group["pair"].split("+")
     unimodal, logs = {}, {}
+    family = group.get("family", "dense")  # the joint runs' own family (bimodal_jobs)
     for m in (i, j):
-        rows = df[(df["modalities"] == m) & (df["modality"] == m) & (df["family"] == "dense")]
+        rows = df[(df["modalities"] == m) & (df["modality"] == m) & (df["family"] == family)]
         if rows.empty:
-            raise AnalysisError(f"group ({label}): no unimodal dense runs of {m} to compare with")
-        unimodal[m] = fit_chinchilla(rows, {"family": "dense", "modality": m}, bootstrap=0,
+            raise AnalysisError(f"group ({label}): no unimodal {family} runs of {m} to compare with")
+        unimodal[m] = fit_chinchilla(rows, {"family": family, "modality": m}, bootstrap=0,
                                      grid=grid or Grid(), workers=workers,
                                      min_resid_df=MIN_RESID_DF["bimodal"])
         logs[m] = [np.log(rows[c].to_numpy(float))[None] for c in ("N", "D")]

@@ -16,10 +16,11 @@ grid found (`refit_draws`), each draw keeping its best, so a draw reaches the sa
 optimum of the same objective that the estimate does.
 
 Identification (analysis/identify.py): a fit needs at least three sizes and three token budgets
-and four runs beyond its five parameters, and its optimum must be well conditioned with
-positive exponents no larger than MAX_EXPONENT; otherwise `fit_chinchilla` raises
-`NotIdentified` with what to add. A bootstrap whose draws do not vary is refused the same way,
-and so is one whose 95% interval of alpha or beta leaves (0, MAX_EXPONENT]: the estimate may
+and MIN_RESID_DF["chinchilla"] (7) runs beyond its five parameters, and its optimum must be well
+conditioned with positive exponents no larger than MAX_EXPONENT; otherwise `fit_chinchilla`
+raises `NotIdentified` with what to add. A bootstrap whose draws do not vary is refused the same
+way, and so is one (of MIN_DRAWS draws or more) whose 95% interval of alpha or beta leaves
+(0, MAX_EXPONENT]: the estimate may
 sit inside, but the runs then do not pin the law's curvature, and every derived quantity
 (frontiers, leverage, predictions) inherits draws of runaway laws.
 """
@@ -49,6 +50,7 @@ from analysis.results import LawResult, group_label, held, interval, resample_re
 DELTA = 1e-3
 NAMES = ["E", "A", "B", "alpha", "beta"]
 MAX_EXPONENT = 4.0  # an exponent beyond this is a runaway (B -> inf, beta -> inf), not a law
+MIN_DRAWS = 20  # bootstrap draws below which the exponents' intervals are not checked
 REFIT_STARTS = 4  # distinct local optima of the estimate's grid a bootstrap draw also starts from
 
 
@@ -324,6 +326,8 @@ def check_exponent_intervals(result: ChinchillaResult, df: pd.DataFrame) -> None
     """Raise NotIdentified when the 95% interval of alpha or beta (from `result.boot`, fitted
     to the runs `df`) is missing or leaves (0, MAX_EXPONENT]: the bootstrap then holds runaway
     laws the estimate's gate would refuse."""
+    if result.boot is None or len(result.boot) < MIN_DRAWS:
+        return  # too few draws to say where the exponents may go
     ci = result.conf_int()
     loose = [f"{n} [{ci.at[n, 'lower']:.3g}, {ci.at[n, 'upper']:.3g}]"
              if np.isfinite(ci.loc[n]).all() else f"{n} (none holds its estimate)"

@@ -134,7 +134,7 @@ def compare_pairs(df: pd.DataFrame, alpha: float = 0.05, tol: float = TOLERANCE,
                      "unpaired": int(lonely.get((family, modality), 0)),
                      "N_centre": float(np.exp(np.log(g["N_active"]).mean())),
                      "D_centre": float(np.exp(np.log(g["D"]).mean())),
-                     "dL": c.dL, "se": c.se, "lower": c.lower, "upper": c.upper, "df": c.df,
+                     "dL": c.dL, "lower": c.lower, "upper": c.upper, "se": c.se, "df": c.df,
                      "tau": c.tau, "p": c.p, "model": c.model})
     table = pd.DataFrame(rows)
     table["p_holm"] = np.nan

@@ -332,7 +332,10 @@ def _saturation_starts(law: Law, rows: pd.DataFrame, logL: np.ndarray) -> np.nda
         probe = np.concatenate([law.starts[0], uv])[None]
         X_KnP = law.terms(probe, rows)[1][:, 0, :, : law.starts.shape[1]]
         x, f = batched_lbfgs(lambda th, _, X=X_KnP: lse_objective(th, X, logL), law.starts, iters=100)
-        out.append(np.concatenate([x[np.nanargmin(np.where(np.isfinite(f), f, np.nan))], uv]))
+        if np.isfinite(f).any():  # a grid point where no start stays finite gives no start
+            out.append(np.concatenate([x[np.nanargmin(np.where(np.isfinite(f), f, np.nan))], uv]))
+    if not out:
+        raise AnalysisError(f"the {law.name} law: no start of its saturation grid gives a finite fit")
     return np.array(out)
 
 

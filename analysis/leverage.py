@@ -170,9 +170,8 @@ def interval_with_inf(draws: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     """Percentile interval over axis 0 where some draws are +inf (the dense law never reaches
     the loss): those rank above every finite draw, so a bound among them is +inf. Order
     statistics (no interpolation), so a bound is a draw or inf, never a blend of the two."""
-    x = np.where(np.isnan(draws), np.nan, draws)
     with np.errstate(invalid="ignore"):
-        lo, hi = np.nanpercentile(x, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0,
+        lo, hi = np.nanpercentile(np.asarray(draws, float), [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0,
                                   method="inverted_cdf")
     return lo, hi
 

@@ -78,7 +78,8 @@ def _floors(df: pd.DataFrame, notes: list[str]) -> tuple[list[str], pd.DataFrame
              "model (Witten-Bell interpolated; k chosen on held-out training rows). "
              "`bigram_margin` = bigram floor - best loss; `beats_bigram`: by more than its SE. "
              "A run at or above its unigram floor has learned nothing about that modality and is "
-             "left out of every law fit and comparison below; every run's floors are in "
+             "left out of every law fit below (the paired comparison keeps every pair, so "
+             "which pairs count does not depend on their outcome); every run's floors are in "
              "runs.csv.", "", render(table.sort_values(["modality", "family"]))]
     if nothing.any():
         flagged = df[nothing]
@@ -220,6 +221,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  D_min=("D", "min"), D_max=("D", "max"), C_min=("C", "min"), C_max=("C", "max"),
                  best_loss=("loss", "min"), max_loss_se=("loss_se", "max")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
+    every_run = df
     floor_lines, df = _floors(df, notes)
     lines += floor_lines
     if df.empty:
@@ -229,8 +231,8 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
         return out / "report.md"
     chin, chin_gaps = _fit("Chinchilla fits", df, "chinchilla", bootstrap, notes)
     lever, h = _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
-    table = _try("paired comparison", lambda: compare_pairs(df, docs=docs), notes)
-    lines[first:first] = _primary(df, table, h, out)
+    table = _try("paired comparison", lambda: compare_pairs(every_run, docs=docs), notes)
+    lines[first:first] = _primary(every_run, table, h, out)
     lines += lever
     fronts = frontiers(df, chinchilla_by_group(chin))
     if chin or chin_gaps:
@@ -270,7 +272,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
         lines += ([] if iso_rows else ["", "## IsoFLOP profiles (Approach 2): N* ~ C^a", ""])
         lines += [""] + iso_gaps
     figs = [plots.loss_vs_compute(df, fronts, out / "loss_vs_compute.png")]
-    pair_rows = pairs(df, docs=docs)
+    pair_rows = pairs(every_run, docs=docs)
     if table is not None:
         lines += ["", "## MoE/MoT minus dense on matched pairs (nats/token)", "",
                   "dL < 0 means the experts reach a lower loss. Runs pair by pair_id, else by "

@@ -212,6 +212,9 @@ def execute(runs: list[PlannedRun], out: Path, workers: int, data_root: str | No
             for wid, p in list(procs.items()):
                 if wid in exited or p.is_alive() or p.exitcode is None:
                     continue
+                if p.exitcode == 0 and wid not in prog.running:  # its "exit" is still queued
+                    exited.add(wid)
+                    continue
                 lost = prog.running.pop(wid, None)
                 if lost:  # let the restarted worker resume it in this invocation
                     _attempt_path(out, lost).unlink(missing_ok=True)

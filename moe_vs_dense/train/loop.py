@@ -101,6 +101,7 @@ class Trainer:
                             "moe_backend": self.model.moe_backend}
         self.net = self.model
         self.pending: list[torch.Tensor] = []
+        self.compile = False  # torch.compile asked for and possible (set by `wrap`)
 
     def run(self, progress: bool) -> dict:
         """Resume, then train to the last step (or divergence) and finish; the record of how
@@ -173,8 +174,8 @@ class Trainer:
     def wrap(self):
         """The model as trained: under DDP when several processes, compiled on CUDA if asked."""
         net = self.acc.prepare_model(self.model) if self.world > 1 else self.model
-        self.extra["compiled"] = self.cfg.train.compile and self.acc.device.type == "cuda"
-        return compile_fresh(net) if self.extra["compiled"] else net
+        self.compile = self.cfg.train.compile and self.acc.device.type == "cuda"
+        return compile_fresh(net) if self.compile else net
 
     def train_step(self, step: int) -> None:
         """One optimizer step on global batch `step`; its loss and grad norm stay on the device."""
@@ -256,7 +257,7 @@ class Trainer:
     def write_record(self) -> dict:
         """record.json from the config, accounting, trainer state and outcome (main process)."""
         o = self.outcome
-        self.extra["compiled"] = self.extra.get("compiled", False) and ran_compiled()  # what ran
+        self.extra["compiled"] = self.compile and ran_compiled()  # what really ran
         state = {**self.state.state_dict(), "steps": self.cadence.steps, "status": o.status,
                  "error": o.error, "diverged_step": o.diverged_step, "final": o.final}
         rec = record.build_record(self.cfg, self.run_dir, self.acct, self.data,

@@ -175,3 +175,21 @@ def test_routed_just_above_and_below_its_threshold():
     assert interval_ok(g["ratio"], g["lower"], g["upper"]).all()
     with pytest.raises(NotIdentified, match=r"2 expert counts.*add a third expert count"):
         fit_routed(routed_points(t, (1e6, 3e6, 1e7, 1e8), (1, 16), 0.003, 0), {"modality": "x"}, 10)
+
+
+def test_bimodal_law_of_an_moe_family_is_fitted_against_its_own_unimodal_runs():
+    """bimodal_jobs gives an MoE family its own unimodal runs; the fit must use them (it looked
+    for dense ones and failed for every MoE family)."""
+    from analysis.bimodal import bimodal_jobs, fit_bimodal
+    from analysis.chinchilla import Grid
+    from analysis.synthetic import bimodal_runs
+
+    uni = {"text": TRUTH, "dna": {"E": 1.3, "A": 150.0, "B": 400.0, "alpha": 0.30, "beta": 0.32}}
+    q = {"C": 0.5, "A": 40.0, "alpha": 0.3, "B": 5.0, "beta": 0.2}
+    design = [(N, D) for N in (1e5, 1e6, 1e7) for D in (4e6, 4e7, 1.2e8)]
+    df = bimodal_runs(uni, q, design, 0.002, 0).assign(
+        family="moe", router="modality", n_experts=2, top_k=1)
+    [(group, rows)] = bimodal_jobs(df)
+    assert group["family"] == "moe modality E=2"
+    r = fit_bimodal(rows, group, 30, 0, Grid(**SMALL_GRID_ARGS), workers=1)
+    assert r.group["family"] == "moe modality E=2" and len(r.points) == 9
