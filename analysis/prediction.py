@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.chinchilla import NAMES, fit_chinchilla
-from analysis.results import LawResult, interval, resample_residuals
+from analysis.results import LawResult, held, interval, resample_residuals
 
 MIN_SAMPLES = 4000  # draws of (refit, residual) pairs behind each interval
 
@@ -82,7 +82,8 @@ def prediction_interval(result: LawResult, law: Law, train: pd.DataFrame, new: p
         draws = np.tile(mu, (-(-MIN_SAMPLES // len(mu)), 1))
     eps = resample_residuals(residuals(result, law, train), len(result.params), len(draws), rng,
                              len(new), robust=True)
-    lo, hi = np.exp(interval(np.log(draws) + eps, level, axis=0))
+    lo, hi = held(point, *np.exp(interval(np.log(draws) + eps, level, axis=0)))
+    mean_lo, mean_hi = held(point, mean_lo, mean_hi)
     out = pd.DataFrame({"predicted": point, "mean_lower": mean_lo, "mean_upper": mean_hi,
                         "lower": lo, "upper": hi}, index=new.index)
     out.attrs["method"] = ("bootstrap refits x resampled log residuals" if boot is not None and len(boot) > 1
