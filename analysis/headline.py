@@ -215,6 +215,15 @@ def _agreement(r: dict) -> str:
     return ""
 
 
+def bigram_floors(df: pd.DataFrame) -> dict[tuple[str, str], float] | None:
+    """{(run, modality): bigram floor} from the tidy table's floor_bigram column; None where no
+    record carries floors."""
+    known = df.dropna(subset=["floor_bigram"]) if "floor_bigram" in df else df.iloc[:0]
+    floors = dict(zip(zip(known["run"], known["modality"], strict=True), known["floor_bigram"],
+                      strict=True))
+    return floors or None
+
+
 def primary(paired: pd.DataFrame | None, h: Headline | None, df: pd.DataFrame,
             floors: dict[tuple[str, str], float] | None = None) -> pd.DataFrame:
     """The report's first table: per modality and MoE family, the efficiency leverage with its

@@ -186,12 +186,9 @@ def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
 
 def _primary(df: pd.DataFrame, paired, h, out: Path) -> list[str]:
     """The report's first table: one answer per MoE family and modality (headline.primary)."""
-    from analysis.headline import primary, primary_text
+    from analysis.headline import bigram_floors, primary, primary_text
 
-    known = df.dropna(subset=["floor_bigram"])
-    floors = dict(zip(zip(known["run"], known["modality"], strict=True), known["floor_bigram"],
-                      strict=True))
-    table = primary(paired, h, df, floors or None)
+    table = primary(paired, h, df, bigram_floors(df))
     if table.empty:
         return []
     table.to_csv(out / "primary.csv", index=False)

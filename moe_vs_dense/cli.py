@@ -233,9 +233,12 @@ def _backtest(df, args: argparse.Namespace):
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    """What `report` says, as tables on stdout: the primary answer first, then the secondary
+    tables (no verdicts of their own: the primary table's multiplicity policy is the only one)."""
     from analysis.compare import compare_laws, compare_pairs, law_points
     from analysis.compute import frontiers
     from analysis.fit import chinchilla_by_group, fit_groups
+    from analysis.headline import bigram_floors, headline, primary, primary_text, sections
     from analysis.records import load, load_docs
     from analysis.tables import render
 
@@ -245,38 +248,36 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         fits = chinchilla_by_group(fit_groups(df, "chinchilla", args.bootstrap))
     except AnalysisError as e:
         why = e
-    _print_headline(df, args, fits)
-    print("MoE/MoT minus dense on matched pairs (nats/token):\n")
-    print(render(compare_pairs(df, docs=load_docs(args.inputs)), args.format))
+    paired = compare_pairs(df, docs=load_docs(args.inputs))
+    try:
+        h = headline(df, args.bootstrap, chinchilla=fits)
+    except AnalysisError as e:
+        h = None
+        print(f"no efficiency leverage: {e}\n")
+    table = primary(paired, h, df, bigram_floors(df))
+    if not table.empty:
+        print(f"Primary answer: one per MoE family and modality.\n{primary_text(table)}\n")
+        print(render(table, args.format) + "\n")
+    for title, text, tab in sections(h, args.format) if h is not None else []:
+        print(f"{title}:\n{text}\n\n{tab}\n")
+    for note in h.notes if h is not None else []:
+        print(f"note: {note}")
+    print("\nMoE/MoT minus dense on matched pairs (nats/token; verdicts are the primary table's):\n")
+    print(render(paired, args.format))
     if why is not None:
         print(f"\nno law-based comparison: {why}")
         return 0
     fronts = frontiers(df, fits)
     points = law_points(fronts, df, args.extrapolate)
     if len(points):
-        print("\nFrom the fitted laws, along compute-optimal frontiers (nats/token; L: 95% "
-              "prediction interval of a run at N*, D*; dL: 95% bootstrap band):\n")
-        print(render(points, args.format))
-        laws = compare_laws(fronts, df["C"].min(), df["C"].max() * args.extrapolate)
+        print("\nFrom the fitted laws, along compute-optimal frontiers (secondary; nats/token; L: "
+              "95% prediction interval of a run at N*, D*; dL: 95% bootstrap band):\n")
+        print(render(points.drop(columns="verdict", errors="ignore"), args.format))
+        laws = compare_laws(fronts, df["C"].min(), df["C"].max() * args.extrapolate, df=df)
         print("\nWhere dL changes sign:\n")
         print(render(laws, args.format))
     _print_shared(df, fits, args)
     return 0
-
-
-def _print_headline(df, args: argparse.Namespace, fits: dict) -> None:
-    from analysis.headline import headline, sections
-
-    try:
-        h = headline(df, args.bootstrap, chinchilla=fits)
-    except AnalysisError as e:
-        print(f"no efficiency leverage: {e}\n")
-        return
-    for title, why, table in sections(h, args.format):
-        print(f"{title}:\n{why}\n\n{table}\n")
-    for note in h.notes:
-        print(f"note: {note}")
-    print()
 
 
 def _print_shared(df, fits, args: argparse.Namespace) -> None:
@@ -290,7 +291,7 @@ def _print_shared(df, fits, args: argparse.Namespace) -> None:
         return
     print("\nExponent or offset: dense and MoE/MoT fitted jointly with shared alpha, beta; p from a "
           "parametric bootstrap of the Huber-objective difference, closed testing at 5%:\n")
-    print(render(shared_table(tests), args.format))
+    print(render(shared_table(tests).drop(columns="verdict", errors="ignore"), args.format))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
