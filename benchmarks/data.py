@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from moe_vs_dense.config import load_config
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.data.fetch import data_dir
 from moe_vs_dense.data.loader import MixtureLoader, PreparedData
 from moe_vs_dense.data.prepare import prepare

@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from moe_vs_dense.config import ModelConfig, MoEConfig, TrainConfig, load_config
+from moe_vs_dense.config import ModelConfig, MoEConfig, TrainConfig
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.data.tokenizers import vocab_size
 from moe_vs_dense.model.accounting import account
 from moe_vs_dense.model.moe import MoE, megablocks_missing

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moe_vs_dense.config import load_config
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.data.loader import MixtureLoader
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.model.accounting import account

@@ -70,7 +70,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from moe_vs_dense.config import load_config
+    from moe_vs_dense.config_load import load_config
     from moe_vs_dense.data.fetch import data_dir
 
     cfg = load_config(args.config, args.overrides)
@@ -109,7 +109,7 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from moe_vs_dense.config import load_config
+    from moe_vs_dense.config_load import load_config
     from moe_vs_dense.train import train
     from moe_vs_dense.train.record import se_shortfall
 

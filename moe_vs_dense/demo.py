@@ -22,7 +22,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from analysis.identify import MIN_LEVELS, MIN_RESID_DF
-from moe_vs_dense.config import set_path
+from moe_vs_dense.config_load import set_path
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.sweep.plan import PlannedRun, expand
 from moe_vs_dense.sweep.spec import SweepConfig, load_sweep

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def demo_data() -> Path:
     """The data root holding the prepared demo mix, which the README's main job prepares (skips,
     naming the commands, if it is not there)."""
-    from moe_vs_dense.config import load_config
+    from moe_vs_dense.config_load import load_config
     from moe_vs_dense.data.fetch import data_dir
     from moe_vs_dense.data.prepare import cache_key
     from moe_vs_dense.errors import UserError

@@ -1,7 +1,7 @@
 import pytest
 
 from moe_vs_dense.cli import main
-from moe_vs_dense.config import load_config
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.errors import UserError
 from tests.conftest import write_config
 

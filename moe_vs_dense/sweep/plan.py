@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_vs_dense.config import Config, set_path, validate
+from moe_vs_dense.config import Config
+from moe_vs_dense.config_load import set_path, validate
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.model.accounting import Accounting, account
 from moe_vs_dense.sweep.spec import SweepConfig

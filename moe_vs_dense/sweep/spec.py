@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from moe_vs_dense.config import Strict, validate
+from moe_vs_dense.config import Strict
+from moe_vs_dense.config_load import validate
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.modalities import MODALITIES
 
@@ -127,7 +128,7 @@ class SweepConfig(Strict):
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
     """The validated sweep and its base run config as a raw mapping (a file is read relative to
     the sweep file, with its own `base:` chain merged in). Errors name the file, line and key path."""
-    from moe_vs_dense.config import apply_overrides, read_with_bases, read_yaml, resolve_paths
+    from moe_vs_dense.config_load import apply_overrides, read_with_bases, read_yaml, resolve_paths
 
     path = Path(path)
     if not path.is_file():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moe_vs_dense.cli import main
-from moe_vs_dense.config import load_config
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.data import fetch as fetch_mod
 from moe_vs_dense.data.fetch import (
     BUILTINS,

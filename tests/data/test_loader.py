@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moe_vs_dense.config import load_config
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.data.loader import MixtureLoader, MixtureSampler, PreparedData, val_batches
 from moe_vs_dense.data.prepare import prepare
 from tests.conftest import write_config

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moe_vs_dense.config import load_config
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.data.loader import PreparedData
 from moe_vs_dense.data.prepare import key_hash, prepare, split_flags, tokens_per_unit
 from moe_vs_dense.data.sources import chunk_text

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_vs_dense.config import ModelConfig, MoEConfig, load_config
+from moe_vs_dense.config import ModelConfig, MoEConfig
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.modalities import MODALITIES
 from moe_vs_dense.model import checkpoint

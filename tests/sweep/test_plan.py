@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from moe_vs_dense.cli import main
-from moe_vs_dense.config import load_config
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.data.tokenizers import vocab_size
 from moe_vs_dense.errors import UserError
 from moe_vs_dense.model.accounting import account

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_vs_dense.config import Config, load_config
+from moe_vs_dense.config import Config
+from moe_vs_dense.config_load import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_vs_dense.config import load_config
+from moe_vs_dense.config_load import load_config
 from moe_vs_dense.data.loader import PreparedData, val_batches
 from moe_vs_dense.data.prepare import prepare
 from moe_vs_dense.data.tokenizers import N_SPECIAL
