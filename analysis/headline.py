@@ -109,7 +109,8 @@ def headline(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, holdout_lar
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table, fits, n = leverage_table(df, bootstrap, seed, grid=grid, chinchilla=chinchilla)
-    notes += n + [f"efficiency leverage: {w.message}" for w in caught]
+    notes += n + [f"efficiency leverage: {w.message}" for w in caught
+                  if not issubclass(w.category, RuntimeWarning)]
     jobs = leverage_jobs(df)
     if not jobs:
         raise AnalysisError("no modality has both dense and MoE runs to compare: " + "; ".join(notes))

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis import plots
+from analysis.answer import answer, fit_noting, noting
 from analysis.backtest import backtest, summarize
-from analysis.compare import compare_laws, compare_pairs, law_points, pairs
-from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
-from analysis.errors import AnalysisError
-from analysis.fit import chinchilla_by_group, fit_groups_noting
+from analysis.compare import compare_laws, law_points, pairs
+from analysis.compute import DEFINITION, fit_flops_per_token
+from analysis.headline import Headline
 from analysis.isoflop import MIN_BUDGETS, isoflop
 from analysis.records import by_family, family_key, load_docs, load_runs
 from analysis.results import bound_text
@@ -45,16 +44,11 @@ def _precision(df: pd.DataFrame) -> str:
             "eval.final.<modality>.docs_for_target says what more validation data would take).")
 
 
-def _floors(df: pd.DataFrame, notes: list[str]) -> tuple[list[str], pd.DataFrame]:
-    """The floors section (each family's best loss beside the loss of count models of the
-    training data on the same validation rows) and the rows the laws may use: a run that does not
-    beat its unigram floor on a modality has learned nothing about it, so that row is left out of
-    every fit and comparison below (said in the notes). Rows without floors are kept."""
+def _floors(df: pd.DataFrame) -> list[str]:
+    """The floors section: each family's best loss beside the loss of count models of the
+    training data on the same validation rows."""
     if df["floor_unigram"].isna().all():
-        notes.append("floors: no record has floors (records before schema version 3), so no run "
-                     "was checked against them")
-        return [], df
-    nothing = df["loss"] >= df["floor_unigram"]
+        return []
     best = df.loc[df.assign(family=family_key(df)).groupby(
         [family_key(df), "modalities", "modality"])["loss"].idxmin()]
     table = pd.DataFrame({
@@ -66,33 +60,21 @@ def _floors(df: pd.DataFrame, notes: list[str]) -> tuple[list[str], pd.DataFrame
     margin, se = table["bigram_margin"], table["se"]
     table["beats_bigram"] = np.where(table["bigram"].isna(), "?", np.where(
         se.isna(), np.where(margin > 0, "yes (no SE)", "no"), np.where(margin > se, "yes", "no")))
-    counts = (df.assign(family=family_key(df), nothing=nothing)
+    counts = (df.assign(family=family_key(df), nothing=df["loss"] >= df["floor_unigram"])
               .groupby(["family", "modalities", "modality"])["nothing"].sum())
     table["runs_not_beating_unigram"] = [int(counts.get((f, ms, m), 0)) for f, ms, m in
                                          zip(table["family"], table["modalities"],
                                              table["modality"], strict=True)]
-    lines = ["", "## Floors: what counting the training data achieves", "",
-             "Each family's best held-out loss (nats/token, with its SE) beside the loss of count "
-             "models fitted on the training split and scored on the same validation rows and "
-             "tokens: uniform over the modality's ids, unigram, bigram and an order-k Markov "
-             "model (Witten-Bell interpolated; k chosen on held-out training rows). "
-             "`bigram_margin` = bigram floor - best loss; `beats_bigram`: by more than its SE. "
-             "A run at or above its unigram floor has learned nothing about that modality and is "
-             "left out of every law fit below (the paired comparison keeps every pair, so "
-             "which pairs count does not depend on their outcome); every run's floors are in "
-             "runs.csv.", "", render(table.sort_values(["modality", "family"]))]
-    if nothing.any():
-        flagged = df[nothing]
-        notes.append(f"floors: {len(flagged)} (run, modality) rows do not beat their unigram floor "
-                     "and are left out of the law fits and comparisons: " + ", ".join(
-                         f"{r} {m} ({lo:.3f} >= {u:.3f})" for r, m, lo, u in list(zip(
-                             flagged["run"], flagged["modality"], flagged["loss"],
-                             flagged["floor_unigram"], strict=True))[:20])
-                     + (" ..." if len(flagged) > 20 else ""))
-    if df["floor_unigram"].isna().any():
-        notes.append(f"floors: {int(df['floor_unigram'].isna().sum())} rows have no floors in "
-                     "their records and were kept unchecked")
-    return lines, df[~nothing].reset_index(drop=True)
+    return ["", "## Floors: what counting the training data achieves", "",
+            "Each family's best held-out loss (nats/token, with its SE) beside the loss of count "
+            "models fitted on the training split and scored on the same validation rows and "
+            "tokens: uniform over the modality's ids, unigram, bigram and an order-k Markov "
+            "model (Witten-Bell interpolated; k chosen on held-out training rows). "
+            "`bigram_margin` = bigram floor - best loss; `beats_bigram`: by more than its SE. "
+            "A run at or above its unigram floor has learned nothing about that modality and is "
+            "left out of every law fit below (the paired comparison keeps every pair, so "
+            "which pairs count does not depend on their outcome); every run's floors are in "
+            "runs.csv.", "", render(table.sort_values(["modality", "family"]))]
 
 
 def _routing(records: list[dict], out: Path) -> list[str]:
@@ -123,52 +105,13 @@ def _routing(records: list[dict], out: Path) -> list[str]:
              render(pd.DataFrame(rows)), ""] + [f"![{p.stem}]({p.name})" for p in figs])
 
 
-def _said(what: str, caught) -> list[str]:
-    """The analysis' own warnings, once each; numpy's floating-point warnings from bootstrap
-    draws of runaway laws say nothing to a reader."""
-    said = [f"{what}: {w.message}" for w in caught if not issubclass(w.category, RuntimeWarning)]
-    return list(dict.fromkeys(said))
-
-
-def _try(what: str, fn, notes: list[str]):
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = fn()
-        notes += _said(what, caught)
-        return out
-    except AnalysisError as e:
-        notes.append(f"{what}: {e}")
-        return None
-
-
-def _fit(what: str, df: pd.DataFrame, law: str, bootstrap: int, notes: list[str]):
-    """(identified fits, one '- ...' line per reason a group was not fitted: its groups, why
-    and what to add)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        results, problems = fit_groups_noting(df, law, bootstrap)
-    notes += _said(what, caught)
-    groups: dict[str, list[str]] = {}
-    for p in problems:
-        label, _, why = p.partition(": ")
-        groups.setdefault(why, []).append(label)
-    return results, [f"- {labels[0]}: {why}" if len(labels) == 1
-                     else f"- {len(labels)} groups, {'; '.join(labels)}: {why}"
-                     for why, labels in groups.items()]
-
-
-def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
-              notes: list[str]):
-    """The efficiency-leverage section: tables (also as CSV and LaTeX) and its figure; and the
-    Headline it came from (None where none could be made)."""
-    from analysis.headline import headline, sections
+def _headline(h: Headline | None, out: Path) -> list[str]:
+    """The efficiency-leverage section: tables (also as CSV and LaTeX) and its figure."""
+    from analysis.headline import sections
     from analysis.plots_leverage import leverage_vs_compute
 
-    h = _try("efficiency leverage", lambda: headline(df, bootstrap, chinchilla=chinchilla), notes)
     if h is None:
-        return [], None
-    notes += h.notes
+        return []
     lines = ["", "## Efficiency leverage: the dense compute that separate experts are worth", ""]
     frames = {"leverage": h.leverage.drop(columns="verdict"), "leverage_from_runs": h.law_free,
               "law_bank": h.ranking}
@@ -181,14 +124,13 @@ def _headline(df: pd.DataFrame, out: Path, bootstrap: int, chinchilla: dict,
     fig = leverage_vs_compute(h.fits, h.best_fits, h.law_free, out / "leverage_vs_compute.png")
     if fig is not None:
         lines += [f"![{fig.stem}]({fig.name})", ""]
-    return lines, h
+    return lines
 
 
-def _primary(df: pd.DataFrame, paired, h, out: Path) -> list[str]:
+def _primary(table: pd.DataFrame, out: Path) -> list[str]:
     """The report's first table: one answer per MoE family and modality (headline.primary)."""
-    from analysis.headline import bigram_floors, primary, primary_text
+    from analysis.headline import primary_text
 
-    table = primary(paired, h, df, bigram_floors(df))
     if table.empty:
         return []
     table.to_csv(out / "primary.csv", index=False)
@@ -202,7 +144,6 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     out.mkdir(parents=True, exist_ok=True)
     df, records = load_runs(inputs, params)
     docs = load_docs(inputs)
-    notes: list[str] = []
     lines = ["# moe-vs-dense report", "",
              f"{df['run'].nunique()} completed runs, modalities: "
              f"{', '.join(sorted(df['modality'].unique()))}. "
@@ -218,20 +159,18 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                  D_min=("D", "min"), D_max=("D", "max"), C_min=("C", "min"), C_max=("C", "max"),
                  best_loss=("loss", "min"), max_loss_se=("loss_se", "max")).reset_index())]
     df.sort_values(["modality", "family", "C"]).to_csv(out / "runs.csv", index=False)
-    every_run = df
-    floor_lines, df = _floors(df, notes)
-    lines += floor_lines
+    a = answer(df, docs, bootstrap)
+    notes, every_run, df, chin, chin_gaps, table = (a.notes, a.runs, a.fitted, a.chinchilla,
+                                                    a.chinchilla_gaps, a.paired)
+    lines += _floors(every_run)
+    lines[first:first] = _primary(a.primary, out)
     if df.empty:
         lines += ["", "No run beats its unigram floor on any modality: there is nothing to fit.",
                   *_routing(records, out), "", "## Notes", ""] + [f"- {n}" for n in notes]
         (out / "report.md").write_text("\n".join(lines) + "\n")
         return out / "report.md"
-    chin, chin_gaps = _fit("Chinchilla fits", df, "chinchilla", bootstrap, notes)
-    lever, h = _headline(df, out, bootstrap, chinchilla_by_group(chin), notes)
-    table = _try("paired comparison", lambda: compare_pairs(every_run, docs=docs), notes)
-    lines[first:first] = _primary(every_run, table, h, out)
-    lines += lever
-    fronts = frontiers(df, chinchilla_by_group(chin))
+    lines += _headline(a.headline, out)
+    fronts = a.frontiers()
     if chin or chin_gaps:
         lines += ["", "## Fitted laws: L = E + A/N^alpha + B/D^beta", "",
                   "Intervals: 95% residual bootstrap (resampled log-space residuals added to the "
@@ -298,8 +237,8 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   render(compare_laws(fronts, c_min, c_max, df=df))]
         figs.append(plots.delta_vs_compute(fronts, pair_rows, c_min, c_max,
                                            out / "delta_vs_compute.png", df["C"].max()))
-    tests = _try("shared-exponent test", lambda: shared_tests(
-        df, bootstrap=bootstrap, draws=max(bootstrap, 99), fits=chinchilla_by_group(chin)), notes)
+    tests = noting("shared-exponent test", lambda: shared_tests(
+        df, bootstrap=bootstrap, draws=max(bootstrap, 99), fits=a.fits), notes)
     if tests:
         lines += ["", "## Exponent or offset: do dense and MoE/MoT share alpha and beta?", "",
                   "Per modality, dense and the other family fitted jointly with shared exponents "
@@ -312,7 +251,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "for both. p_exponents is closed-test adjusted. Differences: separate fits, "
                   "95% bootstrap intervals. Secondary: p-values only, the verdicts are the primary "
                   "table's.", "", render(shared_table(tests).drop(columns="verdict", errors="ignore"))]
-    bt = _try("backtest", lambda: backtest(by_family(df), HOLDOUT, bootstrap=bootstrap), notes)
+    bt = noting("backtest", lambda: backtest(by_family(df), HOLDOUT, bootstrap=bootstrap), notes)
     if bt is not None:
         s = summarize(bt)
         lines += ["", f"## Backtest: predicting the {HOLDOUT} largest-compute runs", "",
@@ -322,7 +261,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   f"compute over the largest training run's. {int(s['covered'].sum())} of "
                   f"{int(s['held_out'].sum())} held-out runs were covered.", "",
                   render(bt.drop(columns=["law"])), "", render(s)]
-    bimodal, bimodal_gaps = _fit("bimodal law", df, "bimodal", bootstrap, notes)
+    bimodal, bimodal_gaps = fit_noting("bimodal law", df, "bimodal", bootstrap, notes)
     if bimodal or bimodal_gaps:
         lines += ["", "## Competition and synergy (Aghajanyan et al. 2023)", ""]
         if bimodal:
@@ -342,7 +281,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                          + ", ".join(f"{v} x{c}" for v, c in r.points["verdict"].value_counts().items()))
     if bimodal:
         figs.append(plots.competition_map(bimodal, out / "competition_map.png"))
-    routed, routed_gaps = _fit("routed law", df, "routed", bootstrap, notes)
+    routed, routed_gaps = fit_noting("routed law", df, "routed", bootstrap, notes)
     if routed or routed_gaps:
         lines += ["", "## Routed-MoE law (Clark et al. 2022)", ""]
         lines += ([render(fits_table(routed)), ""] if routed else []) + routed_gaps

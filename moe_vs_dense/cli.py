@@ -233,65 +233,48 @@ def _backtest(df, args: argparse.Namespace):
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    """What `report` says, as tables on stdout: the primary answer first, then the secondary
-    tables (no verdicts of their own: the primary table's multiplicity policy is the only one)."""
-    from analysis.compare import compare_laws, compare_pairs, law_points
-    from analysis.compute import frontiers
-    from analysis.fit import chinchilla_by_group, fit_groups
-    from analysis.headline import bigram_floors, headline, primary, primary_text, sections
+    """What `report` says (analysis.answer), as tables on stdout: the primary answer first, then
+    the secondary tables (no verdicts of their own: the primary table's multiplicity policy is
+    the only one)."""
+    from analysis.answer import answer, noting
+    from analysis.compare import compare_laws, law_points
+    from analysis.headline import primary_text, sections
     from analysis.records import load, load_docs
+    from analysis.shared_exponent import shared_table, shared_tests
     from analysis.tables import render
 
     df = load(args.inputs, args.params)
-    fits, why = {}, None
-    try:
-        fits = chinchilla_by_group(fit_groups(df, "chinchilla", args.bootstrap))
-    except AnalysisError as e:
-        why = e
-    paired = compare_pairs(df, docs=load_docs(args.inputs))
-    try:
-        h = headline(df, args.bootstrap, chinchilla=fits)
-    except AnalysisError as e:
-        h = None
-        print(f"no efficiency leverage: {e}\n")
-    table = primary(paired, h, df, bigram_floors(df))
-    if not table.empty:
-        print(f"Primary answer: one per MoE family and modality.\n{primary_text(table)}\n")
-        print(render(table, args.format) + "\n")
-    for title, text, tab in sections(h, args.format) if h is not None else []:
+    a = answer(df, load_docs(args.inputs), args.bootstrap)
+    if not a.primary.empty:
+        print(f"Primary answer: one per MoE family and modality.\n{primary_text(a.primary)}\n")
+        print(render(a.primary, args.format) + "\n")
+    for title, text, tab in sections(a.headline, args.format) if a.headline is not None else []:
         print(f"{title}:\n{text}\n\n{tab}\n")
-    for note in h.notes if h is not None else []:
-        print(f"note: {note}")
-    print("\nMoE/MoT minus dense on matched pairs (nats/token; verdicts are the primary table's):\n")
-    print(render(paired, args.format))
-    if why is not None:
-        print(f"\nno law-based comparison: {why}")
-        return 0
-    fronts = frontiers(df, fits)
-    points = law_points(fronts, df, args.extrapolate)
+    if a.paired is not None:
+        print("MoE/MoT minus dense on matched pairs (nats/token; verdicts are the primary "
+              "table's):\n")
+        print(render(a.paired, args.format))
+    points = law_points(a.frontiers(), a.fitted, args.extrapolate) if a.fits else []
     if len(points):
         print("\nFrom the fitted laws, along compute-optimal frontiers (secondary; nats/token; L: "
               "95% prediction interval of a run at N*, D*; dL: 95% bootstrap band):\n")
         print(render(points.drop(columns="verdict", errors="ignore"), args.format))
-        laws = compare_laws(fronts, df["C"].min(), df["C"].max() * args.extrapolate, df=df)
+        laws = compare_laws(a.frontiers(), a.fitted["C"].min(),
+                            a.fitted["C"].max() * args.extrapolate, df=a.fitted)
         print("\nWhere dL changes sign:\n")
         print(render(laws, args.format))
-    _print_shared(df, fits, args)
+    tests = noting("shared-exponent test", lambda: shared_tests(
+        a.fitted, bootstrap=args.bootstrap, draws=max(args.bootstrap, 99), fits=a.fits),
+        a.notes) if a.fits else None
+    if tests:
+        print("\nExponent or offset: dense and MoE/MoT fitted jointly with shared alpha, beta; p "
+              "from a parametric bootstrap of the Huber-objective difference, closed testing at "
+              "5%:\n")
+        print(render(shared_table(tests).drop(columns="verdict", errors="ignore"), args.format))
+    if a.chinchilla_gaps:
+        print("\nChinchilla laws the runs do not identify:\n" + "\n".join(a.chinchilla_gaps))
+    print("".join(f"\nnote: {n}" for n in a.notes))
     return 0
-
-
-def _print_shared(df, fits, args: argparse.Namespace) -> None:
-    from analysis.shared_exponent import shared_table, shared_tests
-    from analysis.tables import render
-
-    try:
-        tests = shared_tests(df, bootstrap=args.bootstrap, draws=max(args.bootstrap, 99), fits=fits)
-    except AnalysisError as e:
-        print(f"\nno shared-exponent test: {e}")
-        return
-    print("\nExponent or offset: dense and MoE/MoT fitted jointly with shared alpha, beta; p from a "
-          "parametric bootstrap of the Huber-objective difference, closed testing at 5%:\n")
-    print(render(shared_table(tests).drop(columns="verdict", errors="ignore"), args.format))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

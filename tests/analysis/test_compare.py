@@ -90,7 +90,8 @@ def test_cli_fit_json_compare_and_report(paired_runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "moe learned E=8,text" in printed and "100x beyond largest run (extrapolated)" in printed
     # the exponent-or-offset rows: MoE = dense + a constant on text and image, equal on dna
-    shared = pd.read_csv(io.StringIO(printed.split("closed testing at 5%:")[1].strip()))
+    shared = pd.read_csv(io.StringIO(printed.split("closed testing at 5%:")[1].strip()
+                                     .split("\n\n")[0]))
     # secondary in compare: p-values, no verdict column (the primary table's policy is the only one)
     assert "verdict" not in shared
     p = shared.set_index("modality")

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.answer import above_unigram
 from analysis.plots import modality_expert_shares
 from analysis.records import load_runs
 from analysis.report import _floors, write_report
@@ -46,7 +47,7 @@ def test_a_run_at_its_unigram_floor_leaves_the_fits_and_is_named(tmp_path):
     df, _ = load_runs([tmp_path / "runs"])
     assert (df["floor_bigram"] == 12.0).all()
     notes: list[str] = []
-    lines, kept = _floors(df, notes)
+    kept, lines = above_unigram(df, notes), _floors(df)
     assert len(kept) == len(df) - 1
     assert not ((kept["run"] == "dense-0") & (kept["modality"] == "text")).any()
     assert any("dense-0 text (16.000 >= 15.000)" in n for n in notes)
@@ -70,7 +71,7 @@ def test_every_run_beating_its_floor_is_kept(tmp_path):
     _runs(tmp_path / "runs", stuck_loss=14.0)
     df, _ = load_runs([tmp_path / "runs"])
     notes: list[str] = []
-    _, kept = _floors(df, notes)
+    kept = above_unigram(df, notes)
     assert len(kept) == len(df) and not any("left out" in n for n in notes)
 
 
@@ -80,7 +81,7 @@ def test_records_without_floors_are_kept_and_said_so(tmp_path):
         record("old", "dense", ["text"], 1000, {"text": 10}, {"text": 3.0})))
     df, _ = load_runs([tmp_path])
     notes: list[str] = []
-    lines, kept = _floors(df, notes)
+    kept, lines = above_unigram(df, notes), _floors(df)
     assert lines == [] and len(kept) == 1 and "no record has floors" in notes[0]
 
 

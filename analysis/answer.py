@@ -1,0 +1,123 @@
+"""The analysis chain `report` and `compare` share, so both print the same answer: which rows
+the laws may use (above their unigram floor), the Chinchilla fits, efficiency leverage, the
+paired comparison and the primary table built from them, with every caught problem as a note."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from analysis.compare import compare_pairs
+from analysis.compute import Frontier, frontiers
+from analysis.errors import AnalysisError
+from analysis.fit import chinchilla_by_group, fit_groups_noting
+from analysis.headline import Headline, bigram_floors, headline, primary
+from analysis.results import LawResult
+
+if TYPE_CHECKING:
+    from analysis.chinchilla import ChinchillaResult
+    from analysis.paired import DocLosses
+
+
+def said(what: str, caught: list[warnings.WarningMessage]) -> list[str]:
+    """The analysis' own warnings, once each; numpy's floating-point warnings from bootstrap
+    draws of runaway laws say nothing to a reader."""
+    out = [f"{what}: {w.message}" for w in caught if not issubclass(w.category, RuntimeWarning)]
+    return list(dict.fromkeys(out))
+
+
+def noting(what: str, fn: Callable[[], Any], notes: list[str]) -> Any:
+    """fn(), its warnings appended to `notes`; None (and the reason noted) where it raises
+    AnalysisError."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = fn()
+        notes += said(what, caught)
+        return out
+    except AnalysisError as e:
+        notes.append(f"{what}: {e}")
+        return None
+
+
+def fit_noting(what: str, df: pd.DataFrame, law: str, bootstrap: int,
+               notes: list[str]) -> tuple[list[LawResult], list[str]]:
+    """(identified fits, one '- ...' line per reason a group was not fitted: its groups, why
+    and what to add)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results, problems = fit_groups_noting(df, law, bootstrap)
+    notes += said(what, caught)
+    groups: dict[str, list[str]] = {}
+    for p in problems:
+        label, _, why = p.partition(": ")
+        groups.setdefault(why, []).append(label)
+    return results, [f"- {labels[0]}: {why}" if len(labels) == 1
+                     else f"- {len(labels)} groups, {'; '.join(labels)}: {why}"
+                     for why, labels in groups.items()]
+
+
+def above_unigram(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """The rows the laws may use: a run that does not beat its unigram floor on a modality has
+    learned nothing about it, so that row is left out of every law fit (said in the notes).
+    Rows without floors are kept."""
+    if df["floor_unigram"].isna().all():
+        notes.append("floors: no record has floors (records before schema version 3), so no run "
+                     "was checked against them")
+        return df
+    nothing = df["loss"] >= df["floor_unigram"]
+    if nothing.any():
+        flagged = df[nothing]
+        notes.append(f"floors: {len(flagged)} (run, modality) rows do not beat their unigram floor "
+                     "and are left out of the law fits: " + ", ".join(
+                         f"{r} {m} ({lo:.3f} >= {u:.3f})" for r, m, lo, u in list(zip(
+                             flagged["run"], flagged["modality"], flagged["loss"],
+                             flagged["floor_unigram"], strict=True))[:20])
+                     + (" ..." if len(flagged) > 20 else ""))
+    if df["floor_unigram"].isna().any():
+        notes.append(f"floors: {int(df['floor_unigram'].isna().sum())} rows have no floors in "
+                     "their records and were kept unchecked")
+    return df[~nothing].reset_index(drop=True)
+
+
+@dataclass
+class Answer:
+    """What the runs say about dense against experts, and what they could not say (notes)."""
+
+    runs: pd.DataFrame  # every run, a row per modality: the paired comparison uses them all
+    fitted: pd.DataFrame  # the rows above their unigram floor: what the laws are fitted to
+    chinchilla: list[LawResult]
+    chinchilla_gaps: list[str]  # '- group: not identified ...' lines
+    headline: Headline | None
+    paired: pd.DataFrame | None
+    primary: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> dict[tuple[str, str], ChinchillaResult]:
+        return chinchilla_by_group(self.chinchilla)
+
+    def frontiers(self) -> dict[tuple[str, str], Frontier]:
+        return frontiers(self.fitted, self.fits)
+
+
+def answer(df: pd.DataFrame, docs: dict[str, dict[str, DocLosses]] | None,
+           bootstrap: int) -> Answer:
+    """Fit, compare and pick the primary answer per MoE family and modality. The paired
+    comparison keeps every pair (which pairs count must not depend on their outcome); the laws
+    see only rows above their unigram floor."""
+    notes: list[str] = []
+    fitted = above_unigram(df, notes)
+    chin, gaps, h = [], [], None
+    if not fitted.empty:
+        chin, gaps = fit_noting("Chinchilla fits", fitted, "chinchilla", bootstrap, notes)
+        h = noting("efficiency leverage", lambda: headline(
+            fitted, bootstrap, chinchilla=chinchilla_by_group(chin)), notes)
+        notes += h.notes if h is not None else []
+    paired = noting("paired comparison", lambda: compare_pairs(df, docs=docs), notes)
+    table = primary(paired, h, df, bigram_floors(df))
+    return Answer(df, fitted, chin, gaps, h, paired, table, notes)
