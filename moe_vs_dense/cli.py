@@ -254,12 +254,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print("MoE/MoT minus dense on matched pairs (nats/token; verdicts are the primary "
               "table's):\n")
         print(render(a.paired, args.format))
-    points = law_points(a.frontiers(), a.fitted, args.extrapolate) if a.fits else []
+    fronts = a.frontiers() if a.fits else {}
+    points = law_points(fronts, a.fitted, args.extrapolate) if fronts else []
     if len(points):
         print("\nFrom the fitted laws, along compute-optimal frontiers (secondary; nats/token; L: "
               "95% prediction interval of a run at N*, D*; dL: 95% bootstrap band):\n")
         print(render(points.drop(columns="verdict", errors="ignore"), args.format))
-        laws = compare_laws(a.frontiers(), a.fitted["C"].min(),
+        laws = compare_laws(fronts, a.fitted["C"].min(),
                             a.fitted["C"].max() * args.extrapolate, df=a.fitted)
         print("\nWhere dL changes sign:\n")
         print(render(laws, args.format))
