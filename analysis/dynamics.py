@@ -87,6 +87,7 @@ class Alternation:
     upper: float
     p: float
     intervals: int
+    se_z: float  # SE of Fisher's z of r
     n_eff: float  # independent intervals as informative as these: 3 + 1 / SE(z)^2
 
 
@@ -225,7 +226,7 @@ def alternation(steps_K: np.ndarray, loss_a_K: np.ndarray, loss_b_K: np.ndarray)
     z = math.atanh(max(-0.999999, min(0.999999, r)))
     lo, hi = held(r, math.tanh(z - 1.959964 * sd_z), math.tanh(z + 1.959964 * sd_z))
     p = 2 * stats.norm.sf(abs(z) / sd_z)
-    return Alternation(r, float(lo), float(hi), float(p), J, 3 + 1 / sd_z**2)
+    return Alternation(r, float(lo), float(hi), float(p), J, sd_z, 3 + 1 / sd_z**2)
 
 
 def spikes_by_interval(c: Curves) -> pd.DataFrame:
@@ -268,8 +269,7 @@ def find_curves(inputs: list[str | Path], records: list[dict]) -> list[Curves]:
 
 
 def _alternation_table(curves: list[Curves]) -> pd.DataFrame:
-    from statsmodels.stats.multitest import multipletests
-
+    """Per run and pair of modalities: the alternation measure (unadjusted p: secondary)."""
     rows = []
     for c in curves:
         mods = list(c.loss.columns)
@@ -279,12 +279,37 @@ def _alternation_table(curves: list[Curves]) -> pd.DataFrame:
                 x = alternation(loss.index.to_numpy(), loss[a].to_numpy(), loss[b].to_numpy())
                 rows.append({"run": c.run, "family": c.family, "seed": c.seed,
                              "modalities": f"{a}-{b}", "intervals": x.intervals,
-                             "n_eff": round(x.n_eff, 1), "r": x.r,
-                             "lower": bound_text(x.lower, ".3f"), "upper": bound_text(x.upper, ".3f"),
-                             "p": x.p})
+                             "n_eff": round(x.n_eff, 1), "r": x.r, "lower": x.lower,
+                             "upper": x.upper, "p": x.p, "se_z": x.se_z})
+    return pd.DataFrame(rows)
+
+
+def pool_seeds(alt: pd.DataFrame) -> pd.DataFrame:
+    """Per family and pair of modalities, the runs' (seeds') Fisher z averaged with inverse-variance
+    weights (one common r; `p_heterogeneity`: Cochran's Q against it), its 95% interval, p against
+    independent improvements and Holm's adjustment over the rows: the section's primary answer."""
+    from statsmodels.stats.multitest import multipletests
+
+    rows = []
+    for (family, mods), g in alt.groupby(["family", "modalities"], sort=True):
+        z = np.arctanh(np.clip(g["r"].to_numpy(), -0.999999, 0.999999))
+        w = 1 / g["se_z"].to_numpy() ** 2
+        zbar, se = float(np.sum(w * z) / w.sum()), float(1 / math.sqrt(w.sum()))
+        lo, hi = held(math.tanh(zbar), math.tanh(zbar - 1.959964 * se), math.tanh(zbar + 1.959964 * se))
+        q = float(np.sum(w * (z - zbar) ** 2))
+        rows.append({"family": family, "modalities": mods, "seeds": len(g), "r": math.tanh(zbar),
+                     "lower": float(lo), "upper": float(hi), "p": 2 * stats.norm.sf(abs(zbar) / se),
+                     "p_heterogeneity": stats.chi2.sf(q, len(g) - 1) if len(g) > 1 else np.nan})
     t = pd.DataFrame(rows)
     t["p_holm"] = multipletests(t["p"], method="holm")[1]
     return t
+
+
+def _shown(t: pd.DataFrame) -> pd.DataFrame:
+    """An alternation table as printed: bounds in words (blank: not held)."""
+    return t.drop(columns="se_z", errors="ignore").assign(
+        lower=[bound_text(v, ".3f") for v in t["lower"]],
+        upper=[bound_text(v, ".3f") for v in t["upper"]])
 
 
 def _curve_table(curves: list[Curves], df: pd.DataFrame) -> pd.DataFrame:
@@ -400,8 +425,10 @@ def section(df: pd.DataFrame, records: list[dict], out: Path,
         if not curves:
             return [], []
         alt = _alternation_table(curves)
+        pooled = pool_seeds(alt)
     curve_t, spike_t = _curve_table(curves, df), _spike_table(curves)
-    for name, t in (("dynamics_alternation", alt), ("dynamics_curves", curve_t),
+    for name, t in (("dynamics_alternation", alt), ("dynamics_alternation_pooled", pooled),
+                    ("dynamics_curves", curve_t),
                     ("dynamics_spikes", spike_t)):
         t.to_csv(out / f"{name}.csv", index=False)
     figs = []
@@ -410,8 +437,8 @@ def section(df: pd.DataFrame, records: list[dict], out: Path,
         by_pair.setdefault(str(c.pair or c.run), []).append(c)
     for pair, cs in by_pair.items():
         figs.append(plot_pair(cs, df, out / f"dynamics_{pair}.png"))
-    below = int((pd.to_numeric(alt["upper"], errors="coerce") < 0).sum())
-    above = int((pd.to_numeric(alt["lower"], errors="coerce") > 0).sum())
+    below, above = int((pooled["upper"] < 0).sum()), int((pooled["lower"] > 0).sum())
+    sig = pooled[pooled["p_holm"] < 0.05]
     rule = "; ".join(sorted({f"{c.spike_sigma:g} SD over the previous {c.spike_window} steps"
                              if c.spike_sigma and c.spike_window else "run.spike_sigma SD over "
                              "the previous run.spike_window steps (settings unreadable)"
@@ -432,19 +459,28 @@ def section(df: pd.DataFrame, records: list[dict], out: Path,
         "rows' documents) beside its floors.", "",
         "([dynamics_curves.csv](dynamics_curves.csv))", "", render(curve_t), "",
         "### Alternation", "",
-        "Per run and pair of modalities: r = correlation of the two modalities' residual "
-        "improvements over the eval intervals after the LR warmup (each curve's improvement "
-        "beyond a cubic trend in log step, scaled by its trend in size; negative: one improves "
-        "faster than its trend while the other improves slower, as in coordinate ascent; 0: "
-        "independent). 95% interval: "
-        "Fisher's z of r +- 1.96 SE, the SE being the SD of z under the null (`n_eff` = 3 + "
-        "1/SE^2: that many independent intervals would be as informative); a blank "
-        "interval would not have held its estimate. `p`: two-sided, against independent "
-        "improvements (the null: circular shifts of one series against the other; the interval "
-        "excludes 0 exactly when p < 0.05); `p_holm`: Holm over "
-        f"the {len(alt)} rows of this table. {below} of {len(alt)} intervals lie below 0, "
-        f"{above} above.", "",
-        "([dynamics_alternation.csv](dynamics_alternation.csv))", "", render(alt), "",
+        "r = correlation of two modalities' residual improvements over the eval intervals "
+        "after the LR warmup (each curve's improvement beyond a cubic trend in log step, scaled "
+        "by its trend in size): negative when one modality improves faster than its trend while "
+        "the other improves slower, as in coordinate ascent; 0 when they are independent; "
+        "positive when they move together. Per family, the seeds pooled (Fisher's z averaged "
+        "with inverse-variance weights: one common r; `p_heterogeneity`: Cochran's Q, small "
+        "when the seeds disagree beyond their noise). 95% intervals; a blank one would not have "
+        "held its estimate. `p`: two-sided, against independent improvements; `p_holm`: Holm "
+        f"over the {len(pooled)} rows of this table, the section's one multiplicity policy. "
+        f"{below} of {len(pooled)} pooled intervals lie below 0, {above} above; "
+        + (f"{len(sig)} survive Holm at 5%: " + ", ".join(
+            f"{f} {m} (r {r:.2f})" for f, m, r in zip(sig["family"], sig["modalities"], sig["r"],
+                                                       strict=True))
+           if len(sig) else "none survives Holm at 5%") + ".", "",
+        "([dynamics_alternation_pooled.csv](dynamics_alternation_pooled.csv))", "",
+        render(_shown(pooled)), "",
+        "Secondary, per run (unadjusted p): the interval is Fisher's z of r +- 1.96 SE, the SE "
+        "being the SD of z under the null of independent improvements (circular shifts of one "
+        "series against the other, which keep each series' autocorrelation); the interval "
+        "excludes 0 exactly when p < 0.05; `n_eff` = 3 + 1/SE^2, the number of independent "
+        "intervals that would be as informative.", "",
+        "([dynamics_alternation.csv](dynamics_alternation.csv))", "", render(_shown(alt)), "",
         "### Spikes and rising losses", "",
         "Spikes: a step's grad norm (train loss) above the mean of the previous steps by "
         f"{rule} (the trainer's rule: `grad_norm_spikes`, `loss_spikes`); "

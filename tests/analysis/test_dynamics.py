@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.dynamics import MIN_EVALS, _corr, alternation, read_metrics, section
+from analysis.dynamics import MIN_EVALS, _corr, alternation, pool_seeds, read_metrics, section
 from analysis.errors import AnalysisError
 from analysis.synthetic import record
 
@@ -134,8 +134,11 @@ def test_section_from_frequent_evals(tmp_path):
     assert [f.name for f in figs] == ["dynamics_p0.png"] and figs[0].stat().st_size > 10_000
     alt = pd.read_csv(out / "dynamics_alternation.csv")
     assert len(alt) == 2 and set(alt["intervals"]) == {39}
-    held = alt.dropna(subset=["lower"])
-    assert ((held["lower"] <= held["r"]) & (held["r"] <= held["upper"])).all()
+    pooled = pd.read_csv(out / "dynamics_alternation_pooled.csv")
+    assert sorted(pooled["family"]) == ["dense", "moe modality"] and (pooled["seeds"] == 1).all()
+    for t in (alt, pooled):
+        held = t.dropna(subset=["lower"])
+        assert ((held["lower"] <= held["r"]) & (held["r"] <= held["upper"])).all()
     spikes = pd.read_csv(out / "dynamics_spikes.csv")
     # the trainer's counter steps from 0 to 1 between the 31st and 32nd evals: one spike, placed
     # in that interval (no per-step lines here, so no loose rule)
@@ -145,3 +148,19 @@ def test_section_from_frequent_evals(tmp_path):
     assert (spikes["intervals_with_spike"] + spikes["intervals_without"]).tolist() == [39, 39]
     curves = pd.read_csv(out / "dynamics_curves.csv")
     assert (curves["docs"] == 3).all() and (curves["median_se_change"] > 0).all()
+
+
+def test_pooled_seeds_are_narrower_and_flag_disagreement():
+    runs = []
+    for seed in range(3):
+        x = alternation(STEPS, *staircases(np.random.default_rng(seed)))
+        runs.append({"family": "dense", "modalities": "code-text", "r": x.r, "se_z": x.se_z,
+                     "lower": x.lower, "upper": x.upper})
+    (row,) = pool_seeds(pd.DataFrame(runs)).to_dict("records")
+    assert row["seeds"] == 3 and row["lower"] <= row["r"] <= row["upper"] < 0
+    assert row["upper"] - row["lower"] < min(r["upper"] - r["lower"] for r in runs)
+    assert row["p_heterogeneity"] > 0.05  # the same alternation in every seed
+    split = pd.DataFrame([{"family": "moe", "modalities": "a-b", "r": r, "se_z": 0.1}
+                          for r in (-0.6, 0.6)])
+    (row,) = pool_seeds(split).to_dict("records")
+    assert row["p_heterogeneity"] < 1e-6 and row["lower"] < 0 < row["upper"]
