@@ -133,7 +133,8 @@ def run_curves(run_dir: Path, record: dict) -> Curves | None:
     for a, b in zip(evals[:-1], evals[1:], strict=True):
         for m in mods:
             dl, se, docs = b["eval"][m] - a["eval"][m], math.nan, 0
-            if m in a.get("docs", {}) and m in b.get("docs", {}):
+            if (m in a.get("docs", {}) and m in b.get("docs", {})
+                    and a["doc_tokens"][m] == b["doc_tokens"][m]):
                 tok = np.asarray(b["doc_tokens"][m], np.int64)
                 docs = int((tok > 0).sum())
                 dl, se = pair_difference(DocLosses(np.asarray(b["docs"][m], float), tok),
@@ -220,6 +221,8 @@ def alternation(steps_K: np.ndarray, loss_a_K: np.ndarray, loss_b_K: np.ndarray)
     J = len(za)
     lags = max(2, round(math.sqrt(J)))
     r = _corr(za, zb)
+    if not math.isfinite(r):  # a curve that does not move beyond its trend
+        return Alternation(math.nan, math.nan, math.nan, math.nan, J, math.nan, math.nan)
     shifted = np.array([_corr(za, np.roll(zb, s)) for s in range(lags, J - lags + 1)])
     sd_z = max(float(np.std(np.arctanh(np.clip(shifted, -0.999999, 0.999999)), ddof=1)),
                1 / math.sqrt(J - 3))  # never more informative than J independent intervals
@@ -300,8 +303,9 @@ def pool_seeds(alt: pd.DataFrame) -> pd.DataFrame:
         rows.append({"family": family, "modalities": mods, "seeds": len(g), "r": math.tanh(zbar),
                      "lower": float(lo), "upper": float(hi), "p": 2 * stats.norm.sf(abs(zbar) / se),
                      "p_heterogeneity": stats.chi2.sf(q, len(g) - 1) if len(g) > 1 else np.nan})
-    t = pd.DataFrame(rows)
-    t["p_holm"] = multipletests(t["p"], method="holm")[1]
+    t = pd.DataFrame(rows, columns=["family", "modalities", "seeds", "r", "lower", "upper", "p",
+                                    "p_heterogeneity"])
+    t["p_holm"] = multipletests(t["p"], method="holm")[1] if len(t) else []
     return t
 
 
@@ -419,13 +423,17 @@ def section(df: pd.DataFrame, records: list[dict], out: Path,
             inputs: list[str | Path]) -> tuple[list[str], list[Path]]:
     """The report's training-dynamics section and its figures; ([], []) when no run has an eval
     curve frequent enough (MIN_EVALS evals of two modalities or more)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", np.exceptions.RankWarning)
-        curves = find_curves(inputs, records)
-        if not curves:
-            return [], []
-        alt = _alternation_table(curves)
-        pooled = pool_seeds(alt)
+    title = ["", "## Training dynamics: do modalities improve in alternation?", ""]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", np.exceptions.RankWarning)
+            curves = find_curves(inputs, records)
+            if not curves:
+                return [], []
+            alt = _alternation_table(curves)
+            pooled = pool_seeds(alt.dropna(subset=["r"]))
+    except AnalysisError as e:
+        return title + [f"Not analysed: {e}"], []
     curve_t, spike_t = _curve_table(curves, df), _spike_table(curves)
     for name, t in (("dynamics_alternation", alt), ("dynamics_alternation_pooled", pooled),
                     ("dynamics_curves", curve_t),
@@ -443,8 +451,7 @@ def section(df: pd.DataFrame, records: list[dict], out: Path,
                              if c.spike_sigma and c.spike_window else "run.spike_sigma SD over "
                              "the previous run.spike_window steps (settings unreadable)"
                              for c in curves}))
-    lines = [
-        "", "## Training dynamics: do modalities improve in alternation?", "",
+    lines = title + [
         f"{len(curves)} runs evaluated every few steps on the same validation rows at every eval "
         "(the first rows of each stream's validation split). Losses in nats/token on those rows; "
         "floors (unigram, bigram: count models of the training data) are on the final "
