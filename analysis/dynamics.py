@@ -470,7 +470,9 @@ def section(df: pd.DataFrame, records: list[dict], out: Path,
         "after the LR warmup (each curve's improvement beyond a cubic trend in log step, scaled "
         "by its trend in size): negative when one modality improves faster than its trend while "
         "the other improves slower, as in coordinate ascent; 0 when they are independent; "
-        "positive when they move together. Per family, the seeds pooled (Fisher's z averaged "
+        "positive when they move together. r weighs every interval alike: one episode (a "
+        "modality on a plateau for a few intervals while another falls) is a few of its "
+        "intervals, so read episodes off the figures. Per family, the seeds pooled (Fisher's z averaged "
         "with inverse-variance weights: one common r; `p_heterogeneity`: Cochran's Q, small "
         "when the seeds disagree beyond their noise). 95% intervals; a blank one would not have "
         "held its estimate. `p`: two-sided, against independent improvements; `p_holm`: Holm "
@@ -500,6 +502,6 @@ def section(df: pd.DataFrame, records: list[dict], out: Path,
         "([dynamics_spikes.csv](dynamics_spikes.csv))", "", render(spike_t), "",
         "Figures " + ", ".join(p.name for p in figs) + " (under Figures): per pair, each "
         "modality's eval curve for every family with its unigram (dashed) and bigram "
-        "(dash-dot) floors, dotted ticks at intervals with a grad-norm spike, and every step's "
-        "grad norm.", ""]
+        "(dash-dot) floors, dotted lines at the grad-norm spikes of the table's rule, and every "
+        "step's grad norm (x: its spikes).", ""]
     return lines, figs
