@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis import dynamics, plots
 from analysis.answer import answer, fit_noting, noting
 from analysis.backtest import backtest, summarize
 from analysis.compare import compare_laws, law_points, pairs
@@ -285,6 +285,8 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     if routed or routed_gaps:
         lines += ["", "## Routed-MoE law (Clark et al. 2022)", ""]
         lines += ([render(fits_table(routed)), ""] if routed else []) + routed_gaps
+    dyn_lines, dyn_figs = dynamics.section(every_run, records, out, inputs)
+    lines, figs = lines + dyn_lines, figs + dyn_figs
     lines += _routing(records, out)
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     if notes:

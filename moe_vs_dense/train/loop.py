@@ -220,7 +220,9 @@ class Trainer:
                         self.cfg.train.precision)
 
     def validate(self, n: int) -> None:
-        """Score the fixed validation rows and add a point to the eval curve."""
+        """Score the fixed validation rows and add a point to the eval curve; the metrics line
+        also keeps each document's summed loss, so that the change between two evals on the same
+        rows gets a paired standard error (analysis/dynamics.py)."""
         ev = self.evaluate(self.cfg.eval.rows)
         self.state.curve.append({
             "step": n, "tokens": n * self.step_tokens,
@@ -228,7 +230,11 @@ class Trainer:
             "se": {k: v["se"] for k, v in ev["losses"].items()},
             "expert_stats": ev["expert_stats"]})
         if self.main:
-            metrics.append(self.metrics_path, {"step": n, "eval": self.state.curve[-1]["losses"]})
+            point = self.state.curve[-1]
+            metrics.append(self.metrics_path, {
+                "step": n, "eval": point["losses"], "se": point["se"],
+                "docs": {k: d["nll_sum"] for k, d in ev["docs"].items()},
+                "doc_tokens": {k: d["tokens"] for k, d in ev["docs"].items()}})
 
     def save(self, n: int) -> None:
         """Checkpoint every stateful object (main process), then wait for every rank."""
