@@ -149,6 +149,7 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     labels = sorted(table["family"].unique())
     mods = sorted(table["modality"].unique())
     colors = dict(zip(labels, ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"), strict=False))
+    named: set[str] = set()
     for ax, comparison in zip(axes.flat, COMPARISONS, strict=True):
         g = table[table["comparison"] == comparison]
         for i, label in enumerate(labels):
@@ -160,13 +161,14 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
                 x = k + (i - (len(labels) - 1) / 2) * 0.8 / max(len(labels), 1)
                 err = None if np.isnan(r["lower"]) else [[r["dL"] - r["lower"]], [r["upper"] - r["dL"]]]
                 ax.errorbar([x], [r["dL"]], yerr=err, fmt="o", color=colors[label], capsize=3,
-                            label=label if k == 0 else None)
+                            label=None if label in named else label)
+                named.add(label)
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xticks(range(len(mods)), mods)
         ax.set_title(f"at {comparison}", fontsize=9)
         ax.set_xlim(-0.6, len(mods) - 0.4)
     axes.flat[0].set_ylabel("loss with junk - without (nats/token)")
-    axes.flat[0].legend(fontsize=7)
+    fig.legend(loc="upper right", fontsize=7)
     fig.suptitle("what junk in the mixture costs each real modality (95% intervals)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
