@@ -52,7 +52,7 @@ def _arms(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     mods = rows["modalities"].astype(str).str.split("+")
     rows["has_junk"] = mods.map(lambda m: JUNK in m)
     rows["real"] = mods.map(lambda m: "+".join(x for x in m if x != JUNK))
-    rows["label"] = _family(rows)
+    rows["family"] = _family(rows)
     rows["size"] = [f"d{size.get(r)}l{layers.get(r)}" for r in rows["run"]]
     return rows
 
@@ -63,7 +63,7 @@ def junk_pairs(df: pd.DataFrame, records: list[dict],
     bigram floor, dL = L_with_junk - L_without and its document-level SE (NaN without
     eval_docs.json). `learned` is False where either run does not beat its unigram floor."""
     arms = _arms(df, records)
-    keys = ["label", "size", "seed", "real", "modality"]
+    keys = ["family", "size", "seed", "real", "modality"]
     out = []
     for key, g in arms.groupby(keys):
         clean, dirty = g[~g["has_junk"]], g[g["has_junk"]]
@@ -97,7 +97,7 @@ def combined(pairs: pd.DataFrame) -> pd.DataFrame:
     (analysis/paired.combine), with its 95% interval where it holds its estimate."""
     rows = []
     ok = pairs[pairs["learned"]]
-    for (comparison, label, modality), g in ok.groupby(["comparison", "label", "modality"]):
+    for (comparison, label, modality), g in ok.groupby(["comparison", "family", "modality"]):
         c = combine(g["dL"].to_numpy(), g["se"].to_numpy(), g["N"].to_numpy(),
                     g["D_without"].to_numpy())
         lo, hi = held(c.dL, c.lower, c.upper)
@@ -207,7 +207,7 @@ def junk_section(df: pd.DataFrame, records: list[dict], out: Path,
     if len(skipped):
         lines += [f"Left out ({len(skipped)} pairs): a run at or above its unigram floor on the "
                   "modality has learned nothing about it: "
-                  + ", ".join(sorted(set(skipped["label"] + "/" + skipped["modality"]))), ""]
+                  + ", ".join(sorted(set(skipped["family"] + "/" + skipped["modality"]))), ""]
     lines += ["Every pair, with its losses beside the bigram floor of the modality "
               "([junk_pairs.csv](junk_pairs.csv)):", "",
               render(pairs.drop(columns=["run_without", "run_with", "learned", "real"])), ""]
