@@ -2,9 +2,11 @@
 (a hex-digest dump, moe_vs_dense/data/junk.py) in the mixture minus without it, per family, and
 which experts the junk tokens take.
 
-A run with junk is matched to a run without junk of the same family, size and seed two ways:
-at equal tokens of the real modality (the junk run's budget is raised by the junk's share) and
-at equal total tokens, i.e. equal training compute (the junk run sees fewer real tokens). Each
+A run with junk is matched to a run without junk of the same family, size, seed and number of
+optimizer steps two ways: at equal tokens of the real modality (the junk run's batch holds the
+clean run's real rows plus the junk) and at equal total tokens, i.e. equal training compute (the
+junk run sees fewer real tokens). Runs of different step counts are not paired: at these scales
+more, smaller steps lower the loss by more than junk raises it. Each
 pair's difference and standard error come from the per-document losses on the same validation
 documents (analysis/paired.py); pairs of several sizes or budgets are combined by its
 random-effects meta-regression.
@@ -31,7 +33,7 @@ from analysis.tables import render  # noqa: E402
 
 JUNK = "junk"
 SAME = 0.02  # token counts within 2% are "equal" (the sampler rounds rows per stream)
-COMPARISONS = ("equal real tokens", "equal compute")
+COMPARISONS = ("equal real tokens and steps", "equal compute and steps")
 LN16 = math.log(16)
 
 
@@ -48,20 +50,23 @@ def _arms(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     real modalities it trained on."""
     size = {r["run_id"]: (r.get("model") or {}).get("d_model") for r in records}
     layers = {r["run_id"]: (r.get("model") or {}).get("n_layers") for r in records}
+    steps = {r["run_id"]: r["tokens"].get("steps") for r in records}
     rows = df[df["modality"] != JUNK].copy()
     mods = rows["modalities"].astype(str).str.split("+")
     rows["has_junk"] = mods.map(lambda m: JUNK in m)
     rows["real"] = mods.map(lambda m: "+".join(x for x in m if x != JUNK))
     rows["family"] = _family(rows)
     rows["size"] = [f"d{size.get(r)}l{layers.get(r)}" for r in rows["run"]]
+    rows["steps"] = [steps.get(r) for r in rows["run"]]
     return rows
 
 
 def junk_pairs(df: pd.DataFrame, records: list[dict],
                docs: dict[str, dict[str, DocLosses]]) -> pd.DataFrame:
-    """One row per (comparison, family, real modality, clean run, junk run): the losses, the
-    bigram floor, dL = L_with_junk - L_without and its document-level SE (NaN without
-    eval_docs.json). `learned` is False where either run does not beat its unigram floor."""
+    """One row per (comparison, family, real modality, clean run, junk run) of equal optimizer
+    steps: the losses, the bigram floor, dL = L_with_junk - L_without and its document-level SE
+    (NaN without eval_docs.json). `learned` is False where either run does not beat its unigram
+    floor."""
     arms = _arms(df, records)
     keys = ["family", "size", "seed", "real", "modality"]
     out = []
@@ -69,6 +74,8 @@ def junk_pairs(df: pd.DataFrame, records: list[dict],
         clean, dirty = g[~g["has_junk"]], g[g["has_junk"]]
         for _, c in clean.iterrows():
             for _, j in dirty.iterrows():
+                if j["steps"] != c["steps"]:
+                    continue
                 for comparison, col in zip(COMPARISONS, ("D", "D_total"), strict=True):
                     if abs(j[col] / c[col] - 1) > SAME:
                         continue
@@ -79,7 +86,7 @@ def junk_pairs(df: pd.DataFrame, records: list[dict],
                     learned = bool(c["loss"] < c["floor_unigram"] and j["loss"] < j["floor_unigram"]) \
                         if np.isfinite(c["floor_unigram"]) else True
                     out.append({"comparison": comparison, **dict(zip(keys, key, strict=True)),
-                                "D_without": c["D"], "D_with": j["D"],
+                                "steps": c["steps"], "D_without": c["D"], "D_with": j["D"],
                                 "tokens_without": c["D_total"], "tokens_with": j["D_total"],
                                 "N": c["N"], "L_without": c["loss"], "L_with": j["loss"],
                                 "floor_bigram": c["floor_bigram"], "dL": dl, "se": se,
@@ -190,10 +197,13 @@ def junk_section(df: pd.DataFrame, records: list[dict], out: Path,
     lines = ["", "## Junk data: what an incompressible stream costs each modality", "",
              "Runs trained with a hex-digest dump in the mixture (modality `junk`: md5 digests of "
              "a counter, one token per hex digit, incompressible: ln 16 = 2.773 nats/digit on "
-             "held-out lines) against runs of the same family, size and seed without it. "
-             "`equal real tokens`: both saw the same tokens of the modality (the junk run's "
-             "budget raised by the junk's share); `equal compute`: both trained on the same "
-             "total tokens, so the junk run saw fewer of the modality. dL = loss with junk - "
+             "held-out lines) against runs of the same family, size, seed and number of "
+             "optimizer steps without it. `equal real tokens and steps`: both saw the same "
+             "tokens of the modality in as many steps (the junk run's batches hold the junk on "
+             "top of the clean run's rows); `equal compute and steps`: both trained on the same "
+             "total tokens in the same batches, so the junk run saw fewer of the modality. Runs "
+             "of different step counts are not paired: at these scales more, smaller steps "
+             "lower the loss by more than junk raises it. dL = loss with junk - "
              "loss without (nats/token) on the same validation documents; its SE from the "
              "per-document differences; pairs combined by `model`, 95% interval (none printed "
              "where it would not hold its estimate). dL > 0: junk hurts. A family whose dL is "

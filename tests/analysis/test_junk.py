@@ -16,31 +16,39 @@ from tests.analysis.conftest import write
 
 
 def _study(root, shift: float) -> None:
-    """Dense runs on text+image with and without junk (a third of the tokens): clean at 1M and
-    1.5M total tokens, junk at 1M and 1.5M; junk adds `shift` to text and image."""
+    """Dense runs on text+image as configs/studies/junk.yaml lays them out: clean at 1M and 1.5M
+    tokens in batches of 16 rows, junk (a third of the rows) in batches of 16 and 24 rows at
+    both budgets; junk adds `shift` to text and image, and each 1.5x more steps lowers the
+    loss by 0.1 ln 1.5, as short runs do."""
     for total in (1_000_000, 1_500_000):
-        for junk in (False, True):
+        for junk, batch in ((False, 16), (True, 16), (True, 24)):
             real = total * (2 / 3 if junk else 1)
+            steps = round(total / (batch * 256))
             tokens = {"text": int(real / 2), "image": int(real / 2)}
-            losses = {m: 2.0 - 0.1 * math.log(real / 1e6) + (shift if junk else 0) for m in tokens}
+            losses = {m: 2.0 - 0.1 * math.log(real / 1e6) - 0.1 * math.log(steps / 244)
+                      + (shift if junk else 0) for m in tokens}
             if junk:
                 tokens["junk"], losses["junk"] = int(total / 3), 2.8
-            rec = record(f"{'junk' if junk else 'clean'}-{total}", "dense", list(tokens), 100_000,
-                         tokens, losses)
+            rec = record(f"{'junk' if junk else 'clean'}{batch}-{total}", "dense", list(tokens),
+                         100_000, tokens, losses)
             rec["model"].update(d_model=64, n_layers=2)
+            rec["tokens"]["steps"] = steps
             write(root, rec)
 
 
-def test_runs_pair_at_equal_real_tokens_and_at_equal_compute(tmp_path):
+def test_runs_pair_at_equal_steps_and_equal_real_tokens_or_compute(tmp_path):
     _study(tmp_path, 0.05)
     df, records = load_runs([tmp_path])
     pairs = junk_pairs(df, records, {})
-    same = pairs[pairs["comparison"] == "equal real tokens"]
-    # clean 1M (500k text) with junk 1.5M (500k text); nothing else has equal text tokens
-    assert set(zip(same["run_without"], same["run_with"], strict=True)) == {("clean-1000000", "junk-1500000")}
-    assert same["dL"].to_numpy() == pytest.approx([0.05, 0.05])
-    compute = pairs[pairs["comparison"] == "equal compute"]
-    assert len(compute) == 4
+    same = pairs[pairs["comparison"] == "equal real tokens and steps"]
+    # clean 1M (500k text, 244 steps) with junk 1.5M in 24-row batches (500k text, 244 steps);
+    # junk 1.5M in 16-row batches has the same text tokens but 366 steps, so it is not paired
+    assert set(zip(same["run_without"], same["run_with"], strict=True)) == {
+        ("clean16-1000000", "junk24-1500000")}
+    assert same["dL"].to_numpy() == pytest.approx([0.05, 0.05])  # the shift alone
+    compute = pairs[pairs["comparison"] == "equal compute and steps"]
+    assert set(zip(compute["run_without"], compute["run_with"], strict=True)) == {
+        ("clean16-1000000", "junk16-1000000"), ("clean16-1500000", "junk16-1500000")}
     assert compute["tokens_with"].to_numpy() == pytest.approx(compute["tokens_without"], rel=1e-5)
     # at equal compute the junk run also saw fewer real tokens: dL = shift + 0.1 ln(3/2)
     assert compute["dL"].to_numpy() == pytest.approx(0.05 + 0.1 * math.log(1.5))
@@ -48,8 +56,8 @@ def test_runs_pair_at_equal_real_tokens_and_at_equal_compute(tmp_path):
     # without per-document losses there is no SE, so no interval and no verdict
     assert pairs["se"].isna().all() and pairs["lower"].isna().all()
     table = combined(pairs).set_index(["comparison", "modality"])
-    assert table.loc[("equal real tokens", "text"), "verdict"] == "no interval"  # one pair, no SE
-    assert table.loc[("equal compute", "text"), "model"].startswith("OLS")  # scatter of 2 pairs
+    assert table.loc[("equal real tokens and steps", "text"), "verdict"] == "no interval"
+    assert table.loc[("equal compute and steps", "text"), "model"].startswith("OLS")
 
 
 def test_no_junk_study_no_section(tmp_path, paired_runs):
@@ -77,13 +85,13 @@ def test_experts_of_junk_from_routing_counts():
     assert table["junk_share_per_expert"].iloc[1] == "0.25 0.62 0.12 0.00"
 
 
-def _config(tmp_path, junk: bool, tokens: int, moe: bool) -> dict:
+def _config(tmp_path, junk: bool, tokens: int, batch: int, moe: bool) -> dict:
     from tests.conftest import FIXTURES
 
     mixture = {"image": {"source": "files", "paths": [
         str(FIXTURES / "fashion_t10k_120_images.idx"), str(FIXTURES / "fashion_t10k_120_labels.idx")]}}
     if junk:
-        mixture["junk"] = {"source": "junk", "weight": 0.5, "max_units": 40000, "val_docs": 8}
+        mixture["junk"] = {"source": "junk", "weight": 1.0, "max_units": 40000, "val_docs": 8}
     model = {"d_model": 16, "n_layers": 1, "n_heads": 2}
     if moe:
         model |= {"family": "moe", "moe": {"router": "learned", "num_experts": 2, "top_k": 1}}
@@ -91,25 +99,26 @@ def _config(tmp_path, junk: bool, tokens: int, moe: bool) -> dict:
             "data": {"dir": str(tmp_path / "data"), "seq_len": 64, "val_fraction": 0.2,
                      "doc_units": 512, "num_proc": 1, "mixture": mixture},
             "model": model,
-            "train": {"tokens": tokens, "batch_rows": 4, "threads": 1, "lr": 1e-2},
+            "train": {"tokens": tokens, "batch_rows": batch, "threads": 1, "lr": 1e-2},
             "eval": {"every": 1000, "rows": 2, "final_rows": None, "batch_rows": 8},
             "run": {"log_every": 8, "checkpoint_every": 1000}}
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
-    """Dense and learned-router runs on 120 Fashion-MNIST images without junk (8k tokens) and with a
-    third of junk (8k: equal compute; 11.5k: equal image tokens, 129 image rows against 128, as
-    the sampler's seeded order of streams draws them)."""
+    """Dense and learned-router runs on 120 Fashion-MNIST images, 32 steps each: without junk
+    (4 rows a step), with junk as half the rows at 4 rows a step (equal compute) and at 8 (the
+    clean run's 128 image rows, as the sampler's seeded order draws them: equal image tokens)."""
     from moe_vs_dense.config_load import load_config
     from moe_vs_dense.train import train
     from tests.conftest import write_config
 
     root = tmp_path_factory.mktemp("junk_study")
     for moe in (False, True):
-        for junk, tokens in ((False, 8192), (True, 8192), (True, 11776)):
-            name = f"{'moe' if moe else 'dense'}-{'junk' if junk else 'clean'}-{tokens}"
-            cfg = load_config(write_config(root, _config(root, junk, tokens, moe), f"{name}.yaml"))
+        for junk, batch in ((False, 4), (True, 4), (True, 8)):
+            name = f"{'moe' if moe else 'dense'}-{'junk' if junk else 'clean'}-{batch}"
+            raw = _config(root, junk, 32 * batch * 64, batch, moe)
+            cfg = load_config(write_config(root, raw, f"{name}.yaml"))
             train(cfg, root / "runs" / name, data_root=root / "data", progress=False, prepare=True)
     return root / "runs"
 
@@ -129,8 +138,9 @@ def test_section_on_tiny_real_runs(tiny_study, tmp_path):
         assert p["se"] > 0
         if not np.isnan(p["lower"]):
             assert p["lower"] < p["dL"] < p["upper"]
-    same = df_pairs[df_pairs["comparison"] == "equal real tokens"]
-    assert (abs(same["D_with"] / same["D_without"] - 1) <= 0.02).all()
+    same = df_pairs[df_pairs["comparison"] == "equal real tokens and steps"]
+    assert len(same) == 2 and (same["D_with"] == same["D_without"]).all()
+    assert (df_pairs["steps"] == 32).all()
     experts = junk_experts(records)
     assert len(experts) == 2 and (experts["router"] == "learned").all()  # one layer, two junk runs
     assert "junk" in text and "ln 16" in text
