@@ -148,35 +148,44 @@ def junk_losses(df: pd.DataFrame) -> pd.DataFrame:
                          "above_ln16": rows["loss"] - LN16}).sort_values(["family", "tokens"])
 
 
-def plot(table: pd.DataFrame, path: Path) -> Path:
-    """dL (with junk - without) per family and modality, one panel per comparison, with the
-    95% intervals that hold their estimates (a point without bar has none)."""
+def plot(pairs: pd.DataFrame, path: Path) -> Path:
+    """dL (with junk - without) of every pair by family and modality, one panel per comparison,
+    with each pair's 95% document-level interval where it holds its estimate; marker by the
+    clean run's total tokens."""
     fig, axes = plt.subplots(1, len(COMPARISONS), figsize=(5.2 * len(COMPARISONS), 3.6),
                              squeeze=False, sharey=True)
-    labels = sorted(table["family"].unique())
-    mods = sorted(table["modality"].unique())
+    pairs = pairs[pairs["learned"]]
+    labels = sorted(pairs["family"].unique())
+    mods = sorted(pairs["modality"].unique())
+    budgets = sorted(pairs["tokens_without"].unique())
     colors = dict(zip(labels, ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"), strict=False))
+    markers = dict(zip(budgets, "osD^v", strict=False))
+    slots = [(f, b) for f in labels for b in budgets]
     named: set[str] = set()
     for ax, comparison in zip(axes.flat, COMPARISONS, strict=True):
-        g = table[table["comparison"] == comparison]
-        for i, label in enumerate(labels):
-            for k, m in enumerate(mods):
-                row = g[(g["family"] == label) & (g["modality"] == m)]
+        g = pairs[pairs["comparison"] == comparison]
+        if g.empty:
+            ax.text(0.5, 0.5, "no pairs", transform=ax.transAxes, ha="center", color="grey")
+        for k, m in enumerate(mods):
+            for i, (label, budget) in enumerate(slots):
+                row = g[(g["family"] == label) & (g["modality"] == m) & (g["tokens_without"] == budget)]
                 if row.empty:
                     continue
                 r = row.iloc[0]
-                x = k + (i - (len(labels) - 1) / 2) * 0.8 / max(len(labels), 1)
+                x = k + (i - (len(slots) - 1) / 2) * 0.8 / len(slots)
                 err = None if np.isnan(r["lower"]) else [[r["dL"] - r["lower"]], [r["upper"] - r["dL"]]]
-                ax.errorbar([x], [r["dL"]], yerr=err, fmt="o", color=colors[label], capsize=3,
-                            label=None if label in named else label)
-                named.add(label)
+                name = f"{label}, clean run {budget:.3g} tokens"
+                ax.errorbar([x], [r["dL"]], yerr=err, fmt=markers[budget], color=colors[label],
+                            capsize=3, label=None if name in named else name)
+                named.add(name)
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xticks(range(len(mods)), mods)
         ax.set_title(f"at {comparison}", fontsize=9)
         ax.set_xlim(-0.6, len(mods) - 0.4)
     axes.flat[0].set_ylabel("loss with junk - without (nats/token)")
-    fig.legend(loc="upper right", fontsize=7)
-    fig.suptitle("what junk in the mixture costs each real modality (95% intervals)", fontsize=9)
+    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7)
+    fig.suptitle("what junk in the mixture costs each real modality, per pair (95% intervals)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -233,4 +242,4 @@ def junk_section(df: pd.DataFrame, records: list[dict], out: Path,
                   "expert taking most, and the share of that expert's tokens that are junk (1: "
                   "an expert of junk alone). The modality x expert heatmaps are under the "
                   "learned-router section.", "", render(experts), ""]
-    return lines, [plot(table, out / "junk_dloss.png")] if len(table) else []
+    return lines, [plot(pairs, out / "junk_dloss.png")] if len(table) else []
