@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
+from statsmodels.stats.multitest import multipletests  # noqa: E402
 
 from analysis.paired import DocLosses, combine, pair_difference  # noqa: E402
 from analysis.plots import modality_expert_shares  # noqa: E402
@@ -100,19 +101,27 @@ def junk_pairs(df: pd.DataFrame, records: list[dict],
 
 def combined(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per comparison, family and real modality: the pairs' dL combined at the design's centre
-    (analysis/paired.combine), with its 95% interval where it holds its estimate."""
+    (analysis/paired.combine), with its 95% interval where it holds its estimate, and a
+    verdict at 5% after Holm's correction over the rows that have an interval."""
     rows = []
     ok = pairs[pairs["learned"]]
     for (comparison, label, modality), g in ok.groupby(["comparison", "family", "modality"]):
         c = combine(g["dL"].to_numpy(), g["se"].to_numpy(), g["N"].to_numpy(),
                     g["D_without"].to_numpy())
         lo, hi = held(c.dL, c.lower, c.upper)
-        verdict = ("no interval" if np.isnan(lo) else "junk hurts" if lo > 0
-                   else "junk helps" if hi < 0 else "no significant difference")
         rows.append({"comparison": comparison, "family": label, "modality": modality,
                      "pairs": len(g), "dL": c.dL, "se": c.se, "lower": float(lo),
-                     "upper": float(hi), "p": c.p, "verdict": verdict, "model": c.model})
-    return pd.DataFrame(rows)
+                     "upper": float(hi), "p": c.p, "model": c.model})
+    table = pd.DataFrame(rows, columns=["comparison", "family", "modality", "pairs", "dL", "se",
+                                        "lower", "upper", "p", "model"])
+    tested = table["lower"].notna() & table["p"].notna()
+    table.insert(9, "p_holm", np.nan)
+    if tested.any():
+        table.loc[tested, "p_holm"] = multipletests(table.loc[tested, "p"], 0.05, "holm")[1]
+    table.insert(10, "verdict", np.where(
+        ~tested, "no interval", np.where(table["p_holm"] >= 0.05, "no significant difference",
+                                         np.where(table["dL"] > 0, "junk hurts", "junk helps"))))
+    return table
 
 
 def junk_experts(records: list[dict]) -> pd.DataFrame:
@@ -215,11 +224,12 @@ def junk_section(df: pd.DataFrame, records: list[dict], out: Path,
              "lower the loss by more than junk raises it. dL = loss with junk - "
              "loss without (nats/token) on the same validation documents; its SE from the "
              "per-document differences; pairs combined by `model`, 95% interval (none printed "
-             "where it would not hold its estimate). dL > 0: junk hurts. A family whose dL is "
-             "near 0 where dense's is positive keeps the junk out of the other modalities' "
-             "way. Modality routing gives junk an expert of its own (its family label drops the "
-             "expert count); the junk run's vocabulary also has 16 more ids (hex digits), which "
-             "a model must learn to give no weight on real tokens.", ""]
+             "where it would not hold its estimate); verdicts at 5% after Holm's correction "
+             "over this table's rows (secondary to the primary table). dL > 0: junk hurts. "
+             "A family whose dL is near 0 where dense's is positive keeps the junk out of the "
+             "other modalities' way. Modality routing gives junk an expert of its own (its "
+             "family label drops the expert count); the junk run's vocabulary also has 16 more "
+             "ids (hex digits), which a model must learn to give no weight on real tokens.", ""]
     if len(table):
         lines += [render(table), ""]
     skipped = pairs[~pairs["learned"]]
