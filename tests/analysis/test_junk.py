@@ -144,3 +144,18 @@ def test_section_on_tiny_real_runs(tiny_study, tmp_path):
     experts = junk_experts(records)
     assert len(experts) == 2 and (experts["router"] == "learned").all()  # one layer, two junk runs
     assert "junk" in text and "ln 16" in text
+
+
+@pytest.mark.slow
+def test_whole_report_with_junk_runs(tiny_study, tmp_path):
+    """The report runs whole on runs with a junk modality: junk stays out of the fits (at its
+    unigram floor, said in the notes), its section and figure are in, and the learned router's
+    heatmaps have a junk row."""
+    from analysis.report import write_report
+
+    text = write_report([tiny_study], tmp_path, bootstrap=20).read_text()
+    assert "## Junk data" in text and "![junk_dloss](junk_dloss.png)" in text
+    assert (tmp_path / "junk_dloss.png").is_file()
+    notes = text[text.index("## Notes"):]
+    assert "junk (" in notes  # a junk row left out of the fits: it does not beat its unigram floor
+    assert "## Does a learned router separate modalities?" in text
