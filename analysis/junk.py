@@ -160,7 +160,7 @@ def junk_losses(df: pd.DataFrame) -> pd.DataFrame:
 def plot(pairs: pd.DataFrame, path: Path) -> Path:
     """dL (with junk - without) of every pair by family and modality, one panel per comparison,
     with each pair's 95% document-level interval where it holds its estimate; marker by the
-    clean run's total tokens."""
+    clean run's total tokens, seeds side by side."""
     fig, axes = plt.subplots(1, len(COMPARISONS), figsize=(5.2 * len(COMPARISONS), 3.6),
                              squeeze=False, sharey=True)
     pairs = pairs[pairs["learned"]]
@@ -169,15 +169,17 @@ def plot(pairs: pd.DataFrame, path: Path) -> Path:
     budgets = sorted(pairs["tokens_without"].unique())
     colors = dict(zip(labels, ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"), strict=False))
     markers = dict(zip(budgets, "osD^v", strict=False))
-    slots = [(f, b) for f in labels for b in budgets]
+    seeds = sorted(pairs["seed"].unique())
+    slots = [(f, b, sd) for f in labels for b in budgets for sd in seeds]
     named: set[str] = set()
     for ax, comparison in zip(axes.flat, COMPARISONS, strict=True):
         g = pairs[pairs["comparison"] == comparison]
         if g.empty:
             ax.text(0.5, 0.5, "no pairs", transform=ax.transAxes, ha="center", color="grey")
         for k, m in enumerate(mods):
-            for i, (label, budget) in enumerate(slots):
-                row = g[(g["family"] == label) & (g["modality"] == m) & (g["tokens_without"] == budget)]
+            for i, (label, budget, seed) in enumerate(slots):
+                row = g[(g["family"] == label) & (g["modality"] == m)
+                        & (g["tokens_without"] == budget) & (g["seed"] == seed)]
                 if row.empty:
                     continue
                 r = row.iloc[0]
