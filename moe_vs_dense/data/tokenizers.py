@@ -5,7 +5,7 @@ the config, in canonical order, gets `size` consecutive ids starting at its `off
 token also carries a modality id: the index of its modality in `MODALITIES`.
 
 A document is a list of segments, each a dict with keys modality, text, data, shape, rate
-(unused keys are None): text for text/code/dna/protein, uint8 pixels (`data`, `shape`) for
+(unused keys are None): text for text/code/dna/protein/junk, uint8 pixels (`data`, `shape`) for
 images, int16 samples at `rate` Hz for speech.
 """
 
@@ -302,6 +302,37 @@ class ProteinTokenizer(Tokenizer):
         return "".join(PROTEIN_ALPHABET[t] for t in local.tolist())
 
 
+HEX_DIGITS = "0123456789abcdef"
+_HEX_CODE = np.full(256, -1, dtype=np.int64)
+for _i, _c in enumerate(HEX_DIGITS):
+    _HEX_CODE[ord(_c)] = _i
+    _HEX_CODE[ord(_c.upper())] = _i
+
+
+@dataclass
+class HexTokenizer(Tokenizer):
+    """One id per hex digit (16 ids); everything else (the line ends of a hash dump) is dropped,
+    so a stream of random digests is exactly incompressible: ln 16 nats/token. Lossless on the
+    digits; line ends are not kept."""
+
+    def __post_init__(self) -> None:
+        self.size = 16
+
+    @property
+    def lossless(self) -> bool:
+        return False  # line ends are dropped
+
+    def units(self, seg: dict) -> int:
+        return int((_HEX_CODE[np.frombuffer(seg["text"].encode(), np.uint8)] >= 0).sum())
+
+    def _encode(self, seg: dict) -> np.ndarray:
+        codes = _HEX_CODE[np.frombuffer(seg["text"].encode(), np.uint8)]
+        return codes[codes >= 0]
+
+    def _decode(self, local: np.ndarray) -> str:
+        return "".join(HEX_DIGITS[t] for t in local.tolist())
+
+
 @dataclass
 class Vocab:
     """The shared vocabulary: one tokenizer per modality present, each at its own offset."""
@@ -363,7 +394,8 @@ class Vocab:
     @classmethod
     def from_json(cls, text: str) -> Vocab:
         kinds = {c.__name__: c for c in (ByteTokenizer, BPETokenizer, DNATokenizer,
-                                          ImageTokenizer, SpeechTokenizer, ProteinTokenizer)}
+                                          ImageTokenizer, SpeechTokenizer, ProteinTokenizer,
+                                          HexTokenizer)}
         toks = {}
         for row in json.loads(text):
             extra = {k: row[k] for k in ("k", "levels", "sample_rate", "spec") if k in row}
@@ -382,6 +414,8 @@ def _tokenizer(cfg: TokenizersConfig, m: str, offset: int, bpe_specs: dict[str, 
         return ImageTokenizer(m, offset, levels=cfg.image.levels)
     if m == "speech":
         return SpeechTokenizer(m, offset, sample_rate=cfg.speech.sample_rate)
+    if m == "junk":
+        return HexTokenizer(m, offset)
     return ProteinTokenizer(m, offset)
 
 
