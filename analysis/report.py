@@ -15,6 +15,7 @@ from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups_noting
 from analysis.isoflop import MIN_BUDGETS, isoflop
+from analysis.minority import minority_section
 from analysis.records import by_family, family_key, load_docs, load_runs
 from analysis.results import bound_text
 from analysis.shared_exponent import shared_table, shared_tests
@@ -346,6 +347,8 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     if routed or routed_gaps:
         lines += ["", "## Routed-MoE law (Clark et al. 2022)", ""]
         lines += ([render(fits_table(routed)), ""] if routed else []) + routed_gaps
+    section, section_figs = minority_section(every_run, out, inputs)
+    lines, figs = lines + section, figs + section_figs
     lines += _routing(records, out)
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     if notes:
