@@ -63,7 +63,7 @@ def _table(m: str, rows: pd.DataFrame, docs: dict) -> pd.DataFrame:
     z = float(stats.norm.ppf(0.975))
     out = []
     for _, d in rows[rows["family"] == "dense"].iterrows():
-        base = {"N": d["N_active"], "D_total": d["D_total"], "seed": d["seed"],
+        base = {"run": d["run"], "N": d["N_active"], "D_total": d["D_total"], "seed": d["seed"],
                 f"{m} share": minority[d["run"]], "modality": d["modality"],
                 "D": d["D"], "floor_unigram": d["floor_unigram"],
                 "floor_bigram": d["floor_bigram"], "loss_dense": d["loss"],
@@ -71,17 +71,19 @@ def _table(m: str, rows: pd.DataFrame, docs: dict) -> pd.DataFrame:
         partners = paired[(paired["run_dense"] == d["run"]) & (paired["modality"] == d["modality"])]
         for _, p in partners.iterrows():
             lo, hi = held(p["dL"], p["dL"] - z * p["dL_se"], p["dL"] + z * p["dL_se"])
-            out.append({**base, "family": p["family"], "loss": p["loss"],
+            out.append({**base, "run_partner": p["run"], "family": p["family"], "loss": p["loss"],
                         "loss_se": se.get((p["run"], d["modality"]), np.nan), "dL": p["dL"],
                         "dL_se": p["dL_se"], "dL_lower": float(lo), "dL_upper": float(hi)})
         if partners.empty:
-            out.append({**base, "family": "-", "loss": np.nan, "loss_se": np.nan, "dL": np.nan,
-                        "dL_se": np.nan, "dL_lower": np.nan, "dL_upper": np.nan})
+            out.append({**base, "run_partner": None, "family": "-", "loss": np.nan,
+                        "loss_se": np.nan, "dL": np.nan, "dL_se": np.nan, "dL_lower": np.nan,
+                        "dL_upper": np.nan})
     t = pd.DataFrame(out)
     t["below bigram"] = [_below(r) for _, r in t.iterrows()]
     t["role"] = np.where(t["modality"] == m, "minority", "other")
     t = t.sort_values(["role", "N", "D_total", "seed", f"{m} share", "modality", "family"])
-    return t[["modality", "role", f"{m} share", "N", "D_total", "seed", "D", "family",
+    return t[["run", "run_partner", "modality", "role", f"{m} share", "N", "D_total", "seed",
+              "D", "family",
               "loss_dense", "loss_dense_se", "loss", "loss_se", "dL", "dL_se", "dL_lower",
               "dL_upper", "floor_unigram", "floor_bigram", "below bigram"]].reset_index(drop=True)
 
@@ -182,6 +184,11 @@ def minority_section(df: pd.DataFrame, out: Path,
     if found is None:
         return [], []
     m, rows = found
+    levels = share_levels(rows.loc[rows["modality"] == m, "share"])
+    title = f"## Minority modality: {m} at {levels} shares of the data"
+    if not (rows["family"] == "dense").any():
+        return ["", title, "", f"The runs vary {m}'s share of their training tokens, but none of "
+                "them is dense: there is no MoE - dense difference to show.", ""], []
     t = _table(m, rows, load_docs(inputs))
     t.to_csv(out / "minority.csv", index=False)
     fig = _figure(m, t, out / "minority.png")
@@ -189,7 +196,7 @@ def minority_section(df: pd.DataFrame, out: Path,
     others = ", ".join(sorted(t.loc[t["role"] == "other", "modality"].unique()))
     fixed = [c for c in ("N", "D_total", "seed") if t[c].nunique() == 1]
     held_at = "; ".join(f"{c} = {t[c].iloc[0]:.4g}" for c in fixed)
-    lines = ["", f"## Minority modality: {m} at {len(shares)} shares of the data", "",
+    lines = ["", title, "",
              f"The runs vary {m}'s share of their training tokens (D / D_total: "
              f"{', '.join(f'{s:.3g}' for s in shares)}) while size N (active params), total "
              f"tokens D_total and seed stay fixed within each family ({held_at or 'several'}), so "
@@ -200,7 +207,13 @@ def minority_section(df: pd.DataFrame, out: Path,
              "unigram and bigram floors (nats/token of count models of the training data on the "
              "same validation rows). Losses in nats/token. Secondary: no verdict here; the "
              f"report's verdicts are the primary table's ({POLICY}).",
-             "([minority.csv](minority.csv))", "", render(t.drop(columns=fixed)), ""]
+             "([minority.csv](minority.csv))", "",
+             render(t.drop(columns=[*fixed, "run", "run_partner"])), ""]
+    shown = set(t["run"]) | set(t["run_partner"].dropna())
+    alone = sorted(set(rows["run"]) - shown)
+    if alone:
+        lines += [f"Not in the table: {len(alone)} run(s) of the study without a dense partner "
+                  f"({', '.join(alone[:5])}{', ...' if len(alone) > 5 else ''}).", ""]
     below = _floor_lines(m, t)
     if below:
         lines += ["Pairs not below their bigram floor:", "", *below, ""]

@@ -95,11 +95,24 @@ def test_no_study_when_shares_only_drift(tmp_path):
     assert minority_section(df, tmp_path, [tmp_path]) == ([], [])
 
 
+def test_without_dense_runs_the_section_says_there_is_nothing_to_pair(tmp_path):
+    rng = np.random.default_rng(2)
+    for s in (0.01, 0.5):
+        _pair(tmp_path, rng, f"s{s}", {"text": 1 - s, "image": s})
+        for f in ("record.json", "eval_docs.json"):
+            (tmp_path / f"s{s}-dense" / f).unlink()
+    df, _ = load_runs([tmp_path])
+    lines, figs = minority_section(df, tmp_path, [tmp_path])
+    assert lines[1] == "## Minority modality: image at 2 shares of the data" and figs == []
+    assert "none of them is dense" in "\n".join(lines)
+
+
 def test_section_recovers_known_differences_beside_floors(study, tmp_path):
     df, _ = load_runs([study])
     lines, figs = minority_section(df, tmp_path, [study])
     t = pd.read_csv(tmp_path / "minority.csv")
     assert len(t) == 8 and set(t["family"]) == {"moe modality E=2"}
+    assert (t["run_partner"] == t["run"].str.replace("-dense", "-moe")).all()
     for _, r in t.iterrows():
         truth = SHIFT[(r["modality"], round(r["image share"], 4))]
         assert r["dL"] == pytest.approx(truth, abs=4 * r["dL_se"])
