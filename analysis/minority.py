@@ -209,6 +209,11 @@ def minority_section(df: pd.DataFrame, out: Path,
              f"report's verdicts are the primary table's ({POLICY}).",
              "([minority.csv](minority.csv))", "",
              render(t.drop(columns=[*fixed, "run", "run_partner"])), ""]
+    if rows["seed"].nunique() == 1:
+        lines += ["One seed: the intervals count validation documents only, not the variation "
+                  "between training runs (initialisation, and a data order that changes with the "
+                  "mixture), which can move a loss by more than these intervals; a second seed "
+                  "per share measures it (`seeds: [0, 1]`).", ""]
     shown = set(t["run"]) | set(t["run_partner"].dropna())
     alone = sorted(set(rows["run"]) - shown)
     if alone:

@@ -129,6 +129,7 @@ def test_section_recovers_known_differences_beside_floors(study, tmp_path):
     assert len(said) == 1 and "image at image share 0.01" in said[0]
     text = "\n".join(lines)
     assert "Secondary: no verdict" in text and "Holm" in text
+    assert "One seed: the intervals count validation documents only" in text
     assert figs == [tmp_path / "minority.png"] and figs[0].stat().st_size > 10_000
 
 
