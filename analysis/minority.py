@@ -88,16 +88,25 @@ def _table(m: str, rows: pd.DataFrame, docs: dict) -> pd.DataFrame:
               "dL_upper", "floor_unigram", "floor_bigram", "below bigram"]].reset_index(drop=True)
 
 
+def _level(loss: float, se: float, unigram: float, bigram: float) -> str:
+    """Which floors a loss beats: by more than its SE, as the report's floors table reads it."""
+    margin = se if np.isfinite(se) else 0.0
+    if loss < bigram - margin:
+        return "bigram"
+    return "unigram" if loss < unigram - margin else "none"
+
+
 def _below(r: pd.Series) -> str:
-    """Which of the pair's runs reach a loss below the modality's bigram floor."""
+    """Which of the pair's runs beat the modality's bigram floor."""
     if np.isnan(r["floor_bigram"]):
         return "no floor"
-    dense = r["loss_dense"] < r["floor_bigram"]
-    other = r["loss"] < r["floor_bigram"] if np.isfinite(r["loss"]) else None
-    if other is None:
-        return "dense" if dense else "neither"
+    dense = _level(r["loss_dense"], r["loss_dense_se"], r["floor_unigram"], r["floor_bigram"])
+    if not np.isfinite(r["loss"]):
+        return "dense" if dense == "bigram" else "neither"
+    other = _level(r["loss"], r["loss_se"], r["floor_unigram"], r["floor_bigram"])
     return {(True, True): "both", (True, False): "dense only",
-            (False, True): f"{r['family']} only", (False, False): "neither"}[(dense, other)]
+            (False, True): f"{r['family']} only", (False, False): "neither"}[
+        (dense == "bigram", other == "bigram")]
 
 
 def _figure(m: str, t: pd.DataFrame, path: Path) -> Path:
@@ -158,20 +167,27 @@ def _half(se: pd.Series) -> np.ndarray:
     return np.nan_to_num(float(stats.norm.ppf(0.975)) * se.to_numpy(float))
 
 
+READS = {"bigram": "below its bigram floor",
+         "unigram": "below its unigram floor but not its bigram floor: less than pair counts give",
+         "none": "not below its unigram floor: it learned nothing of this modality"}
+
+
 def _floor_lines(m: str, t: pd.DataFrame) -> list[str]:
-    """One line per pair whose runs do not both beat the modality's bigram floor."""
+    """One line per pair whose runs do not both beat the modality's bigram floor (by more than
+    a loss's SE), saying what each run learned."""
     out = []
-    for _, r in t[t["below bigram"] != "both"].iterrows():
-        if r["below bigram"] == "no floor":
-            continue
-        where = f"{r['modality']} at {m} share {r[f'{m} share']:.3g}"
-        losses = f"dense {r['loss_dense']:.3f}" + (
-            f", {r['family']} {r['loss']:.3f}" if r["family"] != "-" else "")
-        out.append(f"- {where}: {losses} against a bigram floor of {r['floor_bigram']:.3f} "
-                   f"(unigram {r['floor_unigram']:.3f}) nats/token; below it: "
-                   f"{r['below bigram']}. A run at or above that floor has learned no more than "
-                   "pair counts of this modality, so this row's dL says nothing about capacity "
-                   "spent or protected.")
+    for _, r in t[~t["below bigram"].isin(["both", "no floor"])].iterrows():
+        runs = [("dense", r["loss_dense"], r["loss_dense_se"])]
+        if r["family"] != "-":
+            runs.append((r["family"], r["loss"], r["loss_se"]))
+        said = "; ".join(f"{f} {loss:.3f} +- {se:.3f}, "
+                         f"{READS[_level(loss, se, r['floor_unigram'], r['floor_bigram'])]}"
+                         for f, loss, se in runs)
+        out.append(f"- {r['modality']} at {m} share {r[f'{m} share']:.3g} (floors: unigram "
+                   f"{r['floor_unigram']:.3f}, bigram {r['floor_bigram']:.3f} nats/token): "
+                   f"{said}. Where a run does not beat the bigram floor, this row's dL compares "
+                   "how far each run got toward counting statistics, not capacity spent on or "
+                   "protected for structure beyond them.")
     return out
 
 
