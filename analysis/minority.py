@@ -73,19 +73,19 @@ def _table(m: str, rows: pd.DataFrame, docs: dict) -> pd.DataFrame:
             lo, hi = held(p["dL"], p["dL"] - z * p["dL_se"], p["dL"] + z * p["dL_se"])
             out.append({**base, "run_partner": p["run"], "family": p["family"], "loss": p["loss"],
                         "loss_se": se.get((p["run"], d["modality"]), np.nan), "dL": p["dL"],
-                        "dL_se": p["dL_se"], "dL_lower": float(lo), "dL_upper": float(hi)})
+                        "dL_se": p["dL_se"], "dL lower": float(lo), "dL upper": float(hi)})
         if partners.empty:
             out.append({**base, "run_partner": None, "family": "-", "loss": np.nan,
-                        "loss_se": np.nan, "dL": np.nan, "dL_se": np.nan, "dL_lower": np.nan,
-                        "dL_upper": np.nan})
+                        "loss_se": np.nan, "dL": np.nan, "dL_se": np.nan, "dL lower": np.nan,
+                        "dL upper": np.nan})
     t = pd.DataFrame(out)
     t["below bigram"] = [_below(r) for _, r in t.iterrows()]
     t["role"] = np.where(t["modality"] == m, "minority", "other")
     t = t.sort_values(["role", "N", "D_total", "seed", f"{m} share", "modality", "family"])
     return t[["run", "run_partner", "modality", "role", f"{m} share", "N", "D_total", "seed",
               "D", "family",
-              "loss_dense", "loss_dense_se", "loss", "loss_se", "dL", "dL_se", "dL_lower",
-              "dL_upper", "floor_unigram", "floor_bigram", "below bigram"]].reset_index(drop=True)
+              "loss_dense", "loss_dense_se", "loss", "loss_se", "dL", "dL_se", "dL lower",
+              "dL upper", "floor_unigram", "floor_bigram", "below bigram"]].reset_index(drop=True)
 
 
 def _level(loss: float, se: float, unigram: float, bigram: float) -> str:
@@ -143,7 +143,7 @@ def _figure(m: str, t: pd.DataFrame, path: Path) -> Path:
     ax = axes[2]
     for (mod, f), g in t[t["family"] != "-"].groupby(["modality", "family"]):
         g = g.sort_values(share)
-        err = np.vstack([g["dL"] - g["dL_lower"], g["dL_upper"] - g["dL"]])
+        err = np.vstack([g["dL"] - g["dL lower"], g["dL upper"] - g["dL"]])
         ax.errorbar(g[share], g["dL"], yerr=np.nan_to_num(err), capsize=3,
                     fmt="o-" if mod == m else "s--", color=color[f],
                     mfc=color[f] if mod == m else "white", label=f"{mod}: {f} - dense")

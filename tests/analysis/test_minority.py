@@ -126,11 +126,11 @@ def test_section_recovers_known_differences_beside_floors(study, tmp_path):
     for _, r in t.iterrows():
         truth = SHIFT[(r["modality"], round(r["image share"], 4))]
         assert r["dL"] == pytest.approx(truth, abs=4 * r["dL_se"])
-        assert r["dL_lower"] < r["dL"] < r["dL_upper"]  # held: every interval holds its estimate
-        assert r["dL_lower"] - 0.01 < truth < r["dL_upper"] + 0.01
+        assert r["dL lower"] < r["dL"] < r["dL upper"]  # held: every interval holds its estimate
+        assert r["dL lower"] - 0.01 < truth < r["dL upper"] + 0.01
     img = t[t["modality"] == "image"].set_index("image share")
     assert (img["role"] == "minority").all() and (t[t["modality"] == "text"]["role"] == "other").all()
-    assert img.loc[0.01, "dL_upper"] < 0 < img.loc[0.25, "dL_upper"]
+    assert img.loc[0.01, "dL upper"] < 0 < img.loc[0.25, "dL upper"]
     assert (img["floor_bigram"] == FLOORS["image"]["bigram"]).all()
     # at 1% neither run beats the image bigram floor, and the section says so for that row only
     assert img.loc[0.01, "below bigram"] == "neither"
