@@ -30,9 +30,9 @@ def _dense_loss(m: str, share: float) -> float:
 
 
 def _run(root: Path, run: str, family: str, tokens: dict, docs: dict, pair: str, N: int,
-         experts: int = 0) -> None:
+         experts: int = 0, seed: int = 0) -> None:
     losses = {m: float(d[0].sum() / d[1].sum()) for m, d in docs.items()}
-    rec = record(run, family, list(tokens), N, tokens, losses, n_experts=experts,
+    rec = record(run, family, list(tokens), N, tokens, losses, n_experts=experts, seed=seed,
                  router="modality" if family == "moe" else None, pair_id=pair)
     rec["schema_version"] = 3
     rec["eval"]["floors"] = {m: FLOORS[m] for m in tokens}
@@ -43,7 +43,7 @@ def _run(root: Path, run: str, family: str, tokens: dict, docs: dict, pair: str,
 
 
 def _pair(root: Path, rng, pair: str, shares: dict[str, float], N: int = 100_000,
-          total: int = TOTAL, docs: int = 200) -> None:
+          total: int = TOTAL, docs: int = 200, seed: int = 0) -> None:
     """A dense run and its modality-routed partner on the same documents; the partner's loss
     differs by SHIFT per document (plus document noise), so dL is known."""
     tokens = {m: int(total * s) for m, s in shares.items()}
@@ -54,8 +54,8 @@ def _pair(root: Path, rng, pair: str, shares: dict[str, float], N: int = 100_000
         per_doc = _dense_loss(m, share) + rng.normal(0, 0.3, docs)  # documents differ a lot
         dense[m] = (per_doc * n, n)
         moe[m] = ((per_doc + SHIFT.get((m, share), 0.0) + rng.normal(0, 0.02, docs)) * n, n)
-    _run(root, f"{pair}-dense", "dense", tokens, dense, pair, N)
-    _run(root, f"{pair}-moe", "moe", tokens, moe, pair, N, experts=2)
+    _run(root, f"{pair}-dense", "dense", tokens, dense, pair, N, seed=seed)
+    _run(root, f"{pair}-moe", "moe", tokens, moe, pair, N, experts=2, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +142,20 @@ def test_section_recovers_known_differences_beside_floors(study, tmp_path):
     assert "Secondary: no verdict" in text and "Holm" in text
     assert "One seed: the intervals count validation documents only" in text
     assert figs == [tmp_path / "minority.png"] and figs[0].stat().st_size > 10_000
+
+
+def test_two_seeds_give_a_row_each_and_drop_the_one_seed_caveat(tmp_path):
+    rng = np.random.default_rng(4)
+    for seed in (0, 1):
+        for s in (0.01, 0.5):
+            _pair(tmp_path, rng, f"s{s}-seed{seed}", {"text": 1 - s, "image": s}, seed=seed)
+    df, _ = load_runs([tmp_path])
+    out = tmp_path / "out"
+    out.mkdir()
+    lines, figs = minority_section(df, out, [tmp_path])
+    t = pd.read_csv(out / "minority.csv")
+    assert len(t) == 8 and sorted(t["seed"].unique()) == [0, 1]
+    assert not any("One seed" in x for x in lines) and len(figs) == 1
 
 
 def test_report_places_the_section_and_its_figure(study, tmp_path):
