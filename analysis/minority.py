@@ -117,43 +117,48 @@ def _figure(m: str, t: pd.DataFrame, path: Path) -> Path:
     share = f"{m} share"
     fams = sorted(set(t["family"]) - {"-"})
     color = {"dense": COLORS["dense"], **{f: PALETTE[i % len(PALETTE)] for i, f in enumerate(fams)}}
-    groups = list(t.groupby(["N", "D_total", "seed"]))
-    many = len(groups) > 1
+    keys = ["N", "D_total", "seed"]
+    varying = [k for k in keys if t[k].nunique() > 1]
+    tags = {k: " (" + ", ".join(f"{c} {v:.3g}" for c, v in zip(keys, k, strict=True)
+                                if c in varying) + ")" if varying else ""
+            for k, _ in t.groupby(keys)}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for role, ax in (("minority", axes[0]), ("other", axes[1])):
-        for (n, dt, seed), g in groups:
-            tag = f" (N={n:.3g}, D_total={dt:.3g}, seed {seed})" if many else ""
-            for mod, gm in g[g["role"] == role].groupby("modality"):
-                label = "" if role == "minority" else f"{mod}: "
-                dense = gm.drop_duplicates(share)
-                ax.errorbar(dense[share], dense["loss_dense"], yerr=_half(dense["loss_dense_se"]),
-                            fmt="o-", capsize=3, color=color["dense"], label=f"{label}dense{tag}")
-                for f, gf in gm[gm["family"] != "-"].groupby("family"):
-                    ax.errorbar(gf[share], gf["loss"], yerr=_half(gf["loss_se"]), fmt="s-",
-                                capsize=3, color=color[f], label=f"{label}{f}{tag}")
-                ax.plot(dense[share], dense["floor_bigram"], "--", color="gray", lw=1,
-                        label=f"{label}bigram floor")
-                ax.plot(dense[share], dense["floor_unigram"], ":", color="gray", lw=1,
-                        label=f"{label}unigram floor")
-        title = m if role == "minority" else ", ".join(sorted(t.loc[t["role"] == "other",
-                                                                    "modality"].unique()))
+        rows = t[t["role"] == role]
+        for (mod, *k), gm in rows.groupby(["modality", *keys]):
+            label, tag = ("" if role == "minority" else f"{mod}: "), tags[tuple(k)]
+            dense = gm.drop_duplicates(share)
+            ax.errorbar(dense[share], dense["loss_dense"], yerr=_half(dense["loss_dense_se"]),
+                        fmt="o-", capsize=3, color=color["dense"], label=f"{label}dense{tag}")
+            for f, gf in gm[gm["family"] != "-"].groupby("family"):
+                ax.errorbar(gf[share], gf["loss"], yerr=_half(gf["loss_se"]), fmt="s-",
+                            capsize=3, color=color[f], label=f"{label}{f}{tag}")
+        for mod, gm in rows.groupby("modality"):
+            label = "" if role == "minority" else f"{mod}: "
+            floors = gm.groupby(share)[["floor_bigram", "floor_unigram"]].median()
+            ax.plot(floors.index, floors["floor_bigram"], "--", color="gray", lw=1,
+                    label=f"{label}bigram floor")
+            ax.plot(floors.index, floors["floor_unigram"], ":", color="gray", lw=1,
+                    label=f"{label}unigram floor")
+        title = ", ".join(sorted(rows["modality"].unique()))
         ax.set(xscale="log", xlabel=f"{m} share of the training tokens",
                ylabel="held-out loss (nats/token), 95% intervals", title=f"{title} ({role})")
         ax.legend(fontsize=6)
     ax = axes[2]
-    for (mod, f), g in t[t["family"] != "-"].groupby(["modality", "family"]):
+    for (mod, f, *k), g in t[t["family"] != "-"].groupby(["modality", "family", *keys]):
         g = g.sort_values(share)
         err = np.vstack([g["dL"] - g["dL lower"], g["dL upper"] - g["dL"]])
         ax.errorbar(g[share], g["dL"], yerr=np.nan_to_num(err), capsize=3,
                     fmt="o-" if mod == m else "s--", color=color[f],
-                    mfc=color[f] if mod == m else "white", label=f"{mod}: {f} - dense")
+                    mfc=color[f] if mod == m else "white",
+                    label=f"{mod}: {f} - dense{tags[tuple(k)]}")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set(xscale="log", xlabel=f"{m} share of the training tokens", ylabel="dL (nats/token)",
            title="MoE - dense, 95% intervals (document-level SE)")
     ax.legend(fontsize=6)
-    ticks = sorted(t[share].unique())
+    ticks = sorted({float(f"{v:.2g}") for v in t[share]})
     for ax in axes:
-        ax.set_xticks(ticks, [f"{v:.3g}" for v in ticks])
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
         ax.minorticks_off()
     fig.suptitle(f"Minority modality: {m} at several shares, total tokens fixed", fontsize=9)
     fig.tight_layout()
