@@ -30,11 +30,20 @@ LEVEL_GAP = 0.1  # shares closer than this in log ratio are one level (sampling 
 MATCHED = ["family", "modalities", "N_active", "D_total", "seed"]  # what a share's runs share
 
 
+def level_values(shares: pd.Series) -> list[float]:
+    """The distinct levels the shares take, each as its median: sorted shares more than
+    LEVEL_GAP apart in log ratio start a new level, so the mixture sampler's rounding (which
+    differs by seed) never counts as one."""
+    s = np.sort(shares[shares > 0].to_numpy(float))
+    if len(s) == 0:
+        return []
+    starts = np.flatnonzero(np.diff(np.log(s)) > LEVEL_GAP) + 1
+    return [float(np.median(g)) for g in np.split(s, starts)]
+
+
 def share_levels(shares: pd.Series) -> int:
-    """How many distinct levels the shares take: sorted shares more than LEVEL_GAP apart in
-    log ratio start a new level, so rounding in the mixture sampler never counts as one."""
-    s = np.sort(np.log(shares[shares > 0].to_numpy(float)))
-    return 0 if len(s) == 0 else 1 + int(np.sum(np.diff(s) > LEVEL_GAP))
+    """How many distinct levels the shares take (level_values)."""
+    return len(level_values(shares))
 
 
 def find_study(df: pd.DataFrame) -> tuple[str, pd.DataFrame] | None:
@@ -213,13 +222,13 @@ def minority_section(df: pd.DataFrame, out: Path,
     t = _table(m, rows, load_docs(inputs))
     t.to_csv(out / "minority.csv", index=False)
     fig = _figure(m, t, out / "minority.png")
-    shares = sorted(t[f"{m} share"].unique())
+    shares = level_values(t[f"{m} share"])
     others = ", ".join(sorted(t.loc[t["role"] == "other", "modality"].unique()))
     fixed = [c for c in ("N", "D_total", "seed") if t[c].nunique() == 1]
     held_at = "; ".join(f"{c} = {t[c].iloc[0]:.4g}" for c in fixed)
     lines = ["", title, "",
-             f"The runs vary {m}'s share of their training tokens (D / D_total: "
-             f"{', '.join(f'{s:.3g}' for s in shares)}) while size N (active params), total "
+             f"The runs vary {m}'s share of their training tokens (D / D_total, per level: "
+             f"{', '.join(f'{s:.2g}' for s in shares)}) while size N (active params), total "
              f"tokens D_total and seed stay fixed within each family ({held_at or 'several'}), so "
              f"a small share means few {m} tokens; the rest goes to {others}. Per share and "
              "modality: the dense loss, its partner's, dL = partner - dense on "

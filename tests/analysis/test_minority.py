@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.minority import _level, find_study, minority_section, share_levels
+from analysis.minority import _level, find_study, level_values, minority_section, share_levels
 from analysis.records import load_runs
 from analysis.report import write_report
 from analysis.synthetic import record
@@ -74,6 +74,7 @@ def test_share_levels_ignore_sampling_noise():
     assert share_levels(pd.Series([0.01, 0.0101, 0.05, 0.25, 0.2501, 0.5])) == 4
     assert share_levels(pd.Series([0.5, 0.497, 0.503])) == 1
     assert share_levels(pd.Series([], dtype=float)) == 0
+    assert level_values(pd.Series([0.0099, 0.0101, 0.0100, 0.5, 0.499])) == pytest.approx([0.01, 0.4995])
 
 
 def test_a_floor_is_beaten_by_more_than_the_losses_se():
@@ -156,6 +157,7 @@ def test_two_seeds_give_a_row_each_and_drop_the_one_seed_caveat(tmp_path):
     t = pd.read_csv(out / "minority.csv")
     assert len(t) == 8 and sorted(t["seed"].unique()) == [0, 1]
     assert not any("One seed" in x for x in lines) and len(figs) == 1
+    assert "(D / D_total, per level: 0.01, 0.5)" in "\n".join(lines)
 
 
 def test_report_places_the_section_and_its_figure(study, tmp_path):
