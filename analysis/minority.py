@@ -120,7 +120,8 @@ def _below(r: pd.Series) -> str:
 
 def _figure(m: str, t: pd.DataFrame, path: Path) -> Path:
     """Left: the minority's loss against its share; middle: the other modalities'; right: dL
-    against the share with 95% error bars. Floors as grey lines; shares on a log axis."""
+    against the share with 95% error bars. Floors as grey lines; shares on a log axis; the
+    lines of further seeds or sizes fainter."""
     from analysis.plots import COLORS, PALETTE
 
     share = f"{m} share"
@@ -131,17 +132,20 @@ def _figure(m: str, t: pd.DataFrame, path: Path) -> Path:
     tags = {k: " (" + ", ".join(f"{c} {v:.3g}" for c, v in zip(keys, k, strict=True)
                                 if c in varying) + ")" if varying else ""
             for k, _ in t.groupby(keys)}
+    fade = {k: 1.0 - 0.5 * i / max(1, len(tags) - 1) for i, k in enumerate(tags)}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for role, ax in (("minority", axes[0]), ("other", axes[1])):
         rows = t[t["role"] == role]
         for (mod, *k), gm in rows.groupby(["modality", *keys]):
             label, tag = ("" if role == "minority" else f"{mod}: "), tags[tuple(k)]
             dense = gm.drop_duplicates(share)
+            a = fade[tuple(k)]
             ax.errorbar(dense[share], dense["loss_dense"], yerr=_half(dense["loss_dense_se"]),
-                        fmt="o-", capsize=3, color=color["dense"], label=f"{label}dense{tag}")
+                        fmt="o-", capsize=3, color=color["dense"], alpha=a,
+                        label=f"{label}dense{tag}")
             for f, gf in gm[gm["family"] != "-"].groupby("family"):
                 ax.errorbar(gf[share], gf["loss"], yerr=_half(gf["loss_se"]), fmt="s-",
-                            capsize=3, color=color[f], label=f"{label}{f}{tag}")
+                            capsize=3, color=color[f], alpha=a, label=f"{label}{f}{tag}")
         for mod, gm in rows.groupby("modality"):
             label = "" if role == "minority" else f"{mod}: "
             floors = gm.groupby(share)[["floor_bigram", "floor_unigram"]].median()
@@ -158,14 +162,14 @@ def _figure(m: str, t: pd.DataFrame, path: Path) -> Path:
         g = g.sort_values(share)
         err = np.vstack([g["dL"] - g["dL lower"], g["dL upper"] - g["dL"]])
         ax.errorbar(g[share], g["dL"], yerr=np.nan_to_num(err), capsize=3,
-                    fmt="o-" if mod == m else "s--", color=color[f],
+                    fmt="o-" if mod == m else "s--", color=color[f], alpha=fade[tuple(k)],
                     mfc=color[f] if mod == m else "white",
                     label=f"{mod}: {f} - dense{tags[tuple(k)]}")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set(xscale="log", xlabel=f"{m} share of the training tokens", ylabel="dL (nats/token)",
            title="MoE - dense, 95% intervals (document-level SE)")
     ax.legend(fontsize=6)
-    ticks = sorted({float(f"{v:.2g}") for v in t[share]})
+    ticks = [float(f"{v:.2g}") for v in level_values(t[share])]
     for ax in axes:
         ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
         ax.minorticks_off()
