@@ -15,6 +15,7 @@ from analysis.compute import DEFINITION, fit_flops_per_token
 from analysis.headline import Headline
 from analysis.isoflop import MIN_BUDGETS, isoflop
 from analysis.junk import junk_section
+from analysis.minority import minority_section
 from analysis.records import by_family, family_key, load_docs, load_runs
 from analysis.results import bound_text
 from analysis.shared_exponent import shared_table, shared_tests
@@ -291,6 +292,8 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     junk_lines, junk_figs = junk_section(every_run, records, out, inputs)
     lines += junk_lines
     figs += junk_figs
+    section, section_figs = minority_section(every_run, out, inputs)
+    lines, figs = lines + section, figs + section_figs
     lines += _routing(records, out)
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     if notes:

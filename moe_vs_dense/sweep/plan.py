@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from moe_vs_dense.config import Config
 from moe_vs_dense.config_load import set_path, validate
 from moe_vs_dense.errors import UserError
@@ -169,9 +171,40 @@ def _baselines(sweep: SweepConfig, cfg: Config) -> list[list[str]]:
                                  for p in bi]
 
 
+def _check_stream_axes(sweep: SweepConfig, common: dict, source: str) -> None:
+    """An axis over a stream's key (a mixture weight) must name a stream of the mixture: set
+    on a missing one it would add a stream without a source."""
+    streams = (common.get("data") or {}).get("mixture") or {}
+    where = [(f"axes.{i}", axis) for i, axis in enumerate(sweep.axes)]
+    where += [(f"families.{n}.axes.{i}", axis) for n, f in sweep.families.items()
+              for i, axis in enumerate(f.axes)]
+    for at, axis in where:
+        for key in axis:
+            parts = key.split(".")
+            if parts[:2] == ["data", "mixture"] and len(parts) > 3 and parts[2] not in streams:
+                raise UserError(f"{source}: {at}: {key}: the mixture has no stream '{parts[2]}' "
+                                f"(streams: {', '.join(streams) or 'none'})")
+
+
+def _check_weights(cfg: Config, run_id: str, source: str) -> None:
+    """Every stream gets rows: the sampler deals rows in cycles of MixtureSampler.cycle, and a
+    weight that rounds to none of them would fail at the first training step, not here."""
+    from moe_vs_dense.data.loader import MixtureSampler, largest_remainder
+
+    names = list(cfg.data.mixture)
+    w = np.array([cfg.data.mixture[k].weight for k in names])
+    counts = largest_remainder(w, MixtureSampler.cycle)
+    for k, c, wk in zip(names, counts, w, strict=True):
+        if c == 0:
+            raise UserError(f"{source}: run {run_id}: data.mixture.{k}.weight: {wk:g} is "
+                            f"{wk / w.sum():.2g} of the mixture's weight, below the sampler's "
+                            f"resolution (1 row in {MixtureSampler.cycle}); raise it")
+
+
 def expand(sweep: SweepConfig, base: dict, source: str = "<sweep>") -> list[PlannedRun]:
     """Every run of the sweep, anchors first within each pair, then partners, then baselines."""
     b = _Builder(sweep, base, source)
+    _check_stream_axes(sweep, _apply(copy.deepcopy(base), sweep.set), source)
     runs: list[PlannedRun] = []
     for size, budget, seed, setting in itertools.product(
             sweep.sizes, sweep.tokens, sweep.seeds, _settings(sweep.axes)):
@@ -183,6 +216,7 @@ def expand(sweep: SweepConfig, base: dict, source: str = "<sweep>") -> list[Plan
         anchor_raw = _apply(copy.deepcopy(common), sweep.families[sweep.anchor].set)
         anchor_id = f"{pair_id}-{sweep.anchor}"
         anchor = b.config(anchor_raw, anchor_id, pair_id)
+        _check_weights(anchor, anchor_id, source)
         runs.append(PlannedRun(anchor_id, pair_id, sweep.anchor, "paired", anchor,
                                b.accounting(anchor), None))
         for name, fam in sweep.families.items():
