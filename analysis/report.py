@@ -11,6 +11,7 @@ import pandas as pd
 from analysis import plots
 from analysis.backtest import backtest, summarize
 from analysis.compare import compare_laws, compare_pairs, law_points, pairs
+from analysis.compress import compress_section
 from analysis.compute import DEFINITION, fit_flops_per_token, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups_noting
@@ -346,6 +347,9 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     if routed or routed_gaps:
         lines += ["", "## Routed-MoE law (Clark et al. 2022)", ""]
         lines += ([render(fits_table(routed)), ""] if routed else []) + routed_gaps
+    study, study_figs = compress_section(df, records, out, inputs)
+    lines += study
+    figs += study_figs
     lines += _routing(records, out)
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     if notes:
