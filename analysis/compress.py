@@ -37,10 +37,10 @@ def _method_key(m: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(m), m) if m in METHOD_ORDER else (len(METHOD_ORDER), m)
 
 
-def before_after(every: pd.DataFrame) -> pd.DataFrame:
+def before_after(every: pd.DataFrame, docs: dict) -> pd.DataFrame:
     """One row per (run, modality) of every trained run that has compressed versions and of each
-    version: loss with SE, the source's loss and the change, storage and forward FLOPs, bigram
-    floor."""
+    version: loss with SE, the change from the source's loss with its SE over the documents both
+    scored (`docs`: records.load_docs), storage and forward FLOPs, bigram floor."""
     rows = every.assign(family=family_key(every))
     sources = set(rows.loc[~trained(rows), "source_run"])
     rows = rows[rows["run"].isin(sources) | rows["source_run"].isin(sources)].copy()
@@ -49,15 +49,27 @@ def before_after(every: pd.DataFrame) -> pd.DataFrame:
     rows["source_loss"] = [base.get((s, m), np.nan) for s, m in zip(rows["source"], rows["modality"],
                                                                     strict=True)]
     rows["dL_vs_source"] = rows["loss"] - rows["source_loss"]
+    rows["dL_se"] = [_doc_se(docs, r, s, m) if r != s else np.nan
+                     for r, s, m in zip(rows["run"], rows["source"], rows["modality"], strict=True)]
     rows["order"] = [_method_key(m) for m in rows["method"]]
     rows = rows.sort_values(["modality", "family", "N_total", "D", "source", "order"])
     return pd.DataFrame({
         "modality": rows["modality"], "family": rows["family"], "source": rows["source"],
         "method": rows["method"], "C": rows["C_total"], "storage_MB": rows["storage_bytes"] / 1e6,
         "fwd_MFLOPs_per_token": rows["inference_flops_per_token"] / 1e6, "loss": rows["loss"],
-        "se": rows["loss_se"], "dL_vs_source": rows["dL_vs_source"],
+        "se": rows["loss_se"], "dL_vs_source": rows["dL_vs_source"], "dL_se": rows["dL_se"],
         "floor_bigram": rows["floor_bigram"],
     }).reset_index(drop=True)
+
+
+def _doc_se(docs: dict, run: str, source: str, modality: str) -> float:
+    a, b = docs.get(run, {}).get(modality), docs.get(source, {}).get(modality)
+    if a is None or b is None:
+        return math.nan
+    try:
+        return pair_difference(a, b)[1]
+    except AnalysisError:
+        return math.nan
 
 
 def _beats_bigram(loss: float, se: float, floor: float) -> bool:
@@ -203,16 +215,18 @@ def compress_section(df: pd.DataFrame, records: list[dict], out: Path,
                    zip(every["run"], every["source_run"], every["modality"], strict=True)]]
     if trained(every).all():
         return [], []
-    ba = before_after(every)
+    docs = load_docs(inputs)
+    ba = before_after(every, docs)
     ba.to_csv(out / "compress.csv", index=False)
-    table = claim_rows(every, load_docs(inputs))
+    table = claim_rows(every, docs)
     lines = ["", "## Train large, then compress (Li et al. 2020)", "",
              "Each trained run beside its compressed versions (`moe-vs-dense compress`: the same "
              "weights quantized per output channel to int8/int4, or magnitude-pruned per matrix, "
              "and scored again on the same validation documents; embeddings, norms and routers stay "
              "fp32). Loss in nats/token with its SE; `dL_vs_source` is the version's loss minus "
-             "its trained run's; `storage_MB` counts every weight as stored (quantization scales "
-             "and pruning bitmasks included); forward FLOPs per token skip pruned zeros. C is the "
+             "its trained run's, `dL_se` its SE over the documents both scored; `storage_MB` "
+             "counts every weight as stored (quantization scales and pruning bitmasks included); "
+             "forward FLOPs per token skip pruned zeros. C is the "
              "training compute (FLOPs on all tokens), the same for a run and its versions. Every "
              "row is in [compress.csv](compress.csv).", "",
              render(ba.drop(columns="source"), floatfmt=".4g"), ""]

@@ -113,6 +113,12 @@ def test_section_and_report(study, tmp_path):
     lines, figs = compress_section(df, records, out, [study])
     text = "\n".join(lines)
     assert "## Train large, then compress" in text and "larger compressed better" in text
+    import pandas as pd
+
+    ba = pd.read_csv(out / "compress.csv").set_index("method")
+    assert ba.loc["int4", "dL_vs_source"] == pytest.approx(0.02, abs=1e-3)
+    assert 0 < ba.loc["int4", "dL_se"] < 0.001 and np.isnan(ba.loc["fp32", "dL_se"])
+    assert set(ba["source"]) == {"large"}  # only runs that have compressed versions
     assert figs and figs[0].is_file() and (out / "compress.csv").is_file()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
