@@ -76,35 +76,52 @@ def _beats_bigram(loss: float, se: float, floor: float) -> bool:
     return bool(np.isfinite(floor) and loss < floor - (se if np.isfinite(se) else 0.0))
 
 
-def claim_rows(every: pd.DataFrame, docs: dict) -> pd.DataFrame:
-    """Every (larger run, each of its versions) against every smaller trained run of the same
-    family and modality whose training compute is within COMPUTE_TOLERANCE: dL = L_larger_version
-    - L_smaller on the shared documents, its SE, 95% interval, and the storage and forward-FLOP
-    ratios (larger version over smaller)."""
+def _within(runs: pd.DataFrame):
+    """(larger, smaller) trained runs of one family and modality at equal training compute."""
+    for _, g in runs.groupby(["family", "modality"]):
+        for big in g.itertuples():
+            for small in g.itertuples():
+                if (small.N_total < big.N_total
+                        and abs(big.C_total / small.C_total - 1) <= COMPUTE_TOLERANCE):
+                    yield big, small
+
+
+def _partners(runs: pd.DataFrame):
+    """(MoE/MoT run, its dense partner) of each pair and modality: the same size, tokens, data
+    order and training compute."""
+    for _, g in runs[runs["pair"].notna()].groupby(["pair", "modality"]):
+        dense = g[g["family"] == "dense"]
+        for other in g[g["family"] != "dense"].itertuples():
+            for d in dense.itertuples():
+                yield other, d
+
+
+def claim_rows(every: pd.DataFrame, docs: dict, partners: bool = False) -> pd.DataFrame:
+    """Each version (as trained, or compressed) of a larger trained run against a smaller trained
+    run at equal training compute: of the same family and modality with fewer total params and
+    compute within COMPUTE_TOLERANCE, or (`partners`) an MoE/MoT run's versions against its dense
+    partner. dL = L_version - L_smaller on the documents both scored, its SE, 95% interval, the
+    storage and forward-FLOP ratios (version over smaller run), and whether both trained runs
+    beat their bigram floors."""
     rows = every.assign(family=family_key(every))
     runs = rows[trained(rows)]
     out = []
-    for (family, modality), g in runs.groupby(["family", "modality"]):
-        for big in g.itertuples():
-            for small in g.itertuples():
-                if small.N_total >= big.N_total or abs(big.C_total / small.C_total - 1) > COMPUTE_TOLERANCE:
-                    continue
-                versions = rows[((rows["run"] == big.run) | (rows["source_run"] == big.run))
-                                & (rows["modality"] == modality)]
-                for v in versions.itertuples():
-                    a, b = docs.get(v.run, {}).get(modality), docs.get(small.run, {}).get(modality)
-                    dl, se = (pair_difference(a, b) if a is not None and b is not None
-                              else (v.loss - small.loss, math.nan))
-                    learned = (_beats_bigram(big.loss, big.loss_se, big.floor_bigram)
-                               and _beats_bigram(small.loss, small.loss_se, small.floor_bigram))
-                    out.append({
-                        "family": family, "modality": modality, "larger": big.run,
-                        "method": v.method, "smaller": small.run,
-                        "C_ratio": big.C_total / small.C_total,
-                        "storage_ratio": v.storage_bytes / small.storage_bytes,
-                        "fwd_flops_ratio": v.inference_flops_per_token / small.inference_flops_per_token,
-                        "L_larger": v.loss, "L_smaller": small.loss, "dL": dl, "se": se,
-                        "both_beat_bigram": learned, "order": _method_key(v.method)})
+    for big, small in (_partners(runs) if partners else _within(runs)):
+        versions = rows[((rows["run"] == big.run) | (rows["source_run"] == big.run))
+                        & (rows["modality"] == big.modality)]
+        for v in versions.itertuples():
+            a, b = docs.get(v.run, {}).get(v.modality), docs.get(small.run, {}).get(v.modality)
+            dl, se = (pair_difference(a, b) if a is not None and b is not None
+                      else (v.loss - small.loss, math.nan))
+            learned = (_beats_bigram(big.loss, big.loss_se, big.floor_bigram)
+                       and _beats_bigram(small.loss, small.loss_se, small.floor_bigram))
+            out.append({
+                "family": big.family, "modality": v.modality, "larger": big.run,
+                "method": v.method, "smaller": small.run, "C_ratio": big.C_total / small.C_total,
+                "storage_ratio": v.storage_bytes / small.storage_bytes,
+                "fwd_flops_ratio": v.inference_flops_per_token / small.inference_flops_per_token,
+                "L_larger": v.loss, "L_smaller": small.loss, "dL": dl, "se": se,
+                "both_beat_bigram": learned, "order": _method_key(v.method)})
     table = pd.DataFrame(out)
     if table.empty:
         return table
@@ -140,7 +157,7 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
         table.loc[tested, "p_holm"] = multipletests(table.loc[tested, "p"], method="holm")[1]
     table["verdict"] = np.where(~tested, "", np.where(
         table["p_holm"] >= 0.05, "no difference resolved",
-        np.where(table["dL"] < 0, "larger compressed better", "smaller better")))
+        np.where(table["dL"] < 0, "larger better", "smaller better")))
     return table
 
 
@@ -234,26 +251,43 @@ def compress_section(df: pd.DataFrame, records: list[dict], out: Path,
     figs = [fig] if fig is not None else []
     if fig is not None:
         lines += [f"![{fig.stem}]({fig.name})", ""]
-    lines += ["### Larger and compressed, or smaller and trained longer, at equal training compute",
-              ""]
-    if table.empty:
-        lines += [f"Not identified: no two trained runs of one family and modality have training "
-                  f"compute within {COMPUTE_TOLERANCE:.0%} of each other with different sizes; a "
-                  "sweep whose sizes' FLOPs per token step by the same factor as its token budgets "
-                  "(configs/studies/compress.yaml) gives such pairs."]
+    within, partner = claim_rows(every, docs), claim_rows(every, docs, partners=True)
+    if within.empty and partner.empty:
+        lines += [f"Larger against smaller at equal training compute: not identified: no two "
+                  f"trained runs of one family and modality have training compute within "
+                  f"{COMPUTE_TOLERANCE:.0%} of each other with different sizes, and no MoE/MoT "
+                  "run has a dense partner; a sweep whose sizes' FLOPs per token step by the same "
+                  "factor as its token budgets (configs/studies/compress.yaml) gives such pairs."]
         return lines, figs
-    table = verdicts(table)
+    table = verdicts(pd.concat([within.assign(comparison="same family, larger vs smaller"),
+                                partner.assign(comparison="MoE/MoT vs its dense partner")],
+                               ignore_index=True))
     table.to_csv(out / "compress_claim.csv", index=False)
     n = int((table["verdict"] != "").sum())
-    lines += [f"Each row: a larger run (as trained, `fp32`, or compressed) against a smaller run of "
-              f"the same family trained on more tokens, at training compute within "
-              f"{COMPUTE_TOLERANCE:.0%} (`C_ratio` larger/smaller). dL = L_larger - L_smaller "
-              "(nats/token) on the validation documents both scored, SE from the per-document "
-              "differences, 95% normal interval. `storage_ratio` and `fwd_flops_ratio` are the "
-              "larger version's over the smaller run's. The claim is tested only where the larger "
-              "version costs no more (`at`: storage and/or forward FLOPs at most the smaller's) and "
-              f"both trained runs beat their bigram floors: {n} rows, p-values Holm-adjusted over "
-              "them (`p_holm`), verdict at 5%. Other rows are shown without a verdict, their "
-              "reason in `at`. ([compress_claim.csv](compress_claim.csv))", "",
-              render(table.drop(columns=["both_beat_bigram", "p"]), floatfmt=".4g"), ""]
+    lines += [f"Each row below: a larger run (as trained, `fp32`, or compressed) against a smaller "
+              "trained run at equal training compute (`C_ratio` larger/smaller, within "
+              f"{COMPUTE_TOLERANCE:.0%}). dL = L_larger - L_smaller (nats/token) on the validation "
+              "documents both scored, SE from the per-document differences, 95% normal interval. "
+              "`storage_ratio` and `fwd_flops_ratio`: the larger version's over the smaller run's. "
+              "A verdict is given only where the larger version costs no more (`at`: storage "
+              "and/or forward FLOPs at most the smaller's) and both trained runs beat their bigram "
+              f"floors: {n} rows over both tables, p-values Holm-adjusted over all of them "
+              "(`p_holm`), verdicts at 5%. Other rows have no verdict and say why in `at`. "
+              "([compress_claim.csv](compress_claim.csv))", ""]
+    shown = table.drop(columns=["both_beat_bigram", "p", "comparison"])
+    for kind, title, why in (
+            ("same family, larger vs smaller",
+             "### Larger and compressed, or smaller and trained longer (Li et al.'s claim)",
+             "Within each family: a larger model trained on fewer tokens against a smaller one "
+             "trained on more, at the same training compute."),
+            ("MoE/MoT vs its dense partner",
+             "### Experts compressed against their dense partner",
+             "Each MoE/MoT run's versions against its dense partner (same size, tokens and active "
+             "FLOPs, so equal training compute and, unpruned, equal forward FLOPs): the experts "
+             "store more parameters, so compressed they can be compared at equal storage.")):
+        part = table["comparison"] == kind
+        if part.any():
+            lines += [title, "", why, "", render(shown[part], floatfmt=".4g"), ""]
+        else:
+            lines += [title, "", "Not identified: no such pairs among the runs.", ""]
     return lines, figs
