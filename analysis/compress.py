@@ -38,12 +38,10 @@ def _method_key(m: str) -> tuple[int, str]:
 
 
 def before_after(every: pd.DataFrame, docs: dict) -> pd.DataFrame:
-    """One row per (run, modality) of every trained run that has compressed versions and of each
-    version: loss with SE, the change from the source's loss with its SE over the documents both
+    """One row per (run, modality) of every trained run and of each compressed version of it:
+    loss with SE, the change from the source's loss with its SE over the documents both
     scored (`docs`: records.load_docs), storage and forward FLOPs, bigram floor."""
     rows = every.assign(family=family_key(every))
-    sources = set(rows.loc[~trained(rows), "source_run"])
-    rows = rows[rows["run"].isin(sources) | rows["source_run"].isin(sources)].copy()
     rows["source"] = rows["source_run"].fillna(rows["run"])
     base = rows[trained(rows)].set_index(["source", "modality"])["loss"]
     rows["source_loss"] = [base.get((s, m), np.nan) for s, m in zip(rows["source"], rows["modality"],
@@ -163,7 +161,8 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
 
 def figure(ba: pd.DataFrame, path: Path) -> Path | None:
     """Per modality: loss against storage (top) and against forward FLOPs per token (bottom),
-    each trained run joined to its compressed versions, bigram floor dashed."""
+    each trained run (labelled with its run id up to the seed) joined to its compressed
+    versions, bigram floor dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,6 +189,9 @@ def figure(ba: pd.DataFrame, path: Path) -> Path | None:
                         ax.plot([base[x].iloc[0], getattr(r, x)], [base["loss"].iloc[0], r.loss],
                                 color=c, lw=0.7, alpha=0.5)
                 for r in s.itertuples():
+                    if r.method == "fp32":
+                        ax.annotate(r.source.split("-s")[0], (getattr(r, x), r.loss), fontsize=6,
+                                    xytext=(3, 3), textcoords="offset points", color=c)
                     ax.errorbar(getattr(r, x), r.loss, yerr=r.se if np.isfinite(r.se) else None,
                                 marker=markers.get(r.method, "x"), color=c, ms=5, lw=0.8,
                                 mfc="white" if r.method != "fp32" else c)
@@ -246,12 +248,14 @@ def compress_section(df: pd.DataFrame, records: list[dict], out: Path,
              "forward FLOPs per token skip pruned zeros. C is the "
              "training compute (FLOPs on all tokens), the same for a run and its versions. Every "
              "row is in [compress.csv](compress.csv).", "",
-             render(ba.drop(columns="source"), floatfmt=".4g"), ""]
+             render(ba.rename(columns={"source": "run"}), floatfmt=".4g"), ""]
     fig = figure(ba, out / "compress_loss_vs_cost.png")
     figs = [fig] if fig is not None else []
     if fig is not None:
         lines += [f"![{fig.stem}]({fig.name})", ""]
     within, partner = claim_rows(every, docs), claim_rows(every, docs, partners=True)
+    if not partner.empty:  # uncompressed, that is the report's primary comparison
+        partner = partner[partner["method"] != "fp32"].reset_index(drop=True)
     if within.empty and partner.empty:
         lines += [f"Larger against smaller at equal training compute: not identified: no two "
                   f"trained runs of one family and modality have training compute within "
@@ -282,9 +286,11 @@ def compress_section(df: pd.DataFrame, records: list[dict], out: Path,
              "trained on more, at the same training compute."),
             ("MoE/MoT vs its dense partner",
              "### Experts compressed against their dense partner",
-             "Each MoE/MoT run's versions against its dense partner (same size, tokens and active "
-             "FLOPs, so equal training compute and, unpruned, equal forward FLOPs): the experts "
-             "store more parameters, so compressed they can be compared at equal storage.")):
+             "Each MoE/MoT run's compressed versions (`larger`: more total params) against its "
+             "dense partner as trained (same size, tokens and active FLOPs: equal training "
+             "compute and, unpruned, equal forward FLOPs): compressed, the experts can be compared "
+             "at equal storage. Uncompressed, this is the report's primary comparison, not "
+             "repeated here.")):
         part = table["comparison"] == kind
         if part.any():
             lines += [title, "", why, "", render(shown[part], floatfmt=".4g"), ""]

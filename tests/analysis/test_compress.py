@@ -135,11 +135,13 @@ def test_section_and_report(study, tmp_path):
     import pandas as pd
 
     ba = pd.read_csv(out / "compress.csv")
-    ba = ba[ba["family"] == "dense"].set_index("method")
+    ba = ba[ba["source"] == "large"].set_index("method")
     assert ba.loc["int4", "dL_vs_source"] == pytest.approx(0.02, abs=1e-3)
     assert 0 < ba.loc["int4", "dL_se"] < 0.001 and np.isnan(ba.loc["fp32", "dL_se"])
-    # only runs that have compressed versions
-    assert set(pd.read_csv(out / "compress.csv")["source"]) == {"large", "moe"}
+    assert set(pd.read_csv(out / "compress.csv")["source"]) == {"large", "moe", "small", "tiny"}
+    claim = pd.read_csv(out / "compress_claim.csv")
+    partner = claim[claim["comparison"].str.startswith("MoE")]
+    assert list(partner["method"]) == ["int8"]  # fp32 MoE vs dense is the primary table's
     assert "### Experts compressed against their dense partner" in text
     assert figs and figs[0].is_file() and (out / "compress.csv").is_file()
     with warnings.catch_warnings():
