@@ -251,8 +251,8 @@ def compress_section(df: pd.DataFrame, records: list[dict], out: Path,
              render(ba.rename(columns={"source": "run"}), floatfmt=".4g"), ""]
     fig = figure(ba, out / "compress_loss_vs_cost.png")
     figs = [fig] if fig is not None else []
-    if fig is not None:
-        lines += [f"![{fig.stem}]({fig.name})", ""]
+    if fig is not None:  # shown under the report's Figures
+        lines += [f"Loss against storage and forward FLOPs: [{fig.name}]({fig.name}) (Figures).", ""]
     within, partner = claim_rows(every, docs), claim_rows(every, docs, partners=True)
     if not partner.empty:  # uncompressed, that is the report's primary comparison
         partner = partner[partner["method"] != "fp32"].reset_index(drop=True)
