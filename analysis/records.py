@@ -6,10 +6,18 @@ D_total, flops_per_token, C (training FLOPs on this modality's tokens: flops_per
 C_total (on all tokens: flops_per_token x D_total), loss (nats/token), bits_per_unit,
 n_experts, top_k (experts per token), granularity (dense FFN width / one expert's width),
 floor_uniform, floor_unigram, floor_bigram, floor_markov (nats/token of count models of the
-training data on the validation rows the run scored; NaN where the record has none).
+training data on the validation rows the run scored; NaN where the record has none),
+method (`fp32` for a trained run; int8, int4, prune:R for a compressed one), source_run (the
+trained run a compressed one came from; None for trained runs), storage_bytes (all weights as
+stored) and inference_flops_per_token (one forward pass; a pruned model's zeros not counted).
 analysis/compute.py says why compute is defined so.
 
-Reads record schema versions 1 to 3: versions 2 and 3 only add optional fields, and their
+Compressed runs (`moe-vs-dense compress`, a record with `compressed`) are not trained runs: they
+repeat their source's N, D and compute with another loss. `load_runs` leaves them out unless
+asked (`compressed=True`), so no law fit, pairing or table counts them as runs; `trained` tells
+the two kinds apart in a table that holds both.
+
+Reads record schema versions 1 to 4: versions 2 to 4 only add optional fields, and their
 `eval.final` holds the same per-modality losses (paired-document losses sit apart in
 `eval.paired` and are not rows here). `load_docs` reads the per-document losses a completed
 run keeps in eval_docs.json, for paired differences (analysis/paired.py).
@@ -36,8 +44,9 @@ SCHEMA = Path(__file__).with_name("record.schema.json")
 COLUMNS = ["run", "family", "router", "seed", "status", "pair", "modality", "modalities", "N",
            "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
            "loss_se", "bits_per_unit", "n_experts", "top_k", "granularity"] + [
-           f"floor_{k}" for k in ("uniform", "unigram", "bigram", "markov")]
-FLOORS = COLUMNS[-4:]
+           f"floor_{k}" for k in ("uniform", "unigram", "bigram", "markov")] + [
+           "method", "source_run", "storage_bytes", "inference_flops_per_token"]
+FLOORS = [f"floor_{k}" for k in ("uniform", "unigram", "bigram", "markov")]
 # what a CSV's columns may stand for (`load_csv`'s `columns` maps these to the CSV's names)
 CSV_KEYS = ("params", "tokens", "loss", "family", "modality", "flops", "seed", "n_experts",
             "top_k", "router", "granularity", "run", "loss_se", *FLOORS)
@@ -86,9 +95,25 @@ def _validator():
     return jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
 
 
+def trained(df: pd.DataFrame) -> pd.Series:
+    """True for the rows of trained runs, False for compressed ones."""
+    return df["source_run"].isna()
+
+
+def inference_cost(record: dict) -> tuple[str, float, float]:
+    """(method, storage bytes, forward FLOPs per token) of a record; a record from before
+    schema version 4 is an fp32 trained run: 4 bytes per param, a third of its training FLOPs
+    per token (model/accounting.py)."""
+    inf = record.get("inference")
+    if inf:
+        return inf["method"], float(inf["storage_bytes"]), float(inf["flops_per_token"])
+    return "fp32", 4.0 * record["params"]["total"], record["flops_per_token"] / 3
+
+
 def record_rows(record: dict) -> list[dict]:
     """Tidy rows of one record (already schema-valid)."""
     by_mod = record["tokens"].get("by_modality") or {}
+    method, storage, fwd = inference_cost(record)
     rows, fpt = [], record["flops_per_token"]
     model = record.get("model") or {}
     d_ff, d_expert = model.get("d_ff"), model.get("d_expert")
@@ -108,14 +133,17 @@ def record_rows(record: dict) -> list[dict]:
             "n_experts": model.get("n_experts", 0) or 0, "top_k": model.get("top_k") or 0,
             "granularity": d_ff / d_expert if d_ff and d_expert else float("nan"),
             **{c: floor.get(c.removeprefix("floor_"), float("nan")) for c in FLOORS},
+            "method": method, "source_run": (record.get("compressed") or {}).get("source_run"),
+            "storage_bytes": storage, "inference_flops_per_token": fwd,
         })
     return rows
 
 
-def load_runs(paths: list[str | Path], params: str = "active") -> tuple[pd.DataFrame, list[dict]]:
+def load_runs(paths: list[str | Path], params: str = "active",
+              compressed: bool = False) -> tuple[pd.DataFrame, list[dict]]:
     """Tidy table of completed runs under `paths` (run dirs, dirs of runs, or record files),
     and the raw records. Corrupt, invalid, failed, diverged or unfinished runs are skipped with
-    one warning that lists them."""
+    one warning that lists them; compressed runs are left out silently unless `compressed`."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_file():
@@ -138,6 +166,8 @@ def load_runs(paths: list[str | Path], params: str = "active") -> tuple[pd.DataF
             continue
         if record["status"] != "completed":
             skipped.append(f"{f} (status {record['status']})")
+            continue
+        if record.get("compressed") and not compressed:
             continue
         records.append(record)
         rows += record_rows(record)
@@ -184,6 +214,8 @@ def load_csv(path: str | Path, columns: dict[str, str] | None = None,
         "bits_per_unit": None, "n_experts": get("n_experts", 0),
         "top_k": get("top_k", 0), "granularity": get("granularity", float("nan")),
         **{c: get(c, float("nan")) for c in FLOORS},
+        "method": "fp32", "source_run": None, "storage_bytes": float("nan"),
+        "inference_flops_per_token": float("nan"),
     })
     df["modalities"] = df["modality"]
     bad = ~df[["N_active", "D", "loss", "C"]].map(_positive_finite).all(axis=1)
@@ -221,7 +253,7 @@ def _finish(df: pd.DataFrame, params: str) -> pd.DataFrame:
         raise AnalysisError(f"params must be 'active' or 'total', not {params!r}")
     df["N"] = df["N_active"] if params == "active" else df["N_total"]
     for c in ("N", "N_active", "N_total", "D", "D_total", "flops_per_token", "C", "C_total", "loss",
-              "loss_se", *FLOORS):
+              "loss_se", "storage_bytes", "inference_flops_per_token", *FLOORS):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     bad = ~df[["N", "D", "C", "loss"]].map(_positive_finite).all(axis=1)
     if bad.any():

@@ -11,6 +11,7 @@ from analysis import dynamics, plots
 from analysis.answer import answer, fit_noting, noting
 from analysis.backtest import backtest, summarize
 from analysis.compare import compare_laws, law_points, pairs
+from analysis.compress import compress_section
 from analysis.compute import DEFINITION, fit_flops_per_token
 from analysis.headline import Headline
 from analysis.isoflop import MIN_BUDGETS, isoflop
@@ -294,6 +295,9 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     figs += junk_figs
     section, section_figs = minority_section(every_run, out, inputs)
     lines, figs = lines + section, figs + section_figs
+    study, study_figs = compress_section(df, records, out, inputs)
+    lines += study
+    figs += study_figs
     lines += _routing(records, out)
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     if notes:

@@ -33,7 +33,8 @@ def rows(family: str, N, D, loss, modality: str, seed: int = 0, n_experts: int =
         "D_total": D, "flops_per_token": flops_per_param * N, "C": flops_per_param * N * D,
         "C_total": flops_per_param * N * D, "loss": np.asarray(loss, float), "loss_se": np.nan,
         "bits_per_unit": np.nan, "n_experts": n_experts, "top_k": 1 if n_experts else 0,
-        "granularity": np.nan, **{c: np.nan for c in FLOORS}, **extra})
+        "granularity": np.nan, **{c: np.nan for c in FLOORS}, "method": "fp32",
+        "source_run": None, "storage_bytes": np.nan, "inference_flops_per_token": np.nan, **extra})
     return out[COLUMNS]
 
 

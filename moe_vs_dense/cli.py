@@ -133,6 +133,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from moe_vs_dense.compress import compress_run, default_out, parse_method, runs_in
+
+    methods = [parse_method(m) for m in args.method]
+    runs: list[Path] = []
+    for path in map(Path, args.runs):
+        found, skipped = runs_in(path)
+        runs += found
+        for line in skipped:
+            print(f"{path}: not completed, not compressed: {line}", file=sys.stderr)
+    if args.out and len(runs) * len(methods) > 1:
+        raise UserError(f"--out names one output; {len(runs)} run(s) x {len(methods)} method(s) "
+                        "would write several (leave --out out: each goes beside its run)")
+    todo = [(r, m, Path(args.out) if args.out else default_out(r, m)) for r in runs for m in methods]
+    exists = [str(o) for _, _, o in todo if o.exists()]
+    if exists and not args.skip_existing:
+        raise UserError(f"already exists: {', '.join(exists[:5])}{' ...' if len(exists) > 5 else ''}; "
+                        "remove it, give another --out, or pass --skip-existing")
+    for r, m, o in todo:
+        if o.exists():
+            continue
+        out, rec = compress_run(r, m, o, args.data_dir)
+        cost = rec["inference"]
+        delta = rec["compressed"]["delta"]
+        losses = "  ".join(f"{k} {v['loss']:.4f}" + (f" ({delta[k]['delta']:+.4f})" if k in delta else "")
+                           for k, v in rec["eval"]["final"].items())
+        print(f"{out}: {m}, {cost['storage_bytes']:,} bytes, {cost['flops_per_token']:,} forward "
+              f"FLOPs/token; loss nats/token (minus the source's): {losses}")
+    return 0
+
+
 def _analysis_inputs(p: argparse.ArgumentParser, csv: bool = True) -> None:
     p.add_argument("inputs", nargs="+", help="run directories or record.json files"
                    + (", or one CSV" if csv else ""))
@@ -438,6 +469,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prepare the data first when it is not prepared (default: an error)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("compress", help="quantize or prune a completed run, evaluate it again "
+                       "on the same validation rows; writes a new run directory")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="a completed run directory, or a directory of runs (all its completed ones)")
+    p.add_argument("--method", action="append", required=True,
+                   help="int8, int4 or prune:R (R in (0, 1)); repeatable")
+    p.add_argument("--out", metavar="DIR", help="output run directory (one run and one method "
+                   "only; default: beside the run, RUN__int8, RUN__int4, RUN__prune0.5)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip outputs that already exist instead of refusing (reruns)")
+    _data_dir_arg(p)
+    p.set_defaults(func=_cmd_compress)
 
     p = sub.add_parser("fit", help="fit scaling laws to runs or a CSV")
     _analysis_inputs(p)

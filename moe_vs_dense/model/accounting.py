@@ -6,10 +6,13 @@ Conventions (Kaplan et al. 2020; Hoffmann et al. 2022; nanoGPT):
   parts); with modality routing the largest over modalities.
 - training FLOPs per token: 6 x (active params + d x V for the output head, tied or not)
   + 12 x L x d x T for attention scores and values over a context of T tokens.
+- inference (one forward pass): 2 x (active params + d x V) + 4 x L x d x T FLOPs per token, a
+  third of training; storage is the bytes of every weight at the precision it is stored in.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from moe_vs_dense.config import ModelConfig
@@ -99,3 +102,88 @@ def memory_estimate(acc: Accounting, cfg: ModelConfig, batch_rows: int, seq_len:
            "activations": int(s * b * (per_token + 8 * vocab) + casts)}
     out["total"] = sum(out.values())
     return out
+
+
+@dataclass(frozen=True)
+class Matrices:
+    """`total` (stored) and `active` (used by one token) weight matrices of shape d_in x d_out."""
+
+    total: int
+    active: int
+    d_in: int
+    d_out: int
+
+
+def compressible(cfg: ModelConfig, modalities: list[str]) -> list[Matrices]:
+    """The weight matrices that compression touches (moe_vs_dense/compress.py): attention QKV and
+    output projections and every FFN, expert and shared-expert matrix (per modality group for
+    MoT). Embeddings, output head, norms and routers are not among them."""
+    d, out = cfg.d_model, []
+    groups = len(modalities) if cfg.family == "mot" else 1
+    for layer in range(cfg.n_layers):
+        out += [Matrices(groups, 1, d, 3 * d), Matrices(groups, 1, d, d)]
+        _, _, n = _ffn_layer(cfg, layer, modalities)
+        if n == 0 or cfg.family == "mot":
+            f, total, active = cfg.ffn_hidden, max(n, 1), 1
+        else:
+            moe, f, total = cfg.moe, cfg.d_expert, n
+            active = (max(experts_per_group(moe, modalities)) if moe.router == "modality"
+                      else moe.top_k)
+            if moe.shared_expert:
+                s = moe.d_shared or cfg.d_expert
+                out += [Matrices(1, 1, d, s), Matrices(1, 1, d, s), Matrices(1, 1, s, d)]
+        out += [Matrices(total, active, d, f), Matrices(total, active, d, f),
+                Matrices(total, active, f, d)]
+    return out
+
+
+METHODS = {"fp32": 32, "int8": 8, "int4": 4}  # bits per stored weight of the quantized matrices
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What a model costs to keep and to run: `storage_bytes` of all its weights as stored, and
+    `flops_per_token` of one forward pass (zero weights of a pruned model not counted: a sparse
+    kernel skips them); `active_nonzero` params per token that are not pruned away."""
+
+    method: str
+    storage_bytes: int
+    flops_per_token: int
+    active_nonzero: int
+    compressed_params: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pruned_per_matrix(ratio: float, numel: int) -> int:
+    """Weights magnitude pruning zeroes in one matrix: floor(ratio x its size)."""
+    return math.floor(ratio * numel)
+
+
+def inference(cfg: ModelConfig, vocab_size: int, seq_len: int, modalities: list[str],
+              method: str = "fp32", ratio: float = 0.0) -> Inference:
+    """Storage and forward FLOPs of the model as trained (`fp32`), quantized (`int8`, `int4`:
+    each compressible matrix at that many bits per weight plus one fp32 scale per output
+    channel) or pruned (`prune`: each compressible matrix loses `pruned_per_matrix` weights and
+    is stored as a bitmask of one bit per position plus its kept weights at fp32). Everything
+    else (embeddings, head, norms, routers) stays fp32, 4 bytes per param."""
+    acc = account(cfg, vocab_size, seq_len, modalities)
+    mats = compressible(cfg, modalities)
+    n_comp = sum(m.total * m.d_in * m.d_out for m in mats)
+    rest = 4 * (acc.total_params - n_comp)
+    active = acc.active_params
+    if method == "prune":
+        stored = sum(m.total * (math.ceil(m.d_in * m.d_out / 8)
+                                + 4 * (m.d_in * m.d_out - pruned_per_matrix(ratio, m.d_in * m.d_out)))
+                     for m in mats)
+        active -= sum(m.active * pruned_per_matrix(ratio, m.d_in * m.d_out) for m in mats)
+    elif method in METHODS:
+        bits = METHODS[method]
+        scales = 0 if method == "fp32" else 4 * sum(m.total * m.d_out for m in mats)
+        stored = sum(m.total * math.ceil(m.d_in * m.d_out * bits / 8) for m in mats) + scales
+    else:
+        raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}, prune")
+    d, L = cfg.d_model, cfg.n_layers
+    flops = 2 * (active + d * vocab_size) + 4 * L * d * seq_len
+    return Inference(method, rest + stored, flops, active, n_comp)

@@ -1,5 +1,5 @@
 """`record.json`: what a run is and what it reached, in the schema analysis reads
-(`analysis/record.schema.json`, version 3). Written atomically at every eval, checkpoint and end."""
+(`analysis/record.schema.json`, version 4). Written atomically at every eval, checkpoint and end."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from moe_vs_dense.data.floors import KINDS, floors_over
 from moe_vs_dense.data.loader import MixtureSampler, PreparedData
 from moe_vs_dense.data.prepare import bits_per_unit
 from moe_vs_dense.io import write_text
-from moe_vs_dense.model.accounting import Accounting
+from moe_vs_dense.model.accounting import Accounting, inference
 from moe_vs_dense.train.evaluate import SE_METHOD, stream_key, tokens_per_unit
 
-SCHEMA_VERSION = 3  # 3: eval.floors
+SCHEMA_VERSION = 4  # 3: eval.floors; 4: inference
 
 
 def tokens_by_modality(data: PreparedData, sampler: MixtureSampler, rows: int) -> dict[str, int]:
@@ -146,6 +146,8 @@ def build_record(cfg: Config, run_dir: Path, acc: Accounting, data: PreparedData
                    "budget": cfg.train.tokens, "steps": step, "steps_planned": state["steps"],
                    "batch_rows": batch_rows, "seq_len": data.seq_len},
         "compute": float(acc.flops_per_token) * total,
+        "inference": inference(cfg.model, data.vocab.size, data.seq_len,
+                               data.meta["modalities"]).to_dict(),
         "eval": {
             "final": pure,
             "paired": paired,

@@ -25,7 +25,7 @@ def test_pair_records_validate_and_analysis_reads_them(tmp_path, demo_data, caps
     for rec in (dense, moe):
         validate(rec)
         assert rec == json.loads((tmp_path / rec["run_id"] / "record.json").read_text())
-        assert rec["status"] == "completed" and rec["schema_version"] == 3
+        assert rec["status"] == "completed" and rec["schema_version"] == 4
         # floors for every result key, on exactly the tokens its loss was scored on
         floors = rec["eval"]["floors"]
         for key, ev in {**rec["eval"]["final"], **rec["eval"]["paired"]}.items():
