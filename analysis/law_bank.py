@@ -2,8 +2,9 @@
 
 Laws whose log-loss is a log-sum-exp of terms linear in their parameters share one fitter (the
 objective of Hoffmann et al. Approach 3: summed Huber, delta = 1e-3, of log residuals; batched
-L-BFGS from a grid of starts, the best polished with scipy; residual-bootstrap refits
-warm-started, all draws at once, as analysis/chinchilla.py does):
+L-BFGS from a grid of starts, the best polished with scipy; bootstrap refits all at once, each
+from the estimate and the other local optima of the grid, keeping its best, as
+analysis/chinchilla.py does, and checked for degenerate draws):
 
 - `joint`, Ludziejewski et al. (2025), "Joint MoE Scaling Laws", Eq. 6: dense and MoE runs in
   one law, the expert count entering both the parameter and the data term,
@@ -43,9 +44,9 @@ import pandas as pd
 
 from analysis import prediction
 from analysis.backtest import split_largest
-from analysis.chinchilla import DELTA, REFIT_ITERS, batched_lbfgs, huber, polish
+from analysis.chinchilla import DELTA, batched_lbfgs, huber, local_optima, polish, refit_best
 from analysis.errors import AnalysisError
-from analysis.identify import NotIdentified, check_design, check_fit, numeric_jacobian
+from analysis.identify import NotIdentified, check_design, check_draws, check_fit, numeric_jacobian
 from analysis.results import LawResult, group_label, resample_residuals
 from analysis.routed import e_hat as clark_e_hat
 from analysis.routed import fit_routed, routed_jobs
@@ -302,20 +303,19 @@ def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstr
     if not ident.ok:
         raise NotIdentified(f"group ({group_label(group)}): the {law.name} law", ident)
     boot = None
+    optima = local_optima(x, f, theta)
     if weights is not None:
         w = weights[:, np.flatnonzero(df.index.isin(keep.index))]
-        with np.errstate(over="ignore", invalid="ignore"):
-            draws, _ = batched_lbfgs(lambda th, rows: fun(th, logL, w[rows]),
-                                     np.tile(theta, (len(w), 1)), iters=REFIT_ITERS)
-        boot = law.natural(draws)
+        boot = law.natural(refit_best(lambda th, b: fun(th, logL, w[b]), optima, len(w)))
     elif bootstrap:
         y_BN = fitted + resample_residuals(resid, len(law.names), bootstrap, np.random.default_rng(seed),
                                            robust=True)
-        with np.errstate(over="ignore", invalid="ignore"):
-            draws, _ = batched_lbfgs(lambda th, rows: fun(th, y_BN[rows]),
-                                     np.tile(theta, (len(y_BN), 1)), iters=REFIT_ITERS)
-        boot = law.natural(draws)
+        boot = law.natural(refit_best(lambda th, b: fun(th, y_BN[b]), optima, len(y_BN)))
     params = pd.Series(law.natural(theta)[0], index=list(law.names))
+    if boot is not None:
+        ident = check_draws(boot, params.to_numpy(float), list(law.names))
+        if not ident.ok:
+            raise NotIdentified(f"group ({group_label(group)}): the {law.name} law", ident)
     out = BankResult(law.name, group, params, boot, len(keep), float(res.fun), bool(res.success),
                      str(res.message), spec=law, residuals=resid, rows=keep)
     if not res.success:

@@ -13,7 +13,8 @@ at or below the dense law's irreducible loss E, no dense compute reaches it and 
 
 Intervals come from one bootstrap of both families together: pairs of runs (as
 compare.match_runs pairs them) are resampled as units, unpaired runs within their family; each
-draw refits both laws (warm-started, all draws at once) and gives one EL curve. The same draws
+draw refits both laws (all draws at once, each from the estimate and the other local optima of
+its multistart, keeping its best) and gives one EL curve. The same draws
 become the two laws' `boot` here, so their parameter intervals and EL agree; the law-free
 estimate resamples the same way. Runs rather than residuals are resampled because that is what
 covers: on 100 synthetic sets (benchmarks/leverage_sections.py: EL = 1.5 and 1.0, five
@@ -34,19 +35,16 @@ import numpy as np
 import pandas as pd
 
 from analysis.chinchilla import (
-    NAMES,
-    REFIT_ITERS,
     ChinchillaResult,
     Grid,
-    batched_lbfgs,
-    check_exponent_intervals,
+    check_bootstrap,
     fit_chinchilla,
+    refit_draws,
+    to_natural,
 )
 from analysis.compare import match_runs
 from analysis.compute import FlopsPerToken, fit_flops_per_token
 from analysis.errors import AnalysisError
-from analysis.identify import check_draws
-from analysis.law_bank import CHINCHILLA, lse_objective
 from analysis.records import family_key
 from analysis.results import held, interval
 
@@ -102,14 +100,14 @@ def unit_weights(keys: np.ndarray, draws: int, rng: np.random.Generator) -> np.n
 
 
 def refit_weighted(result: ChinchillaResult, df: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
-    """Chinchilla refits to the runs with multiplicities `weights` [draws, rows] (the same
-    Huber objective, law_bank's fitter), all at once from the estimate: natural parameters
-    (E, A, B, alpha, beta) per draw."""
-    X, logL = CHINCHILLA.design(df), np.log(df["loss"].to_numpy(float))[None]
-    theta = CHINCHILLA.log_theta(result.params[NAMES].to_numpy())
-    x, _ = batched_lbfgs(lambda th, rows: lse_objective(th, X, logL, weights[rows]),
-                         np.tile(theta, (len(weights), 1)), iters=REFIT_ITERS)
-    return CHINCHILLA.natural(x)
+    """Chinchilla refits to the runs with multiplicities `weights` [draws, rows] (the estimate's
+    Huber objective), all at once, each from the estimate and the other local optima of its
+    multistart (chinchilla.refit_draws), keeping its best: natural parameters (E, A, B, alpha,
+    beta) per draw."""
+    logN, logD, logL = (np.log(df[c].to_numpy(float))[None] for c in ("N", "D", "loss"))
+    starts = getattr(result, "optima", None)
+    return to_natural(refit_draws(result.theta if starts is None else starts, logN, logD, logL,
+                                  weights))
 
 
 def frontier_loss(p: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -285,11 +283,7 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
         wd, wm = paired_weights(kd, km, bootstrap, np.random.default_rng(seed))
         dense.boot, moe.boot = refit_weighted(dense, dense_df, wd), refit_weighted(moe, moe_df, wm)
         for fit, runs in ((dense, dense_df), (moe, moe_df)):
-            # draws that do not vary give no interval (identify.check_draws)
-            if not check_draws(fit.boot, fit.params.to_numpy(), NAMES).ok:
-                fit.boot = None
-            else:  # nor do draws of runaway laws: then the law is not identified
-                check_exponent_intervals(fit, runs)
+            check_bootstrap(fit, runs)  # degenerate draws, or draws of runaway laws
     flops = lambda g: fit_flops_per_token(g["N"], g["flops_per_token"])  # noqa: E731
     return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
                        float(np.median(moe_df["N_total"] / moe_df["N_active"])),
