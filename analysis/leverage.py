@@ -46,10 +46,13 @@ from analysis.compare import match_runs
 from analysis.compute import FlopsPerToken, fit_flops_per_token
 from analysis.errors import AnalysisError
 from analysis.records import family_key
-from analysis.results import held, interval
+from analysis.results import expanded_level, held, interval
 
-# a law-free interval needs this many distinct bootstrap values, so that each 2.5% tail of
-# 1000 draws holds more than one: fewer runs leave too few distinct resamples to bound EL
+# a law-free interval needs this many distinct bootstrap values: 4 paired runs give at most 35
+# distinct resamples, and are refused; set by coverage (benchmarks/coverage.py --only law_free,
+# 150 sets each, expanded percentile intervals): 5 pairs along D = 20 N cover 0.93 of the time,
+# 6 pairs 0.91-0.93, 8 pairs 0.95, a 5 x 5 grid 0.99 (plain percentile intervals: 0.86-0.90 on
+# 5 and 6 pairs)
 MIN_DISTINCT_DRAWS = 40
 MORE, LESS, UNRESOLVED = "experts worth more compute", "experts worth less", "not resolved"
 EXTRAPOLATE = (10.0, 100.0)
@@ -362,7 +365,8 @@ def law_free_leverage(fit: LeverageFit | None, df: pd.DataFrame, bootstrap: int 
                       alpha: float = 0.05, job: tuple[str, str] | None = None) -> dict:
     """EL from the runs alone on the observed range, with a bootstrap interval over the same
     paired resampling as the laws (runs, not residuals, resampled; each MoE run weighted by how
-    often a draw holds it), and the law-based EL at the compared runs' compute. No interval
+    often a draw holds it; an expanded percentile interval, results.expanded_level, over the
+    paired units), and the law-based EL at the compared runs' compute. No interval
     where the draws take fewer than MIN_DISTINCT_DRAWS distinct values (column `distinct
     draws`) or where it would not hold its estimate. Without a fit (the laws not identified),
     `job` = (modality, family) and the law column is NaN."""
@@ -384,7 +388,9 @@ def law_free_leverage(fit: LeverageFit | None, df: pd.DataFrame, bootstrap: int 
         draws = np.array([law_free_ratio(dC[a > 0], dL[a > 0], mC, mL, b)[0]
                           for a, b in zip(wd, wm, strict=True)])
         distinct = len(np.unique(draws[np.isfinite(draws)].round(12)))
+        units = len(np.union1d(d["key"], m["key"]))
         out["distinct draws"] = distinct
         if distinct >= MIN_DISTINCT_DRAWS:
-            out["lower"], out["upper"] = (float(v) for v in held(est, *interval(draws, alpha)))
+            level = expanded_level(alpha, units, units - 1)
+            out["lower"], out["upper"] = (float(v) for v in held(est, *interval(draws, level)))
     return out
