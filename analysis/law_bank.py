@@ -91,6 +91,7 @@ class Law:
     starts: np.ndarray
     terms: Callable[[np.ndarray, pd.DataFrame], tuple[np.ndarray, np.ndarray]] | None = None
     saturation: bool = False  # the last two are E_start, E_max: theta log E_start, log(E_max - E_start)
+    levels: tuple[tuple[str, int], ...] = ()  # variables that need more than MIN_LEVELS levels
 
     def natural(self, theta: np.ndarray) -> np.ndarray:
         th = np.atleast_2d(theta).astype(float)
@@ -196,12 +197,17 @@ def _grid(*axes) -> np.ndarray:
 
 
 AB, EXP, E0 = (0.0, 5.0, 10.0), (0.2, 0.6), (-1.0, 0.0, 0.5)
+# the expert count enters the joint law through Ehat (E_start, E_max) and four terms in it:
+# with dense runs and two expert counts every fit to a 3x3 grid each is ill conditioned
+# (condition 5e9-5e10, zeta barely constrained); with a third expert count the fits are
+# accepted and cover (benchmarks/coverage.py --only bank_laws)
+JOINT_EXPERT_LEVELS = 4
 JOINT = Law(
     "joint", "E + A Ehat^delta / N^(alpha + gamma ln Ehat) + B Ehat^omega / D^(beta + zeta ln Ehat)",
     ("A", "delta", "alpha", "gamma", "B", "omega", "beta", "zeta", "E", "E_start", "E_max"),
     (0, 4, 8), None, joint_rows, ("N", "D", "E"),
     _grid(AB, (0.0,), EXP, (0.0,), AB, (0.0,), EXP, (0.0,), E0), terms=_joint_terms,
-    saturation=True)
+    saturation=True, levels=(("E", JOINT_EXPERT_LEVELS),))
 # (log E_start, log(E_max - E_start)) at which the joint law's other parameters are first fitted
 SATURATION_GRID = _grid(np.log([1.2, 2.0, 4.0]), np.log([30.0, 300.0, 3000.0]))
 GRANULARITY = Law(
@@ -263,7 +269,8 @@ def check_rows(law: Law, df: pd.DataFrame, label: str) -> None:
     for col in law.curved:
         if col not in df or df[col].isna().any():
             raise AnalysisError(f"group ({label}): the {law.name} law needs a '{col}' for every run")
-    ident = check_design(df, len(law.names), law.curved, f"{law.name} law ({label})")
+    ident = check_design(df, len(law.names), law.curved, f"{law.name} law ({label})",
+                         levels=dict(law.levels))
     if not ident.ok:
         raise NotIdentified(f"group ({label}): the {law.name} law", ident)
 

@@ -458,6 +458,12 @@ def law_free(trials: int, bootstrap: int, workers: int) -> Section:
     return _run("law_free", LAW_FREE_CASES, _law_free_trial, trials, bootstrap, workers)
 
 
+def bank_laws(trials: int, bootstrap: int, workers: int) -> Section:
+    from leverage_sections import BANK_CASES, _bank_fit_trial
+
+    return _run("bank_laws", BANK_CASES, _bank_fit_trial, trials, bootstrap, workers)
+
+
 def law_bank(trials: int, bootstrap: int, workers: int) -> Section:
     from leverage_sections import law_bank as run
 
@@ -491,7 +497,8 @@ LOWEST = ("estimate_inside_interval", "coverage_smallest_design", "refused_below
 SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
     "chinchilla": chinchilla, "bimodal": bimodal, "routed": routed,
     "shared_exponent": shared_exponent, "backtest": backtest_section,
-    "efficiency_leverage": efficiency_leverage, "law_free": law_free, "law_bank": law_bank}
+    "efficiency_leverage": efficiency_leverage, "law_free": law_free, "bank_laws": bank_laws,
+    "law_bank": law_bank}
 
 
 def main() -> None:

@@ -130,3 +130,81 @@ def law_bank(trials: int, bootstrap: int, workers: int, pool_map) -> tuple[list[
                      "quantity": "true law ranked first", "coverage": float(np.mean(won)),
                      "trials": len(won)})
     return rows, {"law_bank_picks_truth": round(float(np.mean(hits)), 4)}
+
+
+# Bank laws fitted alone (analysis.law_bank.fit_law): a typical 5 x 5 grid per expert count or
+# granularity, the smallest grid the gate accepts (3 x 3 at four levels of E, dense included,
+# law_bank.JOINT_EXPERT_LEVELS; three of G), and one level fewer (refused). keep: the expert
+# counts (joint, dense = 0) or granularities kept.
+BANK_CASES = {
+    "joint: typical, 5x5 grid x dense, E = 4, 16, 64, 0.5% noise": dict(
+        law="joint", sizes=SIZES, tokens=TOKENS, keep=(0, 4, 16, 64), noise=0.005),
+    "joint: smallest accepted, 3x3 grid x dense, E = 4, 16, 64, 0.5% noise": dict(
+        law="joint", sizes=SIZES[:3], tokens=TOKENS[:3], keep=(0, 4, 16, 64), noise=0.005,
+        smallest=True),
+    "joint: smallest accepted, 3x3 grid x dense, E = 4, 16, 64, 1% noise": dict(
+        law="joint", sizes=SIZES[:3], tokens=TOKENS[:3], keep=(0, 4, 16, 64), noise=0.01,
+        smallest=True),
+    "joint: below the gate, 3x3 grid x dense, E = 4, 16, 0.5% noise": dict(
+        law="joint", sizes=SIZES[:3], tokens=TOKENS[:3], keep=(0, 4, 16), noise=0.005, refuse=True),
+    "granularity: typical, 5x5 grid x G = 1, 2, 4, 8, 0.5% noise": dict(
+        law="granularity", sizes=SIZES, tokens=TOKENS, keep=(1, 2, 4, 8), noise=0.005),
+    "granularity: smallest accepted, 3x3 grid x G = 1, 2, 4, 0.5% noise": dict(
+        law="granularity", sizes=SIZES[:3], tokens=TOKENS[:3], keep=(1, 2, 4), noise=0.005,
+        smallest=True),
+    "granularity: smallest accepted, 3x3 grid x G = 1, 2, 4, 1% noise": dict(
+        law="granularity", sizes=SIZES[:3], tokens=TOKENS[:3], keep=(1, 2, 4), noise=0.01,
+        smallest=True),
+    "granularity: below the gate, 3x3 grid x G = 1, 4, 0.5% noise": dict(
+        law="granularity", sizes=SIZES[:3], tokens=TOKENS[:3], keep=(1, 4), noise=0.005,
+        refuse=True),
+}
+
+
+def _bank_point(law: str, N: float, D: float) -> pd.DataFrame:
+    """One MoE run (16 experts; granularity 2 for the granularity law) at N, D."""
+    from analysis.synthetic_moe import rows
+
+    extra = {"granularity": 2.0} if law == "granularity" else {}
+    return rows("moe", [N], [D], [1.0], "text", n_experts=16 if law == "joint" else 8,
+                router="learned", **extra)
+
+
+def _bank_fit_trial(job) -> dict[str, bool]:
+    from analysis.identify import NotIdentified
+    from analysis.law_bank import LAWS, adapter, fit_law, predict_natural
+    from analysis.prediction import prediction_interval
+    from analysis.synthetic_moe import GRANULARITY_TRUTH, JOINT_TRUTH
+
+    name, seed, bootstrap = job
+    case = BANK_CASES[name]
+    law = LAWS[case["law"]]
+    df = bank_runs(case["law"], seed=seed, noise=case["noise"], sizes=case["sizes"],
+                   tokens=case["tokens"])
+    col = "n_experts" if case["law"] == "joint" else "granularity"
+    df = df[df[col].isin(case["keep"])] if case["law"] == "joint" else \
+        df[(df["family"] == "moe") & df[col].isin(case["keep"])]
+    try:
+        r = fit_law(law, df, {"modality": "text"}, bootstrap, seed)
+    except NotIdentified:
+        r = None
+    if r is None or case.get("refuse"):
+        return {REFUSED: r is None}
+    truth = JOINT_TRUTH if case["law"] == "joint" else GRANULARITY_TRUTH
+    p_true = np.array([truth[k] for k in law.names])
+    # a point inside the data: the geometric middle of its sizes and budgets
+    N0, D0 = (float(np.exp(np.mean(np.log(case[k])))) for k in ("sizes", "tokens"))
+    point = _bank_point(case["law"], N0, D0)
+    loss = float(predict_natural(law, p_true, point)[0])
+    new = loss * float(np.exp(np.random.default_rng(10_000 + seed).normal(0, case["noise"])))
+    pi = prediction_interval(r, adapter(law), r.rows, point, 0.05, seed).iloc[0]
+    ci = r.conf_int(0.05)
+    out = {REFUSED: False,
+           "loss at a point (mean)": bool(pi["mean_lower"] <= loss <= pi["mean_upper"]),
+           "loss of a new run at a point (prediction)": bool(pi["lower"] <= new <= pi["upper"]),
+           INSIDE: bool(interval_ok(pi["predicted"], pi["mean_lower"], pi["mean_upper"])
+                        and interval_ok(pi["predicted"], pi["lower"], pi["upper"]))}
+    # the report prints no bank law's parameters: their coverage is information
+    out.update({f"{k} (info)": bool(ci.at[k, "lower"] <= truth[k] <= ci.at[k, "upper"])
+                for k in law.names})
+    return out
