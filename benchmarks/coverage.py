@@ -3,13 +3,14 @@ drawn from known laws with noise on every run (unimodal baselines included), for
 parameter and derived quantity the report shows. Target: each law's lowest coverage in
 [0.90, 0.99].
 
-Sections (run all, or one with --only NAME). chinchilla, bimodal and routed each also try the
-smallest design the law's identification gate (analysis/identify.py) accepts and designs just
-below it, which every trial must refuse:
+Sections (run all, or one with --only NAME). Every law's section tries a typical design, the
+smallest design its identification gate accepts (analysis/identify.py; at two noise levels or
+truths) and a design just below the gate, which every trial must refuse:
   chinchilla  Chinchilla law: E, A, B, alpha, beta, the loss at a point inside the data, the
               frontier exponent a (N* ~ C^a; b = 1 - a covers with it) and N*(C) at a compute
               inside the data; two truths and designs, the smallest accepted (4 sizes x 3
-              budgets) at two truths and noise levels, and 3x3 and 3x2 below the gate.
+              budgets) at two truths and noise levels, and 3x3 and 3x2 below the gate. Runs
+              the exponent-interval gate (chinchilla.check_exponent_intervals) on every fit.
   bimodal     bimodal interaction law: C, A, alpha, B, beta (an unbounded bound the fit
               reports counts as covering: it claims nothing there), the interaction at the
               smallest, middle and largest joint run and at all runs pooled, the competition
@@ -20,36 +21,52 @@ below it, which every trial must refuse:
               designs.
   shared_exponent  the shared-exponent test (analysis/shared_exponent.py) on dense and MoE
               families with equal exponents (share rejecting at 5%: its size, target about
-              0.05) and with MoE's alpha larger by 0.05 (its power, target most trials); 199
+              0.05) and with MoE's alpha larger by 0.05 (its power, target most trials), 2 x 40
+              random runs; on the smallest accepted design (a 4x3 grid per family, equal
+              exponents) the share not rejecting (1 - size) and the intervals of the
+              differences alpha, beta, E the report prints; 3x3 per family refused. 199
               parametric-bootstrap draws per test, the toolkit's full start grid.
   backtest    95% prediction intervals of the 3 held-out largest-compute runs
-              (analysis/backtest.py): the share that covers the observed loss; two truths and
-              designs, the toolkit's full start grid.
+              (analysis/backtest.py): the share that covers the observed loss; two truths on
+              random designs, a 4x3 training grid (smallest accepted) and a 3x3 one (refused).
   efficiency_leverage  EL = C_dense(L_moe(C)) / C where the MoE law is the dense law at 1.5x
               (text) and 1.0x (dna) the compute: EL at the smallest, median, largest observed
-              compute and 10x, 100x beyond, and the verdict rates (info); see
-              benchmarks/leverage_sections.py. Figure coverage_efficiency_leverage.
+              compute and 10x, 100x beyond, and the verdict rates (info); 5x5 grids, 4x3 grids
+              (smallest accepted, two noise levels), 3x3 grids (refused).
+  law_free    the law-free EL (runs alone) against the same estimator on noise-free runs: a
+              5x5 grid, 8 pairs, 5 pairs (smallest accepted, two noise levels), 4 pairs
+              (refused: fewer than leverage.MIN_DISTINCT_DRAWS distinct resamples).
+  bank_laws   the joint and granularity laws of the bank fitted alone (law_bank.fit_law): the
+              loss at a point inside the data (mean and a new run's prediction interval);
+              parameters as information (the report prints none); typical, smallest accepted
+              (two noise levels) and refused designs per law.
   law_bank    share of synthetic sets drawn from each law of the MoE bank where the ranking on
               held-out runs puts that law first (max(10, trials // 12) sets per law). Figure
               law_bank_picks_truth (target >= 0.8).
+(benchmarks/leverage_sections.py holds the cases of efficiency_leverage, law_free, bank_laws
+and law_bank.)
 
 The fits run exactly as the toolkit runs them, except that the Chinchilla start grid is reduced
-to three values per parameter (243 starts; the truths lie well inside its basins): the start
-grid only finds the global optimum and the intervals come from warm-started refits.
+to three values per parameter (243 starts; the truths lie well inside its basins) outside the
+shared-exponent and backtest sections: the start grid only finds the global optimum, and the
+intervals come from refits started at the estimate and the other local optima it found.
 
 A section is a function (trials, bootstrap, workers) -> Section(rows, figures); SECTIONS maps
 names to them, so a new section is one function and one entry. Every row is one quantity of
 one truth: its coverage over the trials. The last line is one JSON object: each section's
-figures (coverage_<law> = the lowest coverage over that law's quantities) and, over the
-chinchilla, bimodal and routed sections: estimate_inside_interval (the lowest share of trials
-in a case the gate accepts where every interval is printed, has positive width and holds its
-estimate; target 1.0), coverage_smallest_design (the lowest coverage on the smallest design
-each law accepts; target 0.90-0.99) and refused_below_threshold (the lowest share of trials
-refused on the designs just below each law's gate; target 1.0). On an accepted design a trial
-the post-fit checks refuse (ill-conditioned optimum) counts in `refused ...` and not in the
-coverages. Also `trials` and `bootstrap`.
+figures (coverage_<law> = the lowest coverage over that law's quantities) and, over every
+section with designs: estimate_inside_interval (the lowest share of trials in a case the gate
+accepts where every interval is printed, has positive width and holds its estimate; target
+1.0), coverage_smallest_design (the lowest coverage on the smallest design each law accepts;
+target 0.90-0.99) and refused_below_threshold (the lowest share of trials refused on the
+designs just below each law's gate; target 1.0). On an accepted design a trial the post-fit
+checks refuse (ill-conditioned optimum, degenerate or runaway bootstrap) counts in `refused
+...` and not in the coverages. Also `trials` and `bootstrap`.
 
-Usage: python benchmarks/coverage.py [--trials 120] [--bootstrap 400] [--workers 2] [--only NAME]
+The defaults (40 trials per case, 200 refits per fit) are sized to run whole in about half an
+hour on an idle 2-core machine; --trials and --bootstrap go further.
+
+Usage: python benchmarks/coverage.py [--trials 40] [--bootstrap 200] [--workers 2] [--only NAME]
        [--quick] [--smallest]
 """
 
@@ -495,16 +512,15 @@ QUICK = (8, 100)  # --quick: trials per case, bootstrap refits per fit
 SMALLEST_ONLY = False  # --smallest: only the smallest accepted and the refused designs
 LOWEST = ("estimate_inside_interval", "coverage_smallest_design", "refused_below_threshold")
 SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
-    "chinchilla": chinchilla, "bimodal": bimodal, "routed": routed,
-    "shared_exponent": shared_exponent, "backtest": backtest_section,
-    "efficiency_leverage": efficiency_leverage, "law_free": law_free, "bank_laws": bank_laws,
-    "law_bank": law_bank}
+    "chinchilla": chinchilla, "law_free": law_free, "backtest": backtest_section,
+    "efficiency_leverage": efficiency_leverage, "bank_laws": bank_laws,
+    "shared_exponent": shared_exponent, "routed": routed, "bimodal": bimodal, "law_bank": law_bank}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=120, help="data sets per truth and design")
-    ap.add_argument("--bootstrap", type=int, default=400, help="bootstrap refits per fit")
+    ap.add_argument("--trials", type=int, default=40, help="data sets per truth and design")
+    ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits per fit")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", choices=sorted(SECTIONS), action="append",
                     help="run only this section (repeatable)")
