@@ -64,7 +64,8 @@ checks refuse (ill-conditioned optimum, degenerate or runaway bootstrap) counts 
 ...` and not in the coverages. Also `trials` and `bootstrap`.
 
 The defaults (40 trials per case, 200 refits per fit) are sized to run whole in about half an
-hour on an idle 2-core machine; --trials and --bootstrap go further.
+hour on an idle 2-core machine (estimated from CPU seconds per trial); --trials and --bootstrap
+go further.
 
 Usage: python benchmarks/coverage.py [--trials 40] [--bootstrap 200] [--workers 2] [--only NAME]
        [--quick] [--smallest]
