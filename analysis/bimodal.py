@@ -43,6 +43,7 @@ from analysis.chinchilla import (
     local_optima,
     log_law,
     polish,
+    refit_best,
     refit_draws,
     to_natural,
 )
@@ -276,17 +277,13 @@ def fit_bimodal(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int 
             u, (uN, uD) = unimodal[m], logs[m]
             noise = resample_residuals(u.resid, 5, bootstrap, rng, robust=True)
             logL = log_law(u.theta[None], uN, uD) + noise
-            draws[m] = refit_draws(u.theta, uN, uD, logL)
+            draws[m] = refit_draws(getattr(u, "optima", u.theta), uN, uD, logL)
             u.boot = to_natural(draws[m])
         noise = resample_residuals(y - fitted, 5, bootstrap, rng, robust=True)
         y_BN = base + fitted + noise - baseline(draws[i], draws[j])
         # each draw from the estimate and the grid's other local optima, keeping its best
-        starts = local_optima(x, finite, theta)
-        K = len(starts)
-        xs, fs = batched_lbfgs(lambda th, rows: _objective(th, logN, logD, y_BN[rows // K]),
-                               np.tile(starts, (bootstrap, 1)), iters=500)
-        best = np.where(np.isfinite(fs), fs, np.inf).reshape(bootstrap, K).argmin(1)
-        boot_theta = xs.reshape(bootstrap, K, 5)[np.arange(bootstrap), best]
+        boot_theta = refit_best(lambda th, b: _objective(th, logN, logD, y_BN[b]),
+                                local_optima(x, finite, theta), bootstrap)
         ident = check_draws(boot_theta, theta, NAMES)
         if not ident.ok:
             raise NotIdentified(f"group ({label})", ident)

@@ -75,10 +75,11 @@ def huber(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ar <= DELTA, 0.5 * r * r, DELTA * (ar - 0.5 * DELTA)), np.clip(r, -DELTA, DELTA)
 
 
-def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray,
-              logL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
+              w: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Summed Huber loss and its gradient, for S parameter vectors at once; logN, logD are
-    [1, n], logL is [1, n] or [S, n] (one data set per parameter vector)."""
+    [1, n], logL is [1, n] or [S, n] (one data set per parameter vector), w each point's
+    multiplicity ([S, n] for resampled runs, or 1)."""
     a, b, e, alpha, beta = (theta_S5[:, i : i + 1] for i in range(5))
     t1 = a - alpha * logN
     t2 = b - beta * logD
@@ -87,6 +88,7 @@ def objective(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray,
     w1, w2, w3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(t3 - m)
     total = w1 + w2 + w3
     h, dr = huber(m + np.log(total) - logL)
+    h, dr = h * w, dr * w
     w1, w2, w3 = dr * w1 / total, dr * w2 / total, dr * w3 / total
     grad = np.stack([w1.sum(1), w2.sum(1), w3.sum(1), -(w1 * logN).sum(1), -(w2 * logD).sum(1)], 1)
     return h.sum(1), grad
@@ -202,17 +204,30 @@ def log_law(theta_S5: np.ndarray, logN: np.ndarray, logD: np.ndarray) -> np.ndar
     return np.logaddexp(np.logaddexp(t1, t2), np.broadcast_to(e, t1.shape))
 
 
-def refit_draws(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray,
-                logL_BN: np.ndarray) -> np.ndarray:
-    """Fits to B data sets at once (rows of logL_BN, at the same [1, n] logN and logD), each by
-    batched L-BFGS from every row of theta ([K, 5] or [5], (a, b, e, alpha, beta)), keeping
-    for each data set the start that reaches the lowest objective: [B, 5] in that order."""
-    starts = np.atleast_2d(theta)
-    B, K = len(logL_BN), len(starts)
-    x, f = batched_lbfgs(lambda th, rows: objective(th, logN, logD, logL_BN[rows // K]),
-                         np.tile(starts, (B, 1)), iters=REFIT_ITERS)
-    best = np.nanargmin(np.where(np.isfinite(f), f, np.inf).reshape(B, K), 1)
-    return x.reshape(B, K, 5)[np.arange(B), best]
+def refit_best(fun, starts_KP: np.ndarray, problems: int, iters: int = REFIT_ITERS) -> np.ndarray:
+    """Fits to `problems` data sets at once (bootstrap draws), each by batched L-BFGS from every
+    row of starts_KP (the estimate and the other local optima its multistart found,
+    `local_optima`), keeping for each the start that reaches the lowest objective, so a draw
+    reaches the global optimum of the same objective as the estimate, not the basin nearest
+    the estimate: [problems, P]. fun(theta_SP, problem_S) -> (f_S, grad_SP)."""
+    starts = np.atleast_2d(starts_KP)
+    K = len(starts)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x, f = batched_lbfgs(lambda th, rows: fun(th, rows // K), np.tile(starts, (problems, 1)),
+                             iters=iters)
+    best = np.argmin(np.where(np.isfinite(f), f, np.inf).reshape(problems, K), 1)
+    return x.reshape(problems, K, -1)[np.arange(problems), best]
+
+
+def refit_draws(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL_BN: np.ndarray,
+                w_BN: np.ndarray | None = None) -> np.ndarray:
+    """Chinchilla fits to B data sets at once (rows of logL_BN, at the same [1, n] logN and
+    logD; or, given run multiplicities w_BN, the observed [1, n] log losses reweighted), from
+    every row of theta ([K, 5] or [5], (a, b, e, alpha, beta)) by `refit_best`: [B, 5]."""
+    B = len(logL_BN) if w_BN is None else len(w_BN)
+    if w_BN is None:
+        return refit_best(lambda th, b: objective(th, logN, logD, logL_BN[b]), theta, B)
+    return refit_best(lambda th, b: objective(th, logN, logD, logL_BN, w_BN[b]), theta, B)
 
 
 def local_optima(x: np.ndarray, f: np.ndarray, theta: np.ndarray, k: int = REFIT_STARTS) -> np.ndarray:
@@ -250,6 +265,7 @@ def frontier(p: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 class ChinchillaResult(LawResult):
     theta: np.ndarray  # (a, b, e, alpha, beta) of the estimate
     resid: np.ndarray  # log-space residuals of the fit, one per point
+    optima: np.ndarray  # [K, 5] the estimate and other local optima: where refits start
 
     def predict(self, N, D) -> np.ndarray:
         """Loss (nats/token) at N params and D tokens."""
@@ -340,6 +356,17 @@ def check_exponent_intervals(result: ChinchillaResult, df: pd.DataFrame) -> None
             _widen(df["N"].to_numpy(float), df["D"].to_numpy(float))))
 
 
+def check_bootstrap(result: ChinchillaResult, df: pd.DataFrame) -> None:
+    """The one check of a Chinchilla law's bootstrap draws (`result.boot`, refits to the runs
+    df, residuals or runs resampled): raise NotIdentified when the draws do not vary
+    (identify.check_draws: a degenerate bootstrap gives no interval, and the law is not
+    reported as if it had one) or leave the exponents' range (`check_exponent_intervals`)."""
+    ident = check_draws(result.boot, result.params[NAMES].to_numpy(float), NAMES)
+    if not ident.ok:
+        raise NotIdentified(f"group ({result.label()})", ident)
+    check_exponent_intervals(result, df)
+
+
 def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int = 1000,
                    seed: int = 0, grid: Grid = Grid(), workers: int = 2,
                    min_resid_df: int = MIN_RESID_DF["chinchilla"]) -> ChinchillaResult:
@@ -360,16 +387,13 @@ def fit_chinchilla(df: pd.DataFrame, group: dict | None = None, bootstrap: int =
     result = ChinchillaResult("chinchilla", group, params, None, len(df), float(res.fun),
                               bool(res.success), str(res.message))
     result.theta, result.resid = theta, (logL - fitted)[0]
+    result.optima = local_optima(x, f, theta)
     result.df_resid = len(df) - 5
     if bootstrap:
         noise = resample_residuals(result.resid, 5, bootstrap, np.random.default_rng(seed),
                                    robust=True)
-        draws = refit_draws(local_optima(x, f, theta), logN, logD, fitted + noise)
-        ident = check_draws(draws, theta, NAMES)
-        if not ident.ok:
-            raise NotIdentified(f"group ({group_label(group)})", ident)
-        result.boot = to_natural(draws)
-        check_exponent_intervals(result, df)
+        result.boot = to_natural(refit_draws(result.optima, logN, logD, fitted + noise))
+        check_bootstrap(result, df)
     result.warnings += _edge_warnings(theta, grid)
     if not res.success:
         result.warnings.append(f"the optimizer did not converge: {res.message}")

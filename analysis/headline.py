@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.chinchilla import NAMES, ChinchillaResult, Grid
+from analysis.chinchilla import NAMES, ChinchillaResult, Grid, check_bootstrap
 from analysis.errors import AnalysisError
 from analysis.identify import check_design, interval_ok
 from analysis.law_bank import best_law, fit_law, joint_rows, rank_laws, reduce_to_chinchilla
@@ -43,11 +43,17 @@ class Headline:
     notes: list[str] = field(default_factory=list)
 
 
-def _as_chinchilla(p: np.ndarray, group: dict, law: str, nobs: int) -> ChinchillaResult:
-    """A Chinchilla result from (E, A, B, alpha, beta) rows: the estimate, then the draws."""
+def _as_chinchilla(p: np.ndarray, group: dict, law: str, rows: pd.DataFrame) -> ChinchillaResult:
+    """A Chinchilla result from (E, A, B, alpha, beta) rows: the estimate, then the draws of the
+    bank law fitted to `rows` (law_bank.fit_law: refits from its local optima), reduced at fixed
+    settings; its draws pass the same check as a Chinchilla fit's (chinchilla.check_bootstrap),
+    else NotIdentified."""
     boot = p[1:] if len(p) > 2 else None
-    return ChinchillaResult(law, group, pd.Series(p[0], index=NAMES), boot, nobs, np.nan, True,
-                            f"the {law} law at fixed settings")
+    out = ChinchillaResult(law, group, pd.Series(p[0], index=NAMES), boot, len(rows), np.nan, True,
+                           f"the {law} law at fixed settings")
+    if boot is not None:
+        check_bootstrap(out, rows)
+    return out
 
 
 def best_law_fits(df: pd.DataFrame, modality: str, law: str, chinchilla_fits: list[LeverageFit],
@@ -83,7 +89,7 @@ def best_law_fits(df: pd.DataFrame, modality: str, law: str, chinchilla_fits: li
             r, p = fitted["all"]
         if law == "joint":
             dense = _as_chinchilla(reduce_to_chinchilla(law, p, n_experts=1), {"modality": modality},
-                                   law, r.nobs)
+                                   law, r.rows)
             moe = reduce_to_chinchilla(law, p, n_experts=float(moe_rows["n_experts"].iloc[0]))
         else:
             g = moe_rows["granularity"].unique()
@@ -92,7 +98,7 @@ def best_law_fits(df: pd.DataFrame, modality: str, law: str, chinchilla_fits: li
             dense = f.dense
             moe = reduce_to_chinchilla(law, p, granularity=float(g[0]))
         out.append(LeverageFit(modality, f.family, dense, _as_chinchilla(moe, {"modality": modality},
-                                                                           law, r.nobs),
+                                                                           law, r.rows),
                                f.flops_dense, f.flops_moe, f.total_per_active, f.C_observed,
                                f.paired_units, law))
     return out

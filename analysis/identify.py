@@ -90,15 +90,16 @@ def design_words(df: pd.DataFrame, columns: tuple[str, ...]) -> str:
 
 
 def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label: str,
-                 linear: tuple[str, ...] = (), min_resid_df: int = MIN_RESID_DF["chinchilla"]
-                 ) -> Identification:
+                 linear: tuple[str, ...] = (), min_resid_df: int = MIN_RESID_DF["chinchilla"],
+                 levels: dict[str, int] | None = None) -> Identification:
     """Before a fit of `n_params` parameters to the rows of df (label: the law's name):
-    at least MIN_LEVELS distinct values of every column in `curved`, two of every column in
-    `linear`, and `min_resid_df` runs beyond the parameters (MIN_RESID_DF holds each law's).
-    The suggestion names sweep values that would satisfy it."""
+    at least MIN_LEVELS distinct values of every column in `curved` (or `levels[column]`, for a
+    variable the law bends more than once), two of every column in `linear`, and
+    `min_resid_df` runs beyond the parameters (MIN_RESID_DF holds each law's). The suggestion
+    names sweep values that would satisfy it."""
     columns = tuple(curved) + tuple(linear)
     words = design_words(df, columns)
-    need = {c: MIN_LEVELS for c in curved} | {c: 2 for c in linear}
+    need = {c: MIN_LEVELS for c in curved} | {c: 2 for c in linear} | (levels or {})
     short = {c: k for c, k in need.items() if df[c].nunique() < k}
     if short:
         adds = []

@@ -13,7 +13,8 @@ at or below the dense law's irreducible loss E, no dense compute reaches it and 
 
 Intervals come from one bootstrap of both families together: pairs of runs (as
 compare.match_runs pairs them) are resampled as units, unpaired runs within their family; each
-draw refits both laws (warm-started, all draws at once) and gives one EL curve. The same draws
+draw refits both laws (all draws at once, each from the estimate and the other local optima of
+its multistart, keeping its best) and gives one EL curve. The same draws
 become the two laws' `boot` here, so their parameter intervals and EL agree; the law-free
 estimate resamples the same way. Runs rather than residuals are resampled because that is what
 covers: on 100 synthetic sets (benchmarks/leverage_sections.py: EL = 1.5 and 1.0, five
@@ -34,24 +35,24 @@ import numpy as np
 import pandas as pd
 
 from analysis.chinchilla import (
-    NAMES,
-    REFIT_ITERS,
     ChinchillaResult,
     Grid,
-    batched_lbfgs,
-    check_exponent_intervals,
+    check_bootstrap,
     fit_chinchilla,
+    refit_draws,
+    to_natural,
 )
 from analysis.compare import match_runs
 from analysis.compute import FlopsPerToken, fit_flops_per_token
 from analysis.errors import AnalysisError
-from analysis.identify import check_draws
-from analysis.law_bank import CHINCHILLA, lse_objective
 from analysis.records import family_key
-from analysis.results import held, interval
+from analysis.results import expanded_level, held, interval
 
-# a law-free interval needs this many distinct bootstrap values, so that each 2.5% tail of
-# 1000 draws holds more than one: fewer runs leave too few distinct resamples to bound EL
+# a law-free interval needs this many distinct bootstrap values: 4 paired runs give at most 35
+# distinct resamples, and are refused; set by coverage (benchmarks/coverage.py --only law_free,
+# 150 sets each, expanded percentile intervals): 5 pairs along D = 20 N cover 0.93 of the time,
+# 6 pairs 0.91-0.93, 8 pairs 0.95, a 5 x 5 grid 0.99 (plain percentile intervals: 0.86-0.90 on
+# 5 and 6 pairs)
 MIN_DISTINCT_DRAWS = 40
 MORE, LESS, UNRESOLVED = "experts worth more compute", "experts worth less", "not resolved"
 EXTRAPOLATE = (10.0, 100.0)
@@ -102,14 +103,14 @@ def unit_weights(keys: np.ndarray, draws: int, rng: np.random.Generator) -> np.n
 
 
 def refit_weighted(result: ChinchillaResult, df: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
-    """Chinchilla refits to the runs with multiplicities `weights` [draws, rows] (the same
-    Huber objective, law_bank's fitter), all at once from the estimate: natural parameters
-    (E, A, B, alpha, beta) per draw."""
-    X, logL = CHINCHILLA.design(df), np.log(df["loss"].to_numpy(float))[None]
-    theta = CHINCHILLA.log_theta(result.params[NAMES].to_numpy())
-    x, _ = batched_lbfgs(lambda th, rows: lse_objective(th, X, logL, weights[rows]),
-                         np.tile(theta, (len(weights), 1)), iters=REFIT_ITERS)
-    return CHINCHILLA.natural(x)
+    """Chinchilla refits to the runs with multiplicities `weights` [draws, rows] (the estimate's
+    Huber objective), all at once, each from the estimate and the other local optima of its
+    multistart (chinchilla.refit_draws), keeping its best: natural parameters (E, A, B, alpha,
+    beta) per draw."""
+    logN, logD, logL = (np.log(df[c].to_numpy(float))[None] for c in ("N", "D", "loss"))
+    starts = getattr(result, "optima", None)
+    return to_natural(refit_draws(result.theta if starts is None else starts, logN, logD, logL,
+                                  weights))
 
 
 def frontier_loss(p: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -285,11 +286,7 @@ def fit_leverage(df: pd.DataFrame, modality: str, family: str, bootstrap: int = 
         wd, wm = paired_weights(kd, km, bootstrap, np.random.default_rng(seed))
         dense.boot, moe.boot = refit_weighted(dense, dense_df, wd), refit_weighted(moe, moe_df, wm)
         for fit, runs in ((dense, dense_df), (moe, moe_df)):
-            # draws that do not vary give no interval (identify.check_draws)
-            if not check_draws(fit.boot, fit.params.to_numpy(), NAMES).ok:
-                fit.boot = None
-            else:  # nor do draws of runaway laws: then the law is not identified
-                check_exponent_intervals(fit, runs)
+            check_bootstrap(fit, runs)  # degenerate draws, or draws of runaway laws
     flops = lambda g: fit_flops_per_token(g["N"], g["flops_per_token"])  # noqa: E731
     return LeverageFit(modality, family, dense, moe, flops(dense_df), flops(moe_df),
                        float(np.median(moe_df["N_total"] / moe_df["N_active"])),
@@ -368,7 +365,8 @@ def law_free_leverage(fit: LeverageFit | None, df: pd.DataFrame, bootstrap: int 
                       alpha: float = 0.05, job: tuple[str, str] | None = None) -> dict:
     """EL from the runs alone on the observed range, with a bootstrap interval over the same
     paired resampling as the laws (runs, not residuals, resampled; each MoE run weighted by how
-    often a draw holds it), and the law-based EL at the compared runs' compute. No interval
+    often a draw holds it; an expanded percentile interval, results.expanded_level, over the
+    paired units), and the law-based EL at the compared runs' compute. No interval
     where the draws take fewer than MIN_DISTINCT_DRAWS distinct values (column `distinct
     draws`) or where it would not hold its estimate. Without a fit (the laws not identified),
     `job` = (modality, family) and the law column is NaN."""
@@ -390,7 +388,9 @@ def law_free_leverage(fit: LeverageFit | None, df: pd.DataFrame, bootstrap: int 
         draws = np.array([law_free_ratio(dC[a > 0], dL[a > 0], mC, mL, b)[0]
                           for a, b in zip(wd, wm, strict=True)])
         distinct = len(np.unique(draws[np.isfinite(draws)].round(12)))
+        units = len(np.union1d(d["key"], m["key"]))
         out["distinct draws"] = distinct
         if distinct >= MIN_DISTINCT_DRAWS:
-            out["lower"], out["upper"] = (float(v) for v in held(est, *interval(draws, alpha)))
+            level = expanded_level(alpha, units, units - 1)
+            out["lower"], out["upper"] = (float(v) for v in held(est, *interval(draws, level)))
     return out

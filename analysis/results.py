@@ -29,12 +29,7 @@ class LawResult:
         intervals are too narrow when the noise level is estimated from few points, so (as in
         Hesterberg 2015, "expanded percentile") they take the tail share alpha' with normal
         quantile sqrt(n / (n - 1)) t_{df}(1 - alpha / 2), df the residual degrees of freedom."""
-        if self.df_resid <= 0:
-            return alpha
-        from scipy.stats import norm, t
-
-        n = self.nobs
-        return float(2 * norm.sf(np.sqrt(n / (n - 1)) * t.ppf(1 - alpha / 2, self.df_resid)))
+        return expanded_level(alpha, self.nobs, self.df_resid)
 
     @property
     def bse(self) -> pd.Series:
@@ -80,6 +75,17 @@ class LawResult:
 
     def to_json(self, alpha: float = 0.05) -> str:
         return json.dumps(self.to_dict(alpha), indent=2)
+
+
+def expanded_level(alpha: float, n: int, df: int) -> float:
+    """The tail share whose percentile interval stands for a 1 - alpha one from n units with df
+    degrees of freedom (Hesterberg 2015's expanded percentile, see LawResult.expanded); alpha
+    itself where df <= 0."""
+    if df <= 0 or n < 2:
+        return alpha
+    from scipy.stats import norm, t
+
+    return float(2 * norm.sf(np.sqrt(n / (n - 1)) * t.ppf(1 - alpha / 2, df)))
 
 
 def interval(draws: np.ndarray, alpha: float = 0.05, axis: int | None = None) -> np.ndarray:

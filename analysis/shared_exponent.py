@@ -25,7 +25,8 @@ differ" when both the exponent and the identical-law hypotheses are rejected, "o
 when only the identical-law hypothesis is, else "no difference detected". Intervals: each
 family's parameters and the differences alpha_f - alpha_dense, beta_f - beta_dense,
 E_f - E_dense from the per-family fits' bootstraps (`fit_chinchilla`), which resample each
-family's points independently; the shared fit's parameters from the parametric bootstrap.
+family's points independently (expanded percentile intervals, as the fits' own); the shared
+fit's parameters from the parametric bootstrap; none printed unless it holds its estimate.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from analysis.chinchilla import (
 )
 from analysis.errors import AnalysisError
 from analysis.records import by_family
-from analysis.results import interval
+from analysis.results import held, interval
 
 IDX = {"A": 0, "B": 1, "E": 2, "alpha": 3, "beta": 4}  # positions in chinchilla's (a, b, e, alpha, beta)
 EXPONENTS = ("alpha", "beta")
@@ -215,8 +216,11 @@ class SharedTestResult:
         if dense.boot is not None and other.boot is not None:
             n = min(len(dense.boot), len(other.boot))
             cols = [NAMES.index(p) for p in DIFFERENCES]
-            lo, hi = interval(other.boot[:n, cols] - dense.boot[:n, cols], alpha or self.level, axis=0)
-            out["lower"], out["upper"] = lo, hi
+            # the wider of the two fits' expanded levels (LawResult.expanded), and no interval
+            # that would not hold its estimate (results.held)
+            level = min(r.expanded(alpha or self.level) for r in (dense, other))
+            out["lower"], out["upper"] = held(est.to_numpy(float), *interval(
+                other.boot[:n, cols] - dense.boot[:n, cols], level, axis=0))
         else:
             out["lower"] = out["upper"] = np.nan
         out.index = [f"{p}_{self.families[1]} - {p}_{self.families[0]}" for p in DIFFERENCES]
@@ -225,7 +229,7 @@ class SharedTestResult:
     def shared_params(self, alpha: float | None = None) -> pd.DataFrame:
         """The shared-exponent fit, per family, with intervals from the parametric bootstrap."""
         t = self.exponents
-        lo, hi = interval(t.null_boot, alpha or self.level, axis=0)
+        lo, hi = held(t.null_params.to_numpy(float), *interval(t.null_boot, alpha or self.level, axis=0))
         rows = []
         for k, fam in enumerate(self.families):
             for j, name in enumerate(NAMES):
