@@ -15,7 +15,7 @@ from analysis.compare import compare_pairs
 from analysis.compute import Frontier, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups_noting
-from analysis.headline import Headline, bigram_floors, headline, primary
+from analysis.headline import Headline, headline, markov_floors, primary
 from analysis.results import LawResult
 
 if TYPE_CHECKING:
@@ -84,6 +84,20 @@ def above_unigram(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return df[~nothing].reset_index(drop=True)
 
 
+def unlearned(df: pd.DataFrame) -> dict[str, str]:
+    """{modality: why} for the modalities no run beats its unigram floor on: no model learned
+    them, so there is no dense-against-experts question to answer there (the filter looks at
+    every run of both families alike, never at which one is better)."""
+    out = {}
+    for m, g in df.dropna(subset=["floor_unigram"]).groupby("modality"):
+        if len(g) and (g["loss"] >= g["floor_unigram"]).all():
+            best = g.loc[g["loss"].idxmin()]
+            out[m] = (f"{m}: no run beats its unigram floor (best {best['loss']:.3f} >= "
+                      f"{best['floor_unigram']:.3f} nats/token, {best['run']}), so no model learned "
+                      f"it: no comparison on {m}")
+    return out
+
+
 @dataclass
 class Answer:
     """What the runs say about dense against experts, and what they could not say (notes)."""
@@ -95,6 +109,7 @@ class Answer:
     headline: Headline | None
     paired: pd.DataFrame | None
     primary: pd.DataFrame
+    unlearned: list[str] = field(default_factory=list)  # modalities no run learned, and why
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -108,8 +123,8 @@ class Answer:
 def answer(df: pd.DataFrame, docs: dict[str, dict[str, DocLosses]] | None,
            bootstrap: int) -> Answer:
     """Fit, compare and pick the primary answer per MoE family and modality. The paired
-    comparison keeps every pair (which pairs count must not depend on their outcome); the laws
-    see only rows above their unigram floor."""
+    comparison keeps every pair of a modality some run learned (which pairs count must not
+    depend on their outcome); the laws see only rows above their unigram floor."""
     notes: list[str] = []
     fitted = above_unigram(df, notes)
     chin, gaps, h = [], [], None
@@ -118,6 +133,9 @@ def answer(df: pd.DataFrame, docs: dict[str, dict[str, DocLosses]] | None,
         h = noting("efficiency leverage", lambda: headline(
             fitted, bootstrap, chinchilla=chinchilla_by_group(chin)), notes)
         notes += h.notes if h is not None else []
-    paired = noting("paired comparison", lambda: compare_pairs(df, docs=docs), notes)
-    table = primary(paired, h, df, bigram_floors(df))
-    return Answer(df, fitted, chin, gaps, h, paired, table, notes)
+    skip = unlearned(df)
+    asked = df[~df["modality"].isin(list(skip))]
+    paired = (noting("paired comparison", lambda: compare_pairs(asked, docs=docs), notes)
+              if len(asked) else None)
+    table = primary(paired, h, asked, markov_floors(asked))
+    return Answer(df, fitted, chin, gaps, h, paired, table, list(skip.values()), notes)

@@ -102,7 +102,8 @@ def junk_pairs(df: pd.DataFrame, records: list[dict],
 def combined(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per comparison, family and real modality: the pairs' dL combined at the design's centre
     (analysis/paired.combine), with its 95% interval where it holds its estimate, and a
-    verdict at 5% after Holm's correction over the rows that have an interval."""
+    verdict at 5% after Holm's correction over the rows that have an interval and two or more
+    seeds (one seed's document-level SE leaves out the variation between seeds)."""
     rows = []
     ok = pairs[pairs["learned"]]
     for (comparison, label, modality), g in ok.groupby(["comparison", "family", "modality"]):
@@ -110,17 +111,19 @@ def combined(pairs: pd.DataFrame) -> pd.DataFrame:
                     g["D_without"].to_numpy())
         lo, hi = held(c.dL, c.lower, c.upper)
         rows.append({"comparison": comparison, "family": label, "modality": modality,
-                     "pairs": len(g), "dL": c.dL, "se": c.se, "lower": float(lo),
-                     "upper": float(hi), "p": c.p, "model": c.model})
-    table = pd.DataFrame(rows, columns=["comparison", "family", "modality", "pairs", "dL", "se",
-                                        "lower", "upper", "p", "model"])
-    tested = table["lower"].notna() & table["p"].notna()
-    table.insert(9, "p_holm", np.nan)
+                     "pairs": len(g), "seeds": g["seed"].nunique(), "dL": c.dL, "se": c.se,
+                     "lower": float(lo), "upper": float(hi), "p": c.p, "model": c.model})
+    table = pd.DataFrame(rows, columns=["comparison", "family", "modality", "pairs", "seeds", "dL",
+                                        "se", "lower", "upper", "p", "model"])
+    tested = table["lower"].notna() & table["p"].notna() & (table["seeds"] > 1)
+    table.insert(10, "p_holm", np.nan)
     if tested.any():
         table.loc[tested, "p_holm"] = multipletests(table.loc[tested, "p"], 0.05, "holm")[1]
-    table.insert(10, "verdict", np.where(
-        ~tested, "no interval", np.where(table["p_holm"] >= 0.05, "no significant difference",
-                                         np.where(table["dL"] > 0, "junk hurts", "junk helps"))))
+    table.insert(11, "verdict", np.where(
+        table["lower"].isna(), "no interval",
+        np.where(table["seeds"] < 2, "no verdict: one seed",
+                 np.where(~tested | (table["p_holm"] >= 0.05), "no significant difference",
+                          np.where(table["dL"] > 0, "junk hurts", "junk helps")))))
     return table
 
 
@@ -227,7 +230,9 @@ def junk_section(df: pd.DataFrame, records: list[dict], out: Path,
              "loss without (nats/token) on the same validation documents; its SE from the "
              "per-document differences; pairs combined by `model`, 95% interval (none printed "
              "where it would not hold its estimate); verdicts at 5% after Holm's correction "
-             "over this table's rows (secondary to the primary table). dL > 0: junk hurts. "
+             "over this table's rows with two or more seeds (secondary to the primary table; "
+             "one seed's interval holds evaluation noise only, not the variation between "
+             "seeds, so it gets no verdict). dL > 0: junk hurts. "
              "A family whose dL is near 0 where dense's is positive keeps the junk out of the "
              "other modalities' way. Modality routing gives junk an expert of its own (its "
              "family label drops the expert count); the junk run's vocabulary also has 16 more "

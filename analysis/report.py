@@ -58,10 +58,11 @@ def _floors(df: pd.DataFrame) -> list[str]:
         "family": family_key(best), "modalities": best["modalities"], "modality": best["modality"],
         "best_loss": best["loss"], "se": best["loss_se"], "uniform": best["floor_uniform"],
         "unigram": best["floor_unigram"], "bigram": best["floor_bigram"],
-        "markov": best["floor_markov"], "bigram_margin": best["floor_bigram"] - best["loss"],
+        "markov": best["floor_markov"],
+        "floor_margin": best[["floor_unigram", "floor_bigram"]].min(axis=1) - best["loss"],
     })
-    margin, se = table["bigram_margin"], table["se"]
-    table["beats_bigram"] = np.where(table["bigram"].isna(), "?", np.where(
+    margin, se = table["floor_margin"], table["se"]
+    table["beats_floors"] = np.where(table["bigram"].isna(), "?", np.where(
         se.isna(), np.where(margin > 0, "yes (no SE)", "no"), np.where(margin > se, "yes", "no")))
     counts = (df.assign(family=family_key(df), nothing=df["loss"] >= df["floor_unigram"])
               .groupby(["family", "modalities", "modality"])["nothing"].sum())
@@ -73,11 +74,13 @@ def _floors(df: pd.DataFrame) -> list[str]:
             "models fitted on the training split and scored on the same validation rows and "
             "tokens: uniform over the modality's ids, unigram, bigram and an order-k Markov "
             "model (Witten-Bell interpolated; k chosen on held-out training rows). "
-            "`bigram_margin` = bigram floor - best loss; `beats_bigram`: by more than its SE. "
-            "A run at or above its unigram floor has learned nothing about that modality and is "
-            "left out of every law fit below (the paired comparison keeps every pair, so "
-            "which pairs count does not depend on their outcome); every run's floors are in "
-            "runs.csv.", "", render(table.sort_values(["modality", "family"]))]
+            "`floor_margin` = the lower of the unigram and bigram floors - best loss (on "
+            "incompressible data the bigram model's extra parameters put it above the unigram); "
+            "`beats_floors`: by more than its SE. A run at or above its unigram floor has learned "
+            "nothing about that modality and is left out of every law fit below; the paired "
+            "comparison keeps every pair of a modality some run learned, so which pairs count "
+            "does not depend on their outcome. Every run's floors are in runs.csv.", "",
+            render(table.sort_values(["modality", "family"]))]
 
 
 def _routing(records: list[dict], out: Path) -> list[str]:
@@ -130,16 +133,19 @@ def _headline(h: Headline | None, out: Path) -> list[str]:
     return lines
 
 
-def _primary(table: pd.DataFrame, out: Path) -> list[str]:
-    """The report's first table: one answer per MoE family and modality (headline.primary)."""
+def _primary(table: pd.DataFrame, unlearned: list[str], out: Path) -> list[str]:
+    """The report's first table: one answer per MoE family and modality (headline.primary), and
+    the modalities no run learned, which get none."""
     from analysis.headline import primary_text
 
+    skipped = [f"- {u}" for u in unlearned]
     if table.empty:
-        return []
+        return ["## Primary answer: one per MoE family and modality", "", *skipped, ""] if skipped else []
     table.to_csv(out / "primary.csv", index=False)
     (out / "primary.tex").write_text(render(table, "latex"))
     return ["## Primary answer: one per MoE family and modality", "", primary_text(table),
-            "([primary.csv](primary.csv), [primary.tex](primary.tex))", "", render(table), ""]
+            "([primary.csv](primary.csv), [primary.tex](primary.tex))", "", render(table), "",
+            *skipped, *([""] if skipped else [])]
 
 
 def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
@@ -166,7 +172,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     notes, every_run, df, chin, chin_gaps, table = (a.notes, a.runs, a.fitted, a.chinchilla,
                                                     a.chinchilla_gaps, a.paired)
     lines += _floors(every_run)
-    lines[first:first] = _primary(a.primary, out)
+    lines[first:first] = _primary(a.primary, a.unlearned, out)
     if df.empty:
         lines += ["", "No run beats its unigram floor on any modality: there is nothing to fit.",
                   *_routing(records, out), "", "## Notes", ""] + [f"- {n}" for n in notes]

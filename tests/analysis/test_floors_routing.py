@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.answer import above_unigram
+from analysis.answer import above_unigram, answer, unlearned
+from analysis.headline import markov_floors
 from analysis.plots import modality_expert_shares
 from analysis.records import load_runs
 from analysis.report import _floors, write_report
@@ -52,7 +53,7 @@ def test_a_run_at_its_unigram_floor_leaves_the_fits_and_is_named(tmp_path):
     assert not ((kept["run"] == "dense-0") & (kept["modality"] == "text")).any()
     assert any("dense-0 text (16.000 >= 15.000)" in n for n in notes)
     table = "\n".join(lines)
-    assert "## Floors" in table and "| bigram_margin" not in table  # a column, not a row
+    assert "## Floors" in table and "| floor_margin" not in table  # a column, not a row
     text = write_report([tmp_path / "runs"], tmp_path / "rep", bootstrap=10).read_text()
     assert "## Floors: what counting the training data achieves" in text
     assert "left out of the law fits" in text
@@ -73,6 +74,28 @@ def test_every_run_beating_its_floor_is_kept(tmp_path):
     notes: list[str] = []
     kept = above_unigram(df, notes)
     assert len(kept) == len(df) and not any("left out" in n for n in notes)
+
+
+def test_a_modality_no_run_learned_gets_no_answer(tmp_path):
+    """Junk-like data: every run sits at dna's unigram floor, whose bigram floor lies above it.
+    dna leaves the primary table with the reason; text keeps its rows."""
+    _runs(tmp_path / "runs", stuck_loss=14.0)
+    df, _ = load_runs([tmp_path / "runs"])
+    dna = df["modality"] == "dna"
+    df.loc[dna, "floor_unigram"] = df.loc[dna, "loss"].min() - 0.01
+    df.loc[dna, "floor_bigram"] = df.loc[dna, "floor_unigram"] + 0.5
+    why = unlearned(df)
+    assert list(why) == ["dna"] and "no run beats its unigram floor" in why["dna"]
+    floors = markov_floors(df)
+    run = df[dna]["run"].iloc[0]
+    assert floors[(run, "dna")] == pytest.approx(df[dna]["floor_unigram"].iloc[0])
+    assert floors[(run, "text")] == 12.0  # text's bigram floor is the lower one
+    a = answer(df, None, bootstrap=10)
+    assert a.unlearned == [why["dna"]]
+    table = a.primary
+    assert set(table["modality"]) == {"text"} and len(table) == 1
+    best = df[(df["modality"] == "text") & df["run"].str.startswith("moe")]["loss"].min()
+    assert table["margin under floors"].iloc[0] == pytest.approx(12.0 - best)
 
 
 def test_records_without_floors_are_kept_and_said_so(tmp_path):

@@ -60,6 +60,23 @@ def test_runs_pair_at_equal_steps_and_equal_real_tokens_or_compute(tmp_path):
     assert table.loc[("equal compute and steps", "text"), "model"].startswith("OLS")
 
 
+def _pairs(seeds: list[int]) -> pd.DataFrame:
+    rows = [{"comparison": "equal real tokens and steps", "family": "dense", "modality": "text",
+             "learned": True, "seed": sd, "N": n, "D_without": 5e5, "dL": 0.05 + 0.001 * sd,
+             "se": 0.002} for sd in seeds for n in (1e5, 2e5)]
+    return pd.DataFrame(rows)
+
+
+def test_one_seed_gets_an_interval_but_no_verdict():
+    """One seed's document-level SE leaves out the variation between seeds: however small p is,
+    no verdict; with two seeds the same shift is a verdict."""
+    one = combined(_pairs([0])).iloc[0]
+    assert one["seeds"] == 1 and one["verdict"] == "no verdict: one seed"
+    assert one["lower"] < one["dL"] < one["upper"] and np.isnan(one["p_holm"])
+    two = combined(_pairs([0, 1])).iloc[0]
+    assert two["seeds"] == 2 and two["verdict"] == "junk hurts" and two["p_holm"] < 0.05
+
+
 def test_no_junk_study_no_section(tmp_path, paired_runs):
     df, records = load_runs([paired_runs])
     assert junk_section(df, records, tmp_path, [paired_runs]) == ([], [])

@@ -141,7 +141,7 @@ def test_primary_table_one_answer_per_family_and_modality(runs):
     t = primary(paired, h, df)
     assert sorted(zip(t["family"], t["modality"], strict=True)) == sorted(
         (f, m) for f in ("moe learned E=8", "moe modality E=2") for m in ("dna", "text"))
-    assert "margin under bigram floor" not in t  # the records carry no floors
+    assert "margin under floors" not in t  # the records carry no floors
     win = t[(t["family"] == "moe learned E=8") & (t["modality"] == "text")].iloc[0]
     assert win["verdict"] == "moe learned E=8 better" and win["dL SE"] > 0
     # 3 sizes x 2 budgets do not identify a Chinchilla law: the leverage comes from the runs
@@ -153,7 +153,7 @@ def test_primary_table_one_answer_per_family_and_modality(runs):
     with_floor = primary(paired, None, df, floors)
     best = df[(df["modality"] == "text") & (df["run"].str.startswith("learned"))]["loss"].min()
     row = with_floor[(with_floor["family"] == "moe learned E=8") & (with_floor["modality"] == "text")]
-    assert row["margin under bigram floor"].iloc[0] == pytest.approx(3.1 - best)
+    assert row["margin under floors"].iloc[0] == pytest.approx(3.1 - best)
     assert with_floor["EL from"].str.startswith("none").all()
 
 
