@@ -16,6 +16,7 @@ from analysis.compute import Frontier, frontiers
 from analysis.errors import AnalysisError
 from analysis.fit import chinchilla_by_group, fit_groups_noting
 from analysis.headline import Headline, headline, markov_floors, primary
+from analysis.minority import find_study, level_values
 from analysis.results import LawResult
 
 if TYPE_CHECKING:
@@ -98,6 +99,20 @@ def unlearned(df: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def pooled_shares(df: pd.DataFrame) -> list[str]:
+    """A line where the runs vary one modality's share of the data at otherwise equal settings
+    (a minority study): the laws, the leverage and the primary dL pool those shares, so the
+    line points to the section that reads them share by share."""
+    study = find_study(df)
+    if study is None:
+        return []
+    m, rows = study
+    levels = ", ".join(f"{v:.0%}" for v in level_values(rows.loc[rows["modality"] == m, "share"]))
+    return [f"{m}'s share of the training tokens varies across otherwise matched runs ({levels}): "
+            "the leverage and dL above pool those shares (dL regressed on log D); the section "
+            f"'Minority modality' gives {m} share by share"]
+
+
 @dataclass
 class Answer:
     """What the runs say about dense against experts, and what they could not say (notes)."""
@@ -109,7 +124,7 @@ class Answer:
     headline: Headline | None
     paired: pd.DataFrame | None
     primary: pd.DataFrame
-    unlearned: list[str] = field(default_factory=list)  # modalities no run learned, and why
+    caveats: list[str] = field(default_factory=list)  # what the primary table cannot say, and why
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -138,4 +153,5 @@ def answer(df: pd.DataFrame, docs: dict[str, dict[str, DocLosses]] | None,
     paired = (noting("paired comparison", lambda: compare_pairs(asked, docs=docs), notes)
               if len(asked) else None)
     table = primary(paired, h, asked, markov_floors(asked))
-    return Answer(df, fitted, chin, gaps, h, paired, table, list(skip.values()), notes)
+    return Answer(df, fitted, chin, gaps, h, paired, table, [*skip.values(), *pooled_shares(df)],
+                  notes)

@@ -133,19 +133,19 @@ def _headline(h: Headline | None, out: Path) -> list[str]:
     return lines
 
 
-def _primary(table: pd.DataFrame, unlearned: list[str], out: Path) -> list[str]:
+def _primary(table: pd.DataFrame, caveats: list[str], out: Path) -> list[str]:
     """The report's first table: one answer per MoE family and modality (headline.primary), and
-    the modalities no run learned, which get none."""
+    below it what the table cannot say (modalities no run learned, shares it pools)."""
     from analysis.headline import primary_text
 
-    skipped = [f"- {u}" for u in unlearned]
+    said = [f"- {c}" for c in caveats]
     if table.empty:
-        return ["## Primary answer: one per MoE family and modality", "", *skipped, ""] if skipped else []
+        return ["## Primary answer: one per MoE family and modality", "", *said, ""] if said else []
     table.to_csv(out / "primary.csv", index=False)
     (out / "primary.tex").write_text(render(table, "latex"))
     return ["## Primary answer: one per MoE family and modality", "", primary_text(table),
             "([primary.csv](primary.csv), [primary.tex](primary.tex))", "", render(table), "",
-            *skipped, *([""] if skipped else [])]
+            *said, *([""] if said else [])]
 
 
 def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
@@ -172,7 +172,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
     notes, every_run, df, chin, chin_gaps, table = (a.notes, a.runs, a.fitted, a.chinchilla,
                                                     a.chinchilla_gaps, a.paired)
     lines += _floors(every_run)
-    lines[first:first] = _primary(a.primary, a.unlearned, out)
+    lines[first:first] = _primary(a.primary, a.caveats, out)
     if df.empty:
         lines += ["", "No run beats its unigram floor on any modality: there is nothing to fit.",
                   *_routing(records, out), "", "## Notes", ""] + [f"- {n}" for n in notes]

@@ -279,8 +279,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if not a.primary.empty:
         print(f"Primary answer: one per MoE family and modality.\n{primary_text(a.primary)}\n")
         print(render(a.primary, args.format) + "\n")
-    for u in a.unlearned:
-        print(u)
+    for c in a.caveats:
+        print(f"- {c}")
     for title, text, tab in sections(a.headline, args.format) if a.headline is not None else []:
         print(f"{title}:\n{text}\n\n{tab}\n")
     if a.paired is not None:

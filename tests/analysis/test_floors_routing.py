@@ -91,7 +91,7 @@ def test_a_modality_no_run_learned_gets_no_answer(tmp_path):
     assert floors[(run, "dna")] == pytest.approx(df[dna]["floor_unigram"].iloc[0])
     assert floors[(run, "text")] == 12.0  # text's bigram floor is the lower one
     a = answer(df, None, bootstrap=10)
-    assert a.unlearned == [why["dna"]]
+    assert a.caveats == [why["dna"]]
     table = a.primary
     assert set(table["modality"]) == {"text"} and len(table) == 1
     best = df[(df["modality"] == "text") & df["run"].str.startswith("moe")]["loss"].min()

@@ -165,3 +165,7 @@ def test_report_places_the_section_and_its_figure(study, tmp_path):
     assert "## Minority modality: image at 4 shares of the data" in report
     assert report.index("## Minority modality") < report.index("## Figures")
     assert "![minority](minority.png)" in report
+    # the primary table pools the shares, and says so under it, naming the image shares only
+    primary = report[report.index("## Primary answer"):report.index("## Runs")]
+    levels = ", ".join(f"{s:.0%}" for s in SHARES)
+    assert f"image's share of the training tokens varies across otherwise matched runs ({levels})" in primary
