@@ -33,7 +33,8 @@ MIN_RESID_DF = {"chinchilla": 7, "bimodal": 4, "routed": 6}
 # grids of synthetic runs (1% noise) give 300-1,000; on the demo's 3x2 grid 6e10-2e11
 MAX_CONDITION = 1e6
 VARIABLES = {"N": ("size", "sizes"), "D": ("token budget", "budgets"),
-             "E": ("expert count", "expert counts"), "C": ("compute budget", "budgets")}
+             "E": ("expert count", "expert counts"), "C": ("compute budget", "budgets"),
+             "granularity": ("granularity", "granularities")}
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,14 @@ def next_level(levels: np.ndarray, integer: bool = False) -> float:
     return float(np.ceil(value)) if integer else float(value)
 
 
+def next_levels(levels: np.ndarray, k: int, integer: bool = False) -> list[float]:
+    """k values beyond the largest of `levels`, each a step on from the one before (next_level)."""
+    out: list[float] = []
+    for _ in range(k):
+        out.append(next_level(np.append(levels, out), integer))
+    return out
+
+
 def _ordinal(k: int) -> str:
     return {1: "second", 2: "third", 3: "fourth", 4: "fifth"}.get(k, f"{k + 1}th")
 
@@ -106,10 +115,10 @@ def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label
         for c, k in short.items():
             have = df[c].nunique()
             name = VARIABLES.get(c, (c, c))[0]
-            value = next_level(df[c].to_numpy(float), integer=c == "E")
-            adds.append(f"a {_ordinal(have)} {name} (for example {_fmt(value)})" if k - have == 1
+            values = next_levels(df[c].to_numpy(float), k - have, integer=c in ("E", "granularity"))
+            adds.append(f"a {_ordinal(have)} {name} (for example {_fmt(values[0])})" if k - have == 1
                         else f"{k - have} more {VARIABLES.get(c, (c, c))[1]} (for example "
-                             f"{_fmt(value)})")
+                             f"{' and '.join(map(_fmt, values))})")
         what = ", ".join(_count(df[c].nunique(), c) for c in short)
         return Identification(
             False, f"{words} for {n_params} parameters; {what}, and the law needs at least "
@@ -122,7 +131,7 @@ def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label
         if c is not None:
             name = VARIABLES.get(c, (c, c))[0]
             hint = (f" (for example a {_ordinal(df[c].nunique())} {name}, "
-                    f"{_fmt(next_level(df[c].to_numpy(float), integer=c == 'E'))}, at every "
+                    f"{_fmt(next_level(df[c].to_numpy(float), integer=c in ('E', 'granularity')))}, at every "
                     f"{'size' if c != 'N' else 'budget'})")
         return Identification(
             False, f"{words} for {n_params} parameters; the {label} law's bootstrap needs at "

@@ -38,6 +38,16 @@ def test_a_linear_variable_needs_two_levels_only():
     assert not one.ok and "a second size" in one.suggestion
 
 
+def test_several_missing_levels_name_one_value_each_in_words():
+    one_size = grid((1e5,), (2.5e5, 5e5, 1e6))
+    ident = check_design(one_size, 5, ("N", "D"), "x")
+    assert "add 2 more sizes (for example 2e+05 and 4e+05)" in ident.line
+    g = pd.DataFrame({"N": np.repeat([1e5, 3e5, 1e6], 3), "D": np.tile([1e6, 3e6, 1e7], 3),
+                      "granularity": 1.0})
+    refused = check_design(g, 7, ("N", "D", "granularity"), "granularity")
+    assert "add 2 more granularities (for example 2 and 4)" in refused.line
+
+
 def test_next_level_steps_geometrically_beyond_the_largest():
     assert next_level(np.array([1e5, 2e5, 4e5])) == 8e5
     assert next_level(np.array([8.0]), integer=True) == 16.0
