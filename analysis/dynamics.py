@@ -50,6 +50,7 @@ from scipy import stats  # noqa: E402
 
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.paired import DocLosses, pair_difference  # noqa: E402
+from analysis.plots import save  # noqa: E402
 from analysis.records import family_key  # noqa: E402
 from analysis.results import bound_text, held  # noqa: E402
 from analysis.tables import render  # noqa: E402
@@ -421,10 +422,7 @@ def plot_pair(curves: list[Curves], df: pd.DataFrame, path: Path) -> Path:
     fig.suptitle(f"pair {curves[0].pair}: eval every {int(np.diff(curves[0].loss.index).min())} "
                  "steps on fixed validation rows; dotted lines and x: grad-norm spikes "
                  f"({LOOSE_SIGMA:g} SD rule where every step is logged)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def section(df: pd.DataFrame, records: list[dict], out: Path,

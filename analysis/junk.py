@@ -27,7 +27,7 @@ from scipy import stats  # noqa: E402
 from statsmodels.stats.multitest import multipletests  # noqa: E402
 
 from analysis.paired import DocLosses, combine, pair_difference  # noqa: E402
-from analysis.plots import modality_expert_shares  # noqa: E402
+from analysis.plots import modality_expert_shares, save  # noqa: E402
 from analysis.records import family_key, load_docs  # noqa: E402
 from analysis.results import held  # noqa: E402
 from analysis.tables import render  # noqa: E402
@@ -200,10 +200,7 @@ def plot(pairs: pd.DataFrame, path: Path) -> Path:
     fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7)
     fig.suptitle("what junk in the mixture costs each real modality, per pair (95% intervals)",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def junk_section(df: pd.DataFrame, records: list[dict], out: Path,

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from analysis.compare import POLICY, pairs  # noqa: E402
+from analysis.plots import save  # noqa: E402
 from analysis.records import family_key, load_docs  # noqa: E402
 from analysis.results import held  # noqa: E402
 from analysis.tables import render  # noqa: E402
@@ -174,10 +175,7 @@ def _figure(m: str, t: pd.DataFrame, path: Path) -> Path:
         ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
         ax.minorticks_off()
     fig.suptitle(f"Minority modality: {m} at several shares, total tokens fixed", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _half(se: pd.Series) -> np.ndarray:

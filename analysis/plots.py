@@ -37,7 +37,8 @@ def _grid(n: int):
     return fig, list(axes.flat[:n])
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
+    """Lay out, write (120 dpi) and close a figure; its path."""
     fig.tight_layout()
     # tight: a figure-level legend placed below the panels is kept, not cut
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -198,7 +199,7 @@ def loss_vs_compute(df: pd.DataFrame, frontiers: dict[tuple[str, str], Frontier]
     fig.suptitle("Loss against compute: runs (points) and each family's compute-optimal law\n"
                  "(solid within the runs' C, N* and D*, dashed beyond)", fontsize=9)
     shared_legend(fig, [handles, styles])
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def delta_vs_compute(frontiers: dict[tuple[str, str], Frontier], pair_table: pd.DataFrame,
@@ -229,7 +230,7 @@ def delta_vs_compute(frontiers: dict[tuple[str, str], Frontier], pair_table: pd.
         ax.set(xscale="log", title=f"{m}: {family} - dense", xlabel=COMPUTE_LABEL,
                ylabel="dL (nats/token)")
         ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def competition_map(bimodal_results, path: Path) -> Path | None:
@@ -253,7 +254,7 @@ def competition_map(bimodal_results, path: Path) -> Path | None:
         ax.set_yticks(range(len(mods)), mods)
         ax.set_title(f"{family}: interaction (+ competes, - synergy)", fontsize=9)
         fig.colorbar(im, ax=ax, label="nats/token")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def modality_expert_shares(layer: dict, mods: list[str], width: int) -> np.ndarray:
