@@ -168,7 +168,7 @@ def figure(ba: pd.DataFrame, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from analysis.plots import _colors, _save
+    from analysis.plots import _colors, save
 
     mods = sorted(ba["modality"].unique())
     if not mods:
@@ -211,7 +211,7 @@ def figure(ba: pd.DataFrame, path: Path) -> Path | None:
     handles += [plt.Line2D([], [], color="grey", ls="--", label="bigram floor")]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
                bbox_to_anchor=(0.5, -0.03))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def compress_section(df: pd.DataFrame, records: list[dict], out: Path,

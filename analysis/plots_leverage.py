@@ -19,9 +19,9 @@ from analysis.leverage import EXTRAPOLATE, LeverageFit
 from analysis.plots import (
     _colors,
     _grid,
-    _save,
     band,
     decimal_log_ticks,
+    save,
     shared_legend,
     unbounded_arrow,
     unbounded_handle,
@@ -183,4 +183,4 @@ def leverage_vs_compute(fits: list[LeverageFit], best_fits: list[LeverageFit], l
     per_family = sorted((h for ax in axes for h in ax.get_legend_handles_labels()[0]),
                         key=lambda h: h.get_label())
     shared_legend(fig, [per_family, style])
-    return _save(fig, path)
+    return save(fig, path)
