@@ -291,9 +291,17 @@ def primary_text(table: pd.DataFrame) -> str:
             "note says why the leverage and the verdict differ where they do.")
 
 
+NO_ROWS = "No rows: the runs support none (why: under Notes)."
+
+
+def _table(frame: pd.DataFrame, fmt: str) -> str:
+    from analysis.tables import render
+
+    return render(frame, fmt) if len(frame) else NO_ROWS
+
+
 def sections(h: Headline, fmt: str = "md") -> list[tuple[str, str, str]]:
     """(title, explanation, table rendered in fmt) for the headline's three tables."""
-    from analysis.tables import render
 
     extrapolated = ", ".join(f"{f:g}x" for f in (10, 100))
     return [
@@ -304,13 +312,13 @@ def sections(h: Headline, fmt: str = "md") -> list[tuple[str, str, str]]:
          "bank's best law on held-out runs has a frontier, its row comes first (column law). "
          "Storage: the MoE's total params on its frontier vs the dense model of equal loss; "
          "inference FLOPs per token = a third of training FLOPs per token.",
-         render(h.leverage.drop(columns="verdict"), fmt)),
+         _table(h.leverage.drop(columns="verdict", errors="ignore"), fmt)),
         ("Efficiency leverage from the runs alone (no law; secondary)",
          "Geometric mean over the MoE's Pareto-front runs of the compute at which the dense "
          "runs' Pareto front (log-log interpolated, never extrapolated) reaches the same loss, "
          "over the run's compute; 95% interval from resampling runs (pairs as units). Beside it "
          "the law-based EL at the same compute, to see whether they agree.",
-         render(h.law_free, fmt)),
+         _table(h.law_free, fmt)),
         ("MoE laws ranked on held-out runs (secondary)",
          "Each law of the bank the runs identify, fitted to the runs below the largest-compute "
          "MoE runs of each family (two or more token counts among them) and judged on the same "
@@ -319,5 +327,5 @@ def sections(h: Headline, fmt: str = "md") -> list[tuple[str, str, str]]:
          "only if it beats the baseline, a power law in compute per MoE family (OLS in log-log); "
          "among those, laws within one standard error of the best error rank first, fewest "
          "parameters first. One fittable law is not ranked.",
-         render(h.ranking, fmt) if len(h.ranking) else "(no modality supports the bank)"),
+         _table(h.ranking, fmt)),
     ]

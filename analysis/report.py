@@ -123,6 +123,9 @@ def _headline(h: Headline | None, out: Path) -> list[str]:
               "law_bank": h.ranking}
     for (name, frame), (title, why, table), (_, _, tex) in zip(
             frames.items(), sections(h), sections(h, "latex"), strict=True):
+        if frame.empty:
+            lines += [f"### {title}", "", table, ""]
+            continue
         frame.to_csv(out / f"{name}.csv", index=False)
         (out / f"{name}.tex").write_text(tex)
         lines += [f"### {title}", "", why, f"([{name}.csv]({name}.csv), [{name}.tex]({name}.tex))",

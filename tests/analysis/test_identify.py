@@ -105,6 +105,10 @@ def test_report_on_a_three_by_two_design_prints_what_to_add_and_no_estimate(tmp_
         assert "add a third token budget (for example 1.3e+05)" in line
     assert "| E " not in text and "competition barrier" not in text
     assert "experts worth" not in text
+    # no law-based leverage and no bank: a sentence, no empty table, no empty CSV to link to
+    assert "No rows: the runs support none" in text
+    assert not (tmp_path / "out" / "law_bank.csv").exists()
+    assert "[law_bank.csv]" not in text
 
 
 SMALL_GRID_ARGS = dict(alpha=(0.0, 1.0, 2.0), beta=(0.0, 1.0, 2.0), e=(-1.0, 0.0, 1.0),
