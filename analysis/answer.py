@@ -62,22 +62,34 @@ def fit_noting(what: str, df: pd.DataFrame, law: str, bootstrap: int,
                      for why, labels in groups.items()]
 
 
+def _against(loss: float, se: float, floor: float) -> str:
+    """'loss 2.775 (SE 0.0004) vs floor 2.774'."""
+    return f"loss {loss:.3f}{'' if pd.isna(se) else f' (SE {se:.2g})'} vs floor {floor:.3f}"
+
+
+def at_unigram(df: pd.DataFrame) -> pd.Series:
+    """Rows whose loss does not beat their unigram floor by more than its SE (by any margin
+    where the SE is unknown), as the floors table reads it: nothing learned is shown."""
+    return df["loss"] >= df["floor_unigram"] - df["loss_se"].fillna(0.0)
+
+
 def above_unigram(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """The rows the laws may use: a run that does not beat its unigram floor on a modality has
-    learned nothing about it, so that row is left out of every law fit (said in the notes).
+    """The rows the laws may use: a run that does not beat its unigram floor on a modality
+    (at_unigram) has shown nothing learned, so that row is left out of every law fit (said in
+    the notes).
     Rows without floors are kept."""
     if df["floor_unigram"].isna().all():
         notes.append("floors: no record has floors (records before schema version 3), so no run "
                      "was checked against them")
         return df
-    nothing = df["loss"] >= df["floor_unigram"]
+    nothing = at_unigram(df)
     if nothing.any():
         flagged = df[nothing]
         notes.append(f"floors: {len(flagged)} (run, modality) rows do not beat their unigram floor "
-                     "and are left out of the law fits: " + ", ".join(
-                         f"{r} {m} ({lo:.3f} >= {u:.3f})" for r, m, lo, u in list(zip(
+                     "by more than their SE and are left out of the law fits: " + ", ".join(
+                         f"{r} {m} ({_against(lo, se, u)})" for r, m, lo, se, u in list(zip(
                              flagged["run"], flagged["modality"], flagged["loss"],
-                             flagged["floor_unigram"], strict=True))[:20])
+                             flagged["loss_se"], flagged["floor_unigram"], strict=True))[:20])
                      + (" ..." if len(flagged) > 20 else ""))
     if df["floor_unigram"].isna().any():
         notes.append(f"floors: {int(df['floor_unigram'].isna().sum())} rows have no floors in "
@@ -91,11 +103,11 @@ def unlearned(df: pd.DataFrame) -> dict[str, str]:
     every run of both families alike, never at which one is better)."""
     out = {}
     for m, g in df.dropna(subset=["floor_unigram"]).groupby("modality"):
-        if len(g) and (g["loss"] >= g["floor_unigram"]).all():
+        if len(g) and at_unigram(g).all():
             best = g.loc[g["loss"].idxmin()]
-            out[m] = (f"{m}: no run beats its unigram floor (best {best['loss']:.3f} >= "
-                      f"{best['floor_unigram']:.3f} nats/token, {best['run']}), so no model learned "
-                      f"it: no comparison on {m}")
+            out[m] = (f"{m}: no run beats its unigram floor by more than its SE (best: "
+                      f"{_against(best['loss'], best['loss_se'], best['floor_unigram'])} nats/token, "
+                      f"{best['run']}), so no model learned it: no comparison on {m}")
     return out
 
 

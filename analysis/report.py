@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import dynamics, plots
-from analysis.answer import answer, fit_noting, noting
+from analysis.answer import answer, at_unigram, fit_noting, noting
 from analysis.backtest import backtest, summarize
 from analysis.compare import compare_laws, law_points, pairs
 from analysis.compress import compress_section
@@ -64,7 +64,7 @@ def _floors(df: pd.DataFrame) -> list[str]:
     margin, se = table["floor_margin"], table["se"]
     table["beats_floors"] = np.where(table["bigram"].isna(), "?", np.where(
         se.isna(), np.where(margin > 0, "yes (no SE)", "no"), np.where(margin > se, "yes", "no")))
-    counts = (df.assign(family=family_key(df), nothing=df["loss"] >= df["floor_unigram"])
+    counts = (df.assign(family=family_key(df), nothing=at_unigram(df))
               .groupby(["family", "modalities", "modality"])["nothing"].sum())
     table["runs_not_beating_unigram"] = [int(counts.get((f, ms, m), 0)) for f, ms, m in
                                          zip(table["family"], table["modalities"],

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.answer import above_unigram, answer, unlearned
+from analysis.answer import above_unigram, answer, at_unigram, unlearned
 from analysis.headline import markov_floors
 from analysis.plots import modality_expert_shares
 from analysis.records import load_runs
@@ -51,7 +51,7 @@ def test_a_run_at_its_unigram_floor_leaves_the_fits_and_is_named(tmp_path):
     kept, lines = above_unigram(df, notes), _floors(df)
     assert len(kept) == len(df) - 1
     assert not ((kept["run"] == "dense-0") & (kept["modality"] == "text")).any()
-    assert any("dense-0 text (16.000 >= 15.000)" in n for n in notes)
+    assert any("dense-0 text (loss 16.000" in n and "vs floor 15.000)" in n for n in notes)
     table = "\n".join(lines)
     assert "## Floors" in table and "| floor_margin" not in table  # a column, not a row
     text = write_report([tmp_path / "runs"], tmp_path / "rep", bootstrap=10).read_text()
@@ -66,6 +66,13 @@ def test_a_run_at_its_unigram_floor_leaves_the_fits_and_is_named(tmp_path):
         assert f"]({png.name})" in text and png.read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "rep" / "expert_use_dense-0.png").exists()
     assert text[text.index("## Does a learned router"):].count("| moe-") == 12
+
+
+def test_a_loss_within_its_se_of_the_floor_has_shown_nothing_learned():
+    df = pd.DataFrame({"loss": [2.770, 2.760, 2.770, 2.780],
+                       "loss_se": [0.005, 0.005, np.nan, np.nan],
+                       "floor_unigram": [2.774] * 4})
+    assert at_unigram(df).tolist() == [True, False, False, True]
 
 
 def test_every_run_beating_its_floor_is_kept(tmp_path):
