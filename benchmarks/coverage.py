@@ -529,7 +529,7 @@ def main() -> None:
                     help=f"{QUICK[0]} trials and {QUICK[1]} bootstrap refits: a smoke run whose "
                     "coverages are too few trials to judge a target by")
     ap.add_argument("--smallest", action="store_true",
-                    help="chinchilla, bimodal, routed: only the smallest accepted designs and "
+                    help="every section with designs: only the smallest accepted designs and "
                     "those just below the gate")
     args = ap.parse_args()
     global SMALLEST_ONLY
