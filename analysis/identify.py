@@ -27,8 +27,10 @@ from analysis.errors import AnalysisError
 MIN_LEVELS = 3  # distinct values of a variable the law is curved in
 # runs beyond the law's parameters, per law: the least at which the smallest design
 # benchmarks/coverage.py tries covers at its nominal rate (Chinchilla: 4 sizes x 3 budgets at 1%
-# noise covers E in 0.9-1.0 of trials, 3 x 3 in 0.43-0.73)
-MIN_RESID_DF = {"chinchilla": 7, "bimodal": 4, "routed": 6}
+# noise covers E in 0.9-1.0 of trials, 3 x 3 in 0.43-0.73; the bank's joint law, 11 parameters:
+# dense and three expert counts on a 3 x 3 grid, 25 beyond, cover the loss at a point 0.875 of
+# 40 data sets, on 4 x 3 and 3 x 4 grids, 37 beyond, 0.95-0.975)
+MIN_RESID_DF = {"chinchilla": 7, "bimodal": 4, "routed": 6, "granularity": 7, "joint": 37}
 # of the column-scaled Jacobian of the log-space fitted values: Chinchilla fits on 3x3 and 4x3
 # grids of synthetic runs (1% noise) give 300-1,000; on the demo's 3x2 grid 6e10-2e11
 MAX_CONDITION = 1e6
@@ -130,9 +132,10 @@ def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label
         hint = ""
         if c is not None:
             name = VARIABLES.get(c, (c, c))[0]
+            every = " and ".join(VARIABLES.get(o, (o, o))[0] for o in columns if o != c)
             hint = (f" (for example a {_ordinal(df[c].nunique())} {name}, "
                     f"{_fmt(next_level(df[c].to_numpy(float), integer=c in ('E', 'granularity')))}, at every "
-                    f"{'size' if c != 'N' else 'budget'})")
+                    f"{every})")
         return Identification(
             False, f"{words} for {n_params} parameters; the {label} law's bootstrap needs at "
             f"least {min_resid_df} runs beyond them", f"add {missing} or more runs{hint}")

@@ -133,20 +133,24 @@ def law_bank(trials: int, bootstrap: int, workers: int, pool_map) -> tuple[list[
 
 
 # Bank laws fitted alone (analysis.law_bank.fit_law): a typical 5 x 5 grid per expert count or
-# granularity, the smallest grid the gate accepts (3 x 3 at four levels of E, dense included,
-# law_bank.JOINT_EXPERT_LEVELS; three of G), and one level fewer (refused). keep: the expert
-# counts (joint, dense = 0) or granularities kept.
+# granularity, the smallest grid the gate accepts (joint: 4 x 3 at four levels of E, dense
+# included, law_bank.JOINT_EXPERT_LEVELS and identify.MIN_RESID_DF["joint"]; granularity: 3 x 3
+# at three of G), and designs just below it (refused). keep: the expert counts (joint, dense = 0)
+# or granularities kept.
 BANK_CASES = {
     "joint: typical, 5x5 grid x dense, E = 4, 16, 64, 0.5% noise": dict(
         law="joint", sizes=SIZES, tokens=TOKENS, keep=(0, 4, 16, 64), noise=0.005),
-    "joint: smallest accepted, 3x3 grid x dense, E = 4, 16, 64, 0.5% noise": dict(
+    "joint: smallest accepted, 4x3 grid x dense, E = 4, 16, 64, 0.5% noise": dict(
+        law="joint", sizes=SIZES[:4], tokens=TOKENS[:3], keep=(0, 4, 16, 64), noise=0.005,
+        smallest=True),
+    "joint: smallest accepted, 4x3 grid x dense, E = 4, 16, 64, 1% noise": dict(
+        law="joint", sizes=SIZES[:4], tokens=TOKENS[:3], keep=(0, 4, 16, 64), noise=0.01,
+        smallest=True),
+    "joint: below the gate, 3x3 grid x dense, E = 4, 16, 64, 0.5% noise": dict(
         law="joint", sizes=SIZES[:3], tokens=TOKENS[:3], keep=(0, 4, 16, 64), noise=0.005,
-        smallest=True),
-    "joint: smallest accepted, 3x3 grid x dense, E = 4, 16, 64, 1% noise": dict(
-        law="joint", sizes=SIZES[:3], tokens=TOKENS[:3], keep=(0, 4, 16, 64), noise=0.01,
-        smallest=True),
-    "joint: below the gate, 3x3 grid x dense, E = 4, 16, 0.5% noise": dict(
-        law="joint", sizes=SIZES[:3], tokens=TOKENS[:3], keep=(0, 4, 16), noise=0.005, refuse=True),
+        refuse=True),
+    "joint: below the gate, 4x3 grid x dense, E = 4, 16, 0.5% noise": dict(
+        law="joint", sizes=SIZES[:4], tokens=TOKENS[:3], keep=(0, 4, 16), noise=0.005, refuse=True),
     "granularity: typical, 5x5 grid x G = 1, 2, 4, 8, 0.5% noise": dict(
         law="granularity", sizes=SIZES, tokens=TOKENS, keep=(1, 2, 4, 8), noise=0.005),
     "granularity: smallest accepted, 3x3 grid x G = 1, 2, 4, 0.5% noise": dict(

@@ -19,8 +19,8 @@ from analysis.synthetic_moe import JOINT_TRUTH, SIZES, TOKENS, bank_runs, levera
 FAMILY = "moe learned E=8"
 
 
-def joint_runs(experts: tuple[int, ...], seed: int = 3) -> pd.DataFrame:
-    df = bank_runs("joint", seed=seed, sizes=SIZES[:3], tokens=TOKENS[:3])
+def joint_runs(experts: tuple[int, ...], sizes: int = 4, seed: int = 3) -> pd.DataFrame:
+    df = bank_runs("joint", seed=seed, sizes=SIZES[:sizes], tokens=TOKENS[:3])
     return df[df["n_experts"].isin(experts)]
 
 
@@ -28,6 +28,15 @@ def test_joint_law_needs_a_fourth_expert_count():
     with pytest.raises(NotIdentified, match="3 expert counts") as e:
         fit_law("joint", joint_runs((0, 4, 16)), {"modality": "text"}, bootstrap=0)
     assert "add a fourth expert count (for example 64)" in e.value.ident.suggestion
+
+
+def test_joint_law_on_a_3x3_grid_needs_more_runs():
+    """Dense and three expert counts on 3 sizes x 3 budgets: 36 runs, 25 beyond the law's 11
+    parameters, where the loss at a point covered 0.875 (MIN_RESID_DF['joint'])."""
+    with pytest.raises(NotIdentified, match="36 runs .* at least 37 runs beyond") as e:
+        fit_law("joint", joint_runs((0, 4, 16, 64), sizes=3), {"modality": "text"}, bootstrap=0)
+    assert e.value.ident.suggestion == ("add 12 or more runs (for example a fourth size, 3.2e+07, "
+                                        "at every token budget and expert count)")
 
 
 def test_joint_law_on_four_expert_counts_covers_the_loss_at_a_point():
