@@ -40,8 +40,9 @@ truths) and a design just below the gate, which every trial must refuse:
               loss at a point inside the data (mean and a new run's prediction interval);
               parameters as information (the report prints none); typical, smallest accepted
               (two noise levels) and refused designs per law.
-  law_bank    share of synthetic sets drawn from each law of the MoE bank where the ranking on
-              held-out runs puts that law first (max(10, trials // 12) sets per law). Figure
+  law_bank    share of synthetic sets drawn from each law of the MoE bank where the bank names
+              that law: its ranking on held-out runs puts it first, or it is the only law the
+              runs identify and beats the baseline (max(10, trials // 12) sets per law). Figure
               law_bank_picks_truth (target >= 0.8).
 (benchmarks/leverage_sections.py holds the cases of efficiency_leverage, law_free, bank_laws
 and law_bank.)
@@ -63,9 +64,8 @@ designs just below each law's gate; target 1.0). On an accepted design a trial t
 checks refuse (ill-conditioned optimum, degenerate or runaway bootstrap) counts in `refused
 ...` and not in the coverages. Also `trials` and `bootstrap`.
 
-The defaults (40 trials per case, 200 refits per fit) are sized to run whole in about half an
-hour on an idle 2-core machine (estimated from CPU seconds per trial); --trials and --bootstrap
-go further.
+The defaults (40 trials per case, 200 refits per fit) ran whole in 30 minutes on an idle 2-core
+Intel Xeon (2026-12-03; bank_laws takes 19 of them); --trials and --bootstrap go further.
 
 Usage: python benchmarks/coverage.py [--trials 40] [--bootstrap 200] [--workers 2] [--only NAME]
        [--quick] [--smallest]
