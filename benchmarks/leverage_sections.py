@@ -113,8 +113,8 @@ def _law_free_trial(job) -> dict[str, bool]:
 def bank_trial(job) -> str:
     """The law the bank names: ranked first, or the only law it could fit where that law beats
     the baseline (the bank then says so instead of ranking: on the chinchilla law's data, dense
-    and two expert counts, the joint law lacks a fourth level and the routed law runs per
-    token count)."""
+    and two expert counts, the joint law lacks a fourth level and the routed law, fitted per
+    token count, too few runs at each)."""
     truth, seed, bootstrap = job
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
