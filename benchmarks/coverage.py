@@ -64,8 +64,10 @@ designs just below each law's gate; target 1.0). On an accepted design a trial t
 checks refuse (ill-conditioned optimum, degenerate or runaway bootstrap) counts in `refused
 ...` and not in the coverages. Also `trials` and `bootstrap`.
 
-The defaults (40 trials per case, 200 refits per fit) ran whole in 30 minutes on an idle 2-core
-Intel Xeon (2026-12-03; bank_laws takes 19 of them); --trials and --bootstrap go further.
+The defaults (40 trials per case, 200 refits per fit; the cheap sections chinchilla, law_free,
+bimodal and routed run MORE_TRIALS times as many) ran whole in 30 minutes on an idle 2-core
+Intel Xeon (2026-12-03, before the cheap sections ran more: about 5 minutes more now; bank_laws
+takes 19 of them); --trials and --bootstrap go further.
 
 Usage: python benchmarks/coverage.py [--trials 40] [--bootstrap 200] [--workers 2] [--only NAME]
        [--quick] [--smallest]
@@ -514,6 +516,9 @@ def _map(fn: Callable, jobs: list, workers: int, desc: str) -> list:
 QUICK = (8, 100)  # --quick: trials per case, bootstrap refits per fit
 SMALLEST_ONLY = False  # --smallest: only the smallest accepted and the refused designs
 LOWEST = ("estimate_inside_interval", "coverage_smallest_design", "refused_below_threshold")
+# sections cheap enough to run more sets than --trials: at 40 sets one set moves a coverage by
+# 0.025, and on 2026-12-03 Chinchilla's 5 x 4 grid read 0.85 over 40 sets but 0.92-0.97 over 120
+MORE_TRIALS = {"chinchilla": 3, "law_free": 3, "routed": 5, "bimodal": 3}
 SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
     "chinchilla": chinchilla, "law_free": law_free, "backtest": backtest_section,
     "efficiency_leverage": efficiency_leverage, "bank_laws": bank_laws,
@@ -522,7 +527,8 @@ SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=40, help="data sets per truth and design")
+    ap.add_argument("--trials", type=int, default=40,
+                    help="data sets per truth and design (times MORE_TRIALS for cheap sections)")
     ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits per fit")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", choices=sorted(SECTIONS), action="append",
@@ -540,7 +546,7 @@ def main() -> None:
     figures: dict[str, float] = {}
     for name in args.only or SECTIONS:
         start = time.perf_counter()
-        section = SECTIONS[name](trials, bootstrap, args.workers)
+        section = SECTIONS[name](trials * MORE_TRIALS.get(name, 1), bootstrap, args.workers)
         table = pd.DataFrame(section.rows)
         print(f"\n{name}: share of {100 * (1 - LEVEL):g}% intervals covering the truth "
               f"({time.perf_counter() - start:.0f} s)")
