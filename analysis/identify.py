@@ -37,6 +37,7 @@ MAX_CONDITION = 1e6
 VARIABLES = {"N": ("size", "sizes"), "D": ("token budget", "budgets"),
              "E": ("expert count", "expert counts"), "C": ("compute budget", "budgets"),
              "granularity": ("granularity", "granularities")}
+COUNTS = ("E", "granularity")  # variables whose suggested next levels are whole numbers
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label
         for c, k in short.items():
             have = df[c].nunique()
             name = VARIABLES.get(c, (c, c))[0]
-            values = next_levels(df[c].to_numpy(float), k - have, integer=c in ("E", "granularity"))
+            values = next_levels(df[c].to_numpy(float), k - have, integer=c in COUNTS)
             adds.append(f"a {_ordinal(have)} {name} (for example {_fmt(values[0])})" if k - have == 1
                         else f"{k - have} more {VARIABLES.get(c, (c, c))[1]} (for example "
                              f"{' and '.join(map(_fmt, values))})")
@@ -133,9 +134,8 @@ def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label
         if c is not None:
             name = VARIABLES.get(c, (c, c))[0]
             every = " and ".join(VARIABLES.get(o, (o, o))[0] for o in columns if o != c)
-            hint = (f" (for example a {_ordinal(df[c].nunique())} {name}, "
-                    f"{_fmt(next_level(df[c].to_numpy(float), integer=c in ('E', 'granularity')))}, at every "
-                    f"{every})")
+            value = next_level(df[c].to_numpy(float), integer=c in COUNTS)
+            hint = f" (for example a {_ordinal(df[c].nunique())} {name}, {_fmt(value)}, at every {every})"
         return Identification(
             False, f"{words} for {n_params} parameters; the {label} law's bootstrap needs at "
             f"least {min_resid_df} runs beyond them", f"add {missing} or more runs{hint}")
