@@ -248,18 +248,27 @@ def to_natural(theta: np.ndarray) -> np.ndarray:
                      theta[:, 3], theta[:, 4]], 1)
 
 
+def loss(p: np.ndarray, N, D) -> np.ndarray:
+    """E + A / N^alpha + B / D^beta (nats/token) for params p = (E, A, B, alpha, beta): p [5]
+    gives [len(N)], p [S, 5] gives [S, len(N)] (or N, D [S, k] already per row)."""
+    E, A, B, al, be = (np.asarray(p, float)[..., k, None] for k in range(5))
+    N, D = np.atleast_1d(np.asarray(N, float)), np.atleast_1d(np.asarray(D, float))
+    return E + A / N**al + B / D**be
+
+
 def frontier(p: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """N*(C), D*(C) and L*(C) on the compute-optimal frontier C = 6 N D for params
-    (E, A, B, alpha, beta): N* = G (C/6)^(beta/(alpha+beta)) with
-    G = (alpha A / (beta B))^(1/(alpha+beta)). NaN where an exponent is not positive."""
-    E, A, B, al, be = p
-    if al <= 0 or be <= 0:
-        nan = np.full_like(C, np.nan)
-        return nan, nan, nan
-    G = (al * A / (be * B)) ** (1 / (al + be))
-    n = G * (C / 6) ** (be / (al + be))
-    d = C / (6 * n)
-    return n, d, E + A / n**al + B / d**be
+    (E, A, B, alpha, beta), p [5] -> each [len(C)] or p [S, 5] -> each [S, len(C)]:
+    N* = G (C/6)^(beta/(alpha+beta)) with G = (alpha A / (beta B))^(1/(alpha+beta)). NaN where
+    an exponent is not positive."""
+    p = np.asarray(p, float)
+    E, A, B, al, be = (p[..., k, None] for k in range(5))
+    with np.errstate(all="ignore"):
+        ok = (al > 0) & (be > 0)
+        G = (al * A / (be * B)) ** (1 / (al + be))
+        n = np.where(ok, G * (np.asarray(C, float) / 6) ** (be / (al + be)), np.nan)
+        d = C / (6 * n)
+        return n, d, np.where(ok, loss(p, n, d), np.nan)
 
 
 class ChinchillaResult(LawResult):
@@ -269,8 +278,7 @@ class ChinchillaResult(LawResult):
 
     def predict(self, N, D) -> np.ndarray:
         """Loss (nats/token) at N params and D tokens."""
-        E, A, B, alpha, beta = self.params[NAMES]
-        return E + A / np.asarray(N, float) ** alpha + B / np.asarray(D, float) ** beta
+        return loss(self.params[NAMES].to_numpy(float), N, D)
 
     def predict_interval(self, N, D, alpha: float = 0.05, kind: str = "mean",
                          seed: int = 0) -> pd.DataFrame:
@@ -282,8 +290,7 @@ class ChinchillaResult(LawResult):
         out = pd.DataFrame({"loss": self.predict(N, D), "lower": np.nan, "upper": np.nan})
         if self.boot is None or len(self.boot) < 2:
             return out
-        E, A, B, al, be = (self.boot[:, k : k + 1] for k in range(5))
-        draws = E + A / N**al + B / D**be
+        draws = loss(self.boot, N, D)
         if kind == "observation":
             rng = np.random.default_rng(seed)
             draws = draws * np.exp(resample_residuals(self.resid, 5, len(draws), rng, len(N)))
@@ -300,7 +307,7 @@ class ChinchillaResult(LawResult):
         n, d, loss = frontier(self.params[NAMES].to_numpy(), C)
         out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": loss})
         if self.boot is not None and len(self.boot) > 1:
-            draws = np.array([frontier(p, C) for p in self.boot])  # [draws, 3, len(C)]
+            draws = np.stack(frontier(self.boot, C), 1)  # [draws, 3, len(C)]
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):
                 out[f"{name}_lower"], out[f"{name}_upper"] = held(out[name], *interval(
                     draws[:, j], self.expanded(alpha_level), axis=0))

@@ -39,6 +39,7 @@ from analysis.chinchilla import (
     Grid,
     check_bootstrap,
     fit_chinchilla,
+    frontier,
     refit_draws,
     to_natural,
 )
@@ -116,14 +117,7 @@ def refit_weighted(result: ChinchillaResult, df: pd.DataFrame, weights: np.ndarr
 def frontier_loss(p: np.ndarray, X: np.ndarray) -> np.ndarray:
     """L*(X) for rows p = (E, A, B, alpha, beta) [P, 5] at X = 6 N D [len(X)]: [P, len(X)].
     NaN where an exponent is not positive (no compute-optimal frontier)."""
-    E, A, B, al, be = (np.atleast_2d(p)[:, i : i + 1] for i in range(5))
-    with np.errstate(all="ignore"):
-        ok = (al > 0) & (be > 0)
-        G = (al * A / (be * B)) ** (1 / (al + be))
-        n = G * (X / 6) ** (be / (al + be))
-        d = X / (6 * n)
-        L = E + A / n**al + B / d**be
-    return np.where(ok, L, np.nan)
+    return frontier(np.atleast_2d(p), X)[2]
 
 
 def frontier_compute(p: np.ndarray, L: np.ndarray) -> np.ndarray:

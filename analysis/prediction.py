@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.chinchilla import NAMES, fit_chinchilla
+from analysis.chinchilla import fit_chinchilla, loss
 from analysis.results import LawResult, held, interval, resample_residuals
 
 MIN_SAMPLES = 4000  # draws of (refit, residual) pairs behind each interval
@@ -48,10 +48,7 @@ def chinchilla_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
 
 
 def chinchilla_predict(params: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
-    p = np.asarray(params, float)
-    E, A, B, al, be = (p[..., NAMES.index(k), None] for k in NAMES)
-    N, D = rows["N"].to_numpy(float), rows["D"].to_numpy(float)
-    return E + A / N**al + B / D**be
+    return loss(params, rows["N"].to_numpy(float), rows["D"].to_numpy(float))
 
 
 CHINCHILLA = Law("chinchilla", chinchilla_jobs, fit_chinchilla, chinchilla_predict)

@@ -5,19 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+from analysis.chinchilla import NAMES, loss
+
+HOFFMANN = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}  # their Approach 3 fit
 
 
 def chinchilla_law(N, D, t: dict) -> np.ndarray:
-    """E + A / N^alpha + B / D^beta (nats/token) for the parameters in t."""
-    N, D = np.asarray(N, float), np.asarray(D, float)
-    return t["E"] + t["A"] / N ** t["alpha"] + t["B"] / D ** t["beta"]
+    """E + A / N^alpha + B / D^beta (nats/token) for the parameters in t, shaped as N and D."""
+    return loss(np.array([t[k] for k in NAMES]), N, D).reshape(np.broadcast(N, D).shape)
 
 
 def chinchilla_points(n: int, truth: dict | None = None, noise: float = 0.01, seed: int = 0,
                       n_range=(1e6, 1e9), d_range=(1e8, 1e11)) -> pd.DataFrame:
     """n runs with log-uniform N and D, loss from the law times lognormal noise."""
-    t = truth or CHINCHILLA
+    t = truth or HOFFMANN
     rng = np.random.default_rng(seed)
     N = np.exp(rng.uniform(*np.log(n_range), n))
     D = np.exp(rng.uniform(*np.log(d_range), n))

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from analysis.chinchilla import Grid, fit_chinchilla, objective
-from analysis.synthetic import CHINCHILLA, chinchilla_points
+from analysis.synthetic import HOFFMANN, chinchilla_points
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     print(f"\n{'param':8s} {'truth':>9s} {'estimate':>10s} {'95% interval':>24s}")
     ci = full.conf_int()
     for k, v in point.params.items():
-        print(f"{k:8s} {CHINCHILLA[k]:9.4g} {v:10.4g}   [{ci.loc[k, 'lower']:9.4g}, "
+        print(f"{k:8s} {HOFFMANN[k]:9.4g} {v:10.4g}   [{ci.loc[k, 'lower']:9.4g}, "
               f"{ci.loc[k, 'upper']:9.4g}]")
     # the key names 1000 refits: other --bootstrap counts scale to it (refits cost alike)
     print(json.dumps({"grid_fit_s": round(grid_s, 3),

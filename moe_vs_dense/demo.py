@@ -127,11 +127,11 @@ def fit_seconds(bootstrap: int = REPORT_BOOTSTRAP) -> float:
 
     from analysis.chinchilla import fit_chinchilla
     from analysis.identify import NotIdentified
-    from analysis.synthetic import CHINCHILLA, chinchilla_law
+    from analysis.synthetic import HOFFMANN, chinchilla_law
 
     N, D = (a.ravel() for a in np.meshgrid([2e4, 4e4, 7e4, 1e5], [2e5, 5e5, 1e6]))
     noise = np.exp(np.random.default_rng(0).normal(0, 0.01, len(N)))
-    points = pd.DataFrame({"N": N, "D": D, "loss": chinchilla_law(N, D, CHINCHILLA) * noise})
+    points = pd.DataFrame({"N": N, "D": D, "loss": chinchilla_law(N, D, HOFFMANN) * noise})
     t = time.perf_counter()
     fit_chinchilla(points, bootstrap=0)
     grid = time.perf_counter() - t

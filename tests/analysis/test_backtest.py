@@ -7,7 +7,7 @@ from analysis.chinchilla import NAMES, ChinchillaResult
 from analysis.errors import AnalysisError
 from analysis.prediction import CHINCHILLA, Law, chinchilla_predict, prediction_interval
 from analysis.results import LawResult
-from analysis.synthetic import CHINCHILLA as TRUTH
+from analysis.synthetic import HOFFMANN as TRUTH
 from analysis.synthetic import chinchilla_points
 
 

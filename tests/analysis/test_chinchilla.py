@@ -4,7 +4,7 @@ import pytest
 
 from analysis.chinchilla import Grid, fit_chinchilla, objective
 from analysis.errors import AnalysisError
-from analysis.synthetic import CHINCHILLA, chinchilla_points
+from analysis.synthetic import HOFFMANN, chinchilla_points
 
 SMALL_GRID = Grid(alpha=(0.0, 1.0, 2.0), beta=(0.0, 1.0, 2.0), e=(-1.0, 0.0, 1.0),
                   a=(0.0, 10.0, 25.0), b=(0.0, 10.0, 25.0))
@@ -28,8 +28,8 @@ def test_recovers_chinchilla_parameters_from_noisy_points():
     r = fit_chinchilla(df, bootstrap=100, seed=0)
     assert r.converged and r.nobs == 250
     for k in ("alpha", "beta"):
-        assert r.params[k] == pytest.approx(CHINCHILLA[k], abs=0.02)
-    assert r.params["E"] == pytest.approx(CHINCHILLA["E"], rel=0.05)
+        assert r.params[k] == pytest.approx(HOFFMANN[k], abs=0.02)
+    assert r.params["E"] == pytest.approx(HOFFMANN["E"], rel=0.05)
     ci = r.conf_int()
     assert (ci["lower"] <= r.params).all() and (r.params <= ci["upper"]).all()
     assert (r.bse > 0).all()
@@ -61,23 +61,23 @@ def test_intervals_cover_the_truth():
     exponent cover about 95% of the time (benchmarks/coverage.py); the threshold, 16 of 24, is
     more than 4 binomial standard deviations below, beyond any machine's rounding."""
     hits, trials = np.zeros(3), 24
-    a_true = CHINCHILLA["beta"] / (CHINCHILLA["alpha"] + CHINCHILLA["beta"])
-    loss_true = CHINCHILLA["E"] + CHINCHILLA["A"] / 3e7 ** CHINCHILLA["alpha"] \
-        + CHINCHILLA["B"] / 3e9 ** CHINCHILLA["beta"]
+    a_true = HOFFMANN["beta"] / (HOFFMANN["alpha"] + HOFFMANN["beta"])
+    loss_true = HOFFMANN["E"] + HOFFMANN["A"] / 3e7 ** HOFFMANN["alpha"] \
+        + HOFFMANN["B"] / 3e9 ** HOFFMANN["beta"]
     for s in range(trials):
         df = chinchilla_points(60, noise=0.01, seed=100 + s)
         r = fit_chinchilla(df, bootstrap=200, seed=s, grid=SMALL_GRID)
         ci = r.conf_int()
         p = r.predict_interval([3e7], [3e9]).iloc[0]
         co = r.compute_optimal([1e20]).attrs
-        hits += [ci.loc["alpha", "lower"] <= CHINCHILLA["alpha"] <= ci.loc["alpha", "upper"],
+        hits += [ci.loc["alpha", "lower"] <= HOFFMANN["alpha"] <= ci.loc["alpha", "upper"],
                  p["lower"] <= loss_true <= p["upper"], co["a_lower"] <= a_true <= co["a_upper"]]
     assert (hits >= 16).all(), hits
 
 
 def test_warns_when_estimate_is_on_the_grid_edge():
     # a law whose data coefficient log B = 29.9 lies beyond the grid's largest b (25)
-    truth = {**CHINCHILLA, "beta": 1.5, "B": 1e13}
+    truth = {**HOFFMANN, "beta": 1.5, "B": 1e13}
     df = chinchilla_points(80, truth=truth, noise=0.002, seed=2)
     r = fit_chinchilla(df, bootstrap=0, grid=SMALL_GRID)
     assert r.params["beta"] == pytest.approx(1.5, abs=0.05)

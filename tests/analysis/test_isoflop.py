@@ -3,11 +3,11 @@ import pandas as pd
 import pytest
 
 from analysis.isoflop import budgets, isoflop
-from analysis.synthetic import CHINCHILLA
+from analysis.synthetic import HOFFMANN
 
 
 def isoflop_runs(noise=0.0, seed=0) -> pd.DataFrame:
-    t = CHINCHILLA
+    t = HOFFMANN
     rng = np.random.default_rng(seed)
     rows = []
     for C in (1e18, 1e19, 1e20, 1e21):
@@ -27,7 +27,7 @@ def test_budgets_group_nearby_compute():
 def test_isoflop_exponent_matches_the_law():
     table, fit = isoflop(isoflop_runs(noise=0.002))
     assert len(table) == 4 and fit["budgets"] == 4
-    a_true = CHINCHILLA["beta"] / (CHINCHILLA["alpha"] + CHINCHILLA["beta"])
+    a_true = HOFFMANN["beta"] / (HOFFMANN["alpha"] + HOFFMANN["beta"])
     assert fit["a"] == pytest.approx(a_true, abs=0.03)
     assert fit["a_lower"] < fit["a"] < fit["a_upper"]
 
@@ -59,5 +59,5 @@ def test_report_shows_isoflop_exponent(tmp_path):
     section = text.split("## IsoFLOP profiles")[1].split("##")[0]
     row = next(line for line in section.splitlines() if line.startswith("| dense"))
     a_iso, a3 = float(row.split("|")[3]), float(row.split("|")[-2])
-    a_true = CHINCHILLA["beta"] / (CHINCHILLA["alpha"] + CHINCHILLA["beta"])
+    a_true = HOFFMANN["beta"] / (HOFFMANN["alpha"] + HOFFMANN["beta"])
     assert a_iso == pytest.approx(a_true, abs=0.03) and a3 == pytest.approx(a_true, abs=0.03)

@@ -10,14 +10,14 @@ from analysis.shared_exponent import (
     layout,
     shared_test,
 )
-from analysis.synthetic import CHINCHILLA, chinchilla_points
+from analysis.synthetic import HOFFMANN, chinchilla_points
 
-MOE = dict(CHINCHILLA, E=1.60, A=350.0)
+MOE = dict(HOFFMANN, E=1.60, A=350.0)
 DESIGN = {"noise": 0.005, "n_range": (1e6, 1e9), "d_range": (1e8, 1e11)}
 
 
 def two_families(seed: int, d_alpha: float, n: int = 40) -> pd.DataFrame:
-    d = chinchilla_points(n, CHINCHILLA, seed=2 * seed, **DESIGN)
+    d = chinchilla_points(n, HOFFMANN, seed=2 * seed, **DESIGN)
     m = chinchilla_points(n, dict(MOE, alpha=MOE["alpha"] + d_alpha), seed=2 * seed + 1, **DESIGN)
     return pd.concat([d.assign(family="dense"), m.assign(family="moe")], ignore_index=True)
 
