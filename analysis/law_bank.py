@@ -91,8 +91,10 @@ def experts(df: pd.DataFrame) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Law:
-    """A law log L = LSE_k t_k(theta, rows): its parameters (theta order), those stored as logs,
+class Formula:
+    """A law of the form log L = LSE_k t_k(theta, rows), as the bank's one fitter (`fit_law`)
+    sees it; `law()` gives it as analysis.prediction.Law, the interface prediction intervals,
+    backtests and the bank's ranking go through. Its parameters (theta order), those stored as logs,
     the rows it is fitted to, the variables it is curved in (identify.check_design wants three
     levels of each), and its start grid. `design` gives t = X theta for a law linear in theta;
     `terms` replaces it for one that is not (the joint law's E_start, E_max): t and dt/dtheta."""
@@ -108,6 +110,16 @@ class Law:
     terms: Callable[[np.ndarray, pd.DataFrame], tuple[np.ndarray, np.ndarray]] | None = None
     saturation: bool = False  # the last two are E_start, E_max: theta log E_start, log(E_max - E_start)
     levels: tuple[tuple[str, int], ...] = ()  # variables that need more than MIN_LEVELS levels
+
+    def law(self) -> prediction.Law:
+        """This law as analysis.prediction and analysis.backtest see one (one fit per modality)."""
+        def jobs(df):
+            return [({"modality": m}, g) for m, g in df.groupby("modality")]
+
+        def fit(rows, group, bootstrap, seed):
+            return fit_law(self, rows, group, bootstrap, seed)
+
+        return prediction.Law(self.name, jobs, fit, lambda params, rows: predict_natural(self, params, rows))
 
     def natural(self, theta: np.ndarray) -> np.ndarray:
         th = np.atleast_2d(theta).astype(float)
@@ -220,7 +232,7 @@ AB, EXP, E0 = (0.0, 5.0, 10.0), (0.2, 0.6), (-1.0, 0.0, 0.5)
 # 0.95-0.975 on a 4x3 or 3x4 grid (40 sets; README, Benchmarks): so the law also needs
 # identify.MIN_RESID_DF["joint"] runs beyond its parameters, which a 3x3 grid does not reach
 JOINT_EXPERT_LEVELS = 4
-JOINT = Law(
+JOINT = Formula(
     "joint", "E + A Ehat^delta / N^(alpha + gamma ln Ehat) + B Ehat^omega / D^(beta + zeta ln Ehat)",
     ("A", "delta", "alpha", "gamma", "B", "omega", "beta", "zeta", "E", "E_start", "E_max"),
     (0, 4, 8), None, joint_rows, ("N", "D", "E"),
@@ -228,22 +240,22 @@ JOINT = Law(
     saturation=True, levels=(("E", JOINT_EXPERT_LEVELS),))
 # (log E_start, log(E_max - E_start)) at which the joint law's other parameters are first fitted
 SATURATION_GRID = _grid(np.log([1.2, 2.0, 4.0]), np.log([30.0, 300.0, 3000.0]))
-GRANULARITY = Law(
+GRANULARITY = Formula(
     "granularity", "E + (g / G^gamma + A) / N^alpha + B / D^beta",
     ("g", "gamma", "alpha", "A", "B", "beta", "E"), (0, 3, 4, 6),
     _granularity_design, _granularity_rows, ("N", "D", "granularity"),
     _grid(AB, (0.5,), EXP, AB, AB, EXP, E0))
-CHINCHILLA = Law(
+CHINCHILLA_FORMULA = Formula(
     "chinchilla", "E + A / N^alpha + B / D^beta", ("E", "A", "B", "alpha", "beta"), (0, 1, 2),
     _chinchilla_design, lambda df: df, ("N", "D"), _grid(E0, AB, AB, EXP, EXP))
-LAWS = {law.name: law for law in (JOINT, GRANULARITY, CHINCHILLA)}
+FORMULAS = {f.name: f for f in (JOINT, GRANULARITY, CHINCHILLA_FORMULA)}
 
 
 @dataclass
 class BankResult(LawResult):
     """A fitted bank law, with its training runs and their log residuals."""
 
-    spec: Law | None = None
+    spec: Formula | None = None
     residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     rows: pd.DataFrame | None = None  # the runs it was fitted to
 
@@ -273,14 +285,14 @@ def reduce_to_chinchilla(law: str, p: np.ndarray, n_experts: float = 1.0,
     raise AnalysisError(f"the {law} law has no Chinchilla form at fixed settings")
 
 
-def predict_natural(law: Law, params: np.ndarray, df: pd.DataFrame) -> np.ndarray:
+def predict_natural(law: Formula, params: np.ndarray, df: pd.DataFrame) -> np.ndarray:
     """Loss at natural parameters [P] -> [rows] or [S, P] -> [S, rows] (prediction.Law's predict)."""
     params = np.asarray(params, float)
     theta = law.log_theta(params)
     return np.exp(law.log_predict(theta[0] if params.ndim == 1 else theta, df))
 
 
-def check_rows(law: Law, df: pd.DataFrame, label: str) -> None:
+def check_rows(law: Formula, df: pd.DataFrame, label: str) -> None:
     """The identification gate before a fit (identify.check_design): every variable the law
     uses is there, at three or more levels where it is curved, and enough runs beyond its
     parameters; raises identify.NotIdentified with what to add."""
@@ -301,7 +313,7 @@ def check_rows(law: Law, df: pd.DataFrame, label: str) -> None:
 POLISH = 5
 
 
-def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstrap: int = 200,
+def fit_law(law: Formula | str, df: pd.DataFrame, group: dict | None = None, bootstrap: int = 200,
             seed: int = 0, weights: np.ndarray | None = None) -> BankResult:
     """Fit one bank law to the rows it uses. Intervals: a residual bootstrap as for the other
     laws (analysis.results.resample_residuals): each draw refits the fitted log losses plus
@@ -311,7 +323,7 @@ def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstr
     the Chinchilla and routed fits' are: plain percentiles of the granularity law's (7
     parameters, 27 runs) covered the loss at a point 0.91-0.93 of the time over 60 data sets,
     expanded ones 0.95."""
-    law = LAWS[law] if isinstance(law, str) else law
+    law = FORMULAS[law] if isinstance(law, str) else law
     group = group or {}
     keep = law.rows(df).assign(E=lambda x: experts(x))
     if keep.empty:
@@ -361,7 +373,7 @@ def fit_law(law: Law | str, df: pd.DataFrame, group: dict | None = None, bootstr
     return out
 
 
-def _saturation_starts(law: Law, rows: pd.DataFrame, logL: np.ndarray) -> np.ndarray:
+def _saturation_starts(law: Formula, rows: pd.DataFrame, logL: np.ndarray) -> np.ndarray:
     """Starts of all parameters: at each (E_start, E_max) of SATURATION_GRID the law is linear in
     the others, fitted from its start grid; each grid point's best fit is one start."""
     out = []
@@ -376,7 +388,7 @@ def _saturation_starts(law: Law, rows: pd.DataFrame, logL: np.ndarray) -> np.nda
     return np.array(out)
 
 
-def _edge_warnings(law: Law, theta: np.ndarray) -> list[str]:
+def _edge_warnings(law: Formula, theta: np.ndarray) -> list[str]:
     out = []
     for i, name in enumerate(law.names[: law.starts.shape[1]]):
         lo, hi = law.starts[:, i].min(), law.starts[:, i].max()
@@ -392,16 +404,6 @@ def aic(residuals: np.ndarray, k: int) -> float:
     n = len(residuals)
     b = max(float(np.mean(np.abs(residuals))), DELTA * 1e-3)
     return 2 * k + 2 * n * (np.log(2 * b) + 1)
-
-
-def adapter(law: Law) -> prediction.Law:
-    """The law as analysis.prediction and analysis.backtest see one."""
-    def jobs(df):
-        return [({"modality": m}, g) for m, g in df.groupby("modality")]
-
-    return prediction.Law(law.name, jobs,
-                          lambda rows, group, bootstrap, seed: fit_law(law, rows, group, bootstrap, seed),
-                          lambda params, rows: predict_natural(law, params, rows))
 
 
 def _routed_predict(params: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
@@ -479,10 +481,10 @@ def score_law(name: str, train: pd.DataFrame, held: pd.DataFrame, group: dict, b
 
     if name == "chinchilla":
         tr = train[train["family"] != "dense"]
-        return _per_family(adapter(CHINCHILLA), tr.assign(fkey=family_key(tr)),
+        return _per_family(CHINCHILLA_FORMULA.law(), tr.assign(fkey=family_key(tr)),
                            held.assign(fkey=family_key(held)), group, "fkey", bootstrap, seed)
     if name == "granularity":
-        return _per_family(adapter(GRANULARITY), _granularity_rows(train), _granularity_rows(held),
+        return _per_family(GRANULARITY.law(), _granularity_rows(train), _granularity_rows(held),
                            group, "n_experts", bootstrap, seed)
     if name == "routed":
         fits = []
@@ -496,9 +498,9 @@ def score_law(name: str, train: pd.DataFrame, held: pd.DataFrame, group: dict, b
             moe = rows[rows["family"] != "dense"]
             fits.append((ROUTED.fit(jobs[key], g, bootstrap, seed), jobs[key], moe))
         return _score(ROUTED, fits)
-    law = adapter(LAWS[name])
-    rows = LAWS[name].rows(train)
-    return _score(law, [(law.fit(rows, group, bootstrap, seed), rows, LAWS[name].rows(held))])
+    formula = FORMULAS[name]
+    law, rows = formula.law(), formula.rows(train)
+    return _score(law, [(law.fit(rows, group, bootstrap, seed), rows, formula.rows(held))])
 
 
 def score_baseline(train: pd.DataFrame, held: pd.DataFrame, alpha: float = 0.05) -> Scored:

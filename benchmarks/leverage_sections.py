@@ -185,13 +185,13 @@ def _bank_point(law: str, N: float, D: float) -> pd.DataFrame:
 
 def _bank_fit_trial(job) -> dict[str, bool]:
     from analysis.identify import NotIdentified
-    from analysis.law_bank import LAWS, adapter, fit_law, predict_natural
+    from analysis.law_bank import FORMULAS, fit_law, predict_natural
     from analysis.prediction import prediction_interval
     from analysis.synthetic_moe import GRANULARITY_TRUTH, JOINT_TRUTH
 
     name, seed, bootstrap = job
     case = BANK_CASES[name]
-    law = LAWS[case["law"]]
+    formula = FORMULAS[case["law"]]
     df = bank_runs(case["law"], seed=seed, noise=case["noise"], sizes=case["sizes"],
                    tokens=case["tokens"])
     col = "n_experts" if case["law"] == "joint" else "granularity"
@@ -200,19 +200,19 @@ def _bank_fit_trial(job) -> dict[str, bool]:
     try:
         with warnings.catch_warnings():  # overflow in runaway starts, left behind by the fit
             warnings.simplefilter("ignore")
-            r = fit_law(law, df, {"modality": "text"}, bootstrap, seed)
+            r = fit_law(formula, df, {"modality": "text"}, bootstrap, seed)
     except NotIdentified:
         r = None
     if r is None or case.get("refuse"):
         return {REFUSED: r is None}
     truth = JOINT_TRUTH if case["law"] == "joint" else GRANULARITY_TRUTH
-    p_true = np.array([truth[k] for k in law.names])
+    p_true = np.array([truth[k] for k in formula.names])
     # a point inside the data: the geometric middle of its sizes and budgets
     N0, D0 = (float(np.exp(np.mean(np.log(case[k])))) for k in ("sizes", "tokens"))
     point = _bank_point(case["law"], N0, D0)
-    loss = float(predict_natural(law, p_true, point)[0])
+    loss = float(predict_natural(formula, p_true, point)[0])
     new = loss * float(np.exp(np.random.default_rng(10_000 + seed).normal(0, case["noise"])))
-    pi = prediction_interval(r, adapter(law), r.rows, point, 0.05, seed).iloc[0]
+    pi = prediction_interval(r, formula.law(), r.rows, point, 0.05, seed).iloc[0]
     ci = r.conf_int(0.05)
     out = {REFUSED: False,
            "loss at a point (mean)": bool(pi["mean_lower"] <= loss <= pi["mean_upper"]),
@@ -221,5 +221,5 @@ def _bank_fit_trial(job) -> dict[str, bool]:
                         and interval_ok(pi["predicted"], pi["lower"], pi["upper"]))}
     # the report prints no bank law's parameters: their coverage is information
     out.update({f"{k} (info)": bool(ci.at[k, "lower"] <= truth[k] <= ci.at[k, "upper"])
-                for k in law.names})
+                for k in formula.names})
     return out

@@ -7,7 +7,7 @@ from analysis.errors import AnalysisError
 from analysis.identify import NotIdentified
 from analysis.law_bank import (
     BASELINE,
-    CHINCHILLA,
+    CHINCHILLA_FORMULA,
     GRANULARITY,
     JOINT,
     best_law,
@@ -26,7 +26,7 @@ from analysis.synthetic_moe import GRANULARITY_TRUTH, JOINT_TRUTH, bank_runs, ro
 PAPER = {"A": 35.91, "delta": -0.2285, "E_start": 2.07, "E_max": 290.45}
 
 
-@pytest.mark.parametrize("law", [JOINT, CHINCHILLA])
+@pytest.mark.parametrize("law", [JOINT, CHINCHILLA_FORMULA])
 def test_objective_gradient_matches_finite_differences(law):
     df = bank_runs("joint", seed=0, sizes=(1e6, 1e7), tokens=(1e8, 1e9))
     logL = np.log(df["loss"].to_numpy())[None]

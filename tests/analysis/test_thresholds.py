@@ -10,7 +10,7 @@ import pytest
 from analysis.backtest import backtest
 from analysis.errors import AnalysisError
 from analysis.identify import NotIdentified, interval_ok
-from analysis.law_bank import JOINT, adapter, fit_law, predict_natural
+from analysis.law_bank import JOINT, fit_law, predict_natural
 from analysis.leverage import MIN_DISTINCT_DRAWS, law_free_leverage, law_free_ratio
 from analysis.prediction import prediction_interval
 from analysis.synthetic import chinchilla_law
@@ -45,7 +45,7 @@ def test_joint_law_on_four_expert_counts_covers_the_loss_at_a_point():
         r = fit_law("joint", joint_runs((0, 4, 16, 64)), {"modality": "text"}, bootstrap=100, seed=3)
     point = rows("moe", [3e6], [6e7], [1.0], "text", n_experts=16, router="learned")
     truth = predict_natural(JOINT, np.array([JOINT_TRUTH[k] for k in JOINT.names]), point)[0]
-    pi = prediction_interval(r, adapter(JOINT), r.rows, point).iloc[0]
+    pi = prediction_interval(r, JOINT.law(), r.rows, point).iloc[0]
     assert interval_ok(pi["predicted"], pi["mean_lower"], pi["mean_upper"])
     assert pi["mean_lower"] <= truth <= pi["mean_upper"]
 
