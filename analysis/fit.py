@@ -6,10 +6,25 @@ import warnings
 
 import pandas as pd
 
+from analysis.bimodal import bimodal_jobs, fit_bimodal
 from analysis.chinchilla import ChinchillaResult, fit_chinchilla
 from analysis.errors import AnalysisError
 from analysis.records import by_family
 from analysis.results import LawResult
+from analysis.routed import fit_routed, routed_jobs
+
+
+def chinchilla_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    """Per MoE family as `family_key` labels it and modality, the runs on the joint mixture
+    (records.by_family), the group naming that mixture."""
+    return [({"family": f, "modality": m, "mixture": ", ".join(sorted(set(g["modalities"])))}, g)
+            for (f, m), g in by_family(df).groupby(["family", "modality"])]
+
+
+# the laws `fit` and the report fit to groups of runs: name -> (jobs(df), fit(rows, group,
+# bootstrap, seed))
+FITTERS = {"chinchilla": (chinchilla_jobs, fit_chinchilla), "bimodal": (bimodal_jobs, fit_bimodal),
+           "routed": (routed_jobs, fit_routed)}
 
 
 def fit_groups(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int = 1000,
@@ -31,26 +46,13 @@ def fit_groups_noting(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int 
                       seed: int = 0) -> tuple[list[LawResult], list[str]]:
     """As fit_groups, returning (results, one line per group skipped and why) without warning
     or raising, for a report that prints each skipped group where its law would be."""
-    if law == "chinchilla":
-        jobs = [({"family": f, "modality": m, "mixture": ", ".join(sorted(set(g["modalities"])))}, g)
-                for (f, m), g in by_family(df).groupby(["family", "modality"])]
-        fit = lambda group, g: fit_chinchilla(g, group, bootstrap, seed)  # noqa: E731
-    elif law == "bimodal":
-        from analysis.bimodal import bimodal_jobs, fit_bimodal
-
-        jobs = bimodal_jobs(df)
-        fit = lambda group, g: fit_bimodal(g, group, bootstrap, seed)  # noqa: E731
-    elif law == "routed":
-        from analysis.routed import fit_routed, routed_jobs
-
-        jobs = routed_jobs(df)
-        fit = lambda group, g: fit_routed(g, group, bootstrap, seed)  # noqa: E731
-    else:
-        raise AnalysisError(f"unknown law {law!r}; use chinchilla, bimodal or routed")
+    if law not in FITTERS:
+        raise AnalysisError(f"unknown law {law!r}; use {', '.join(FITTERS)}")
+    jobs, fit = FITTERS[law]
     results, problems = [], []
-    for group, g in jobs:
+    for group, g in jobs(df):
         try:
-            results.append(fit(group, g))
+            results.append(fit(g, group, bootstrap, seed))
         except AnalysisError as e:
             problems.append(str(e))
     return results, problems

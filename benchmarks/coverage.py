@@ -21,11 +21,11 @@ truths) and a design just below the gate, which every trial must refuse:
               designs.
   shared_exponent  the shared-exponent test (analysis/shared_exponent.py) on dense and MoE
               families with equal exponents (share rejecting at 5%: its size, target about
-              0.05) and with MoE's alpha larger by 0.05 (its power, target most trials), 2 x 40
-              random runs (the size over 5x --trials sets); on the smallest accepted design (a 4x3 grid per family, equal
-              exponents) the share not rejecting (1 - size) and the intervals of the
-              differences alpha, beta, E the report prints; 3x3 per family refused. 199
-              parametric-bootstrap draws per test, the toolkit's full start grid.
+              0.05, over 5x --trials sets) and with MoE's alpha larger by 0.05 (its power,
+              target most trials), 2 x 40 random runs; on the smallest accepted design (a 4x3
+              grid per family, equal exponents) the share not rejecting (1 - size) and the
+              intervals of the differences alpha, beta, E the report prints; 3x3 per family
+              refused. 199 parametric-bootstrap draws per test, the toolkit's full start grid.
   backtest    95% prediction intervals of the 3 held-out largest-compute runs
               (analysis/backtest.py): the share that covers the observed loss; two truths on
               random designs, a 4x3 training grid (smallest accepted) and a 3x3 one (refused).
