@@ -40,6 +40,7 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait(10)
+        p.stdout.close()
     deadline = time.monotonic() + 10
     while is_locked(tmp_path, "r") and time.monotonic() < deadline:
         time.sleep(0.05)
