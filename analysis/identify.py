@@ -96,9 +96,18 @@ def _count(k: int, column: str) -> str:
 
 
 def design_words(df: pd.DataFrame, columns: tuple[str, ...]) -> str:
-    """'6 runs (3 sizes x 2 budgets)'."""
-    parts = [_count(df[c].nunique(), c) for c in columns if c in df]
-    return f"{len(df)} run{'' if len(df) == 1 else 's'}" + (f" ({' x '.join(parts)})" if parts else "")
+    """'6 runs (3 sizes x 2 budgets)' for a full grid ('12 runs (3 sizes x 2 budgets, 2 each)'
+    replicated), else '4 runs (at 4 sizes and 4 budgets)'."""
+    cols = [c for c in columns if c in df]
+    parts = [_count(df[c].nunique(), c) for c in cols]
+    runs = f"{len(df)} run{'' if len(df) == 1 else 's'}"
+    if not parts:
+        return runs
+    per_point = df.groupby(cols).size()
+    if len(per_point) == np.prod([df[c].nunique() for c in cols]) and per_point.nunique() == 1:
+        each = int(per_point.iloc[0])
+        return f"{runs} ({' x '.join(parts)}{f', {each} each' if each > 1 else ''})"
+    return f"{runs} (at {', '.join(parts[:-1])} and {parts[-1]})"
 
 
 def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label: str,

@@ -6,6 +6,7 @@ from analysis.identify import (
     check_draws,
     check_fit,
     condition,
+    design_words,
     interval_ok,
     next_level,
 )
@@ -20,6 +21,14 @@ def test_three_by_two_is_refused_with_a_third_budget_to_add():
     assert not ident.ok
     assert ident.line.startswith("not identified: 6 runs (3 sizes x 2 budgets) for 5 parameters")
     assert "add a third token budget (for example 1.3e+05)" in ident.line
+
+
+def test_design_words_say_grid_only_for_a_full_grid():
+    g = grid((1e5, 3e5, 1e6), (3.2e4, 6.5e4))
+    assert design_words(g, ("N", "D")) == "6 runs (3 sizes x 2 budgets)"
+    assert design_words(pd.concat([g, g]), ("N", "D")) == "12 runs (3 sizes x 2 budgets, 2 each)"
+    diagonal = pd.DataFrame({"N": [1e5, 3e5, 1e6], "D": [3.2e4, 6.5e4, 1.3e5]})
+    assert design_words(diagonal, ("N", "D")) == "3 runs (at 3 sizes and 3 budgets)"
 
 
 def test_four_by_three_is_accepted_and_three_by_three_refused():

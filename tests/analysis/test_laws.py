@@ -74,7 +74,7 @@ def test_one_bad_group_warns_and_the_rest_fit(paired_runs):
     df = df[~((df["family"] == "moe") & (df["modality"] == "dna") & (df["N"] > 1e5))]
     with pytest.warns(UserWarning,
                       match=r"group \(family=moe learned E=8, modality=dna, mixture=[a-z+]+\): "
-                            r"not identified: 6 runs \(1 size x 3 budgets\).*add 2 more sizes"):
+                            r"not identified: 6 runs \(1 size x 3 budgets, 2 each\).*add 2 more sizes"):
         results = fit_groups(df, "chinchilla", bootstrap=0)
     assert len(results) == 5
 
