@@ -158,19 +158,21 @@ class Formula:
 
 def _joint_le(E: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
     """log Ehat [S, n] (routed.e_hat) at E_start = e^u, E_max = e^u + e^v (columns u, v [S, 1])
-    and its derivatives by u and by v."""
-    es, ev = np.exp(u), np.exp(v)
-    em = es + ev
-    s = 1 / es - 1 / em
-    inner = E - 1 + 1 / s
-    inv = 1 / inner + 1 / em
-    le = -np.log(inv)
+    and its derivatives by u and by v; inf or nan where a runaway step takes E_max - E_start to
+    0 or the exponentials out of range (the fitter backs off such steps)."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        es, ev = np.exp(u), np.exp(v)
+        em = es + ev
+        s = 1 / es - 1 / em
+        inner = E - 1 + 1 / s
+        inv = 1 / inner + 1 / em
+        le = -np.log(inv)
 
-    def by(des, dem):  # d le for dE_start = des, dE_max = dem
-        ds = -des / es**2 + dem / em**2
-        return -((ds / s**2) / inner**2 - dem / em**2) / inv
+        def by(des, dem):  # d le for dE_start = des, dE_max = dem
+            ds = -des / es**2 + dem / em**2
+            return -((ds / s**2) / inner**2 - dem / em**2) / inv
 
-    return le, by(es, es), by(0.0, ev)
+        return le, by(es, es), by(0.0, ev)
 
 
 def _joint_terms(theta_SP: np.ndarray, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
