@@ -65,9 +65,9 @@ checks refuse (ill-conditioned optimum, degenerate or runaway bootstrap) counts 
 ...` and not in the coverages. Also `trials` and `bootstrap`.
 
 The defaults (40 trials per case, 200 refits per fit; the cheap sections chinchilla, law_free,
-bimodal and routed run MORE_TRIALS times as many) ran whole in 30 minutes on an idle 2-core
-Intel Xeon (2026-12-03, before the cheap sections ran more: about 5 minutes more now; bank_laws
-takes 19 of them); --trials and --bootstrap go further.
+bimodal and routed run MORE_TRIALS times as many, the shared-exponent test's size 5x) ran whole
+in 53 minutes on a 2-core Intel Xeon, the first 25 beside the test suite (2026-12-03; about 40
+idle, bank_laws 20-25 of them); --trials and --bootstrap go further.
 
 Usage: python benchmarks/coverage.py [--trials 40] [--bootstrap 200] [--workers 2] [--only NAME]
        [--quick] [--smallest]
