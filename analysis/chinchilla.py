@@ -304,8 +304,8 @@ class ChinchillaResult(LawResult):
         exponents a = beta/(alpha+beta), b = alpha/(alpha+beta) (attrs, with their intervals
         `a_lower`, `a_upper`, `b_lower`, `b_upper`)."""
         C = np.atleast_1d(np.asarray(C, float))
-        n, d, loss = frontier(self.params[NAMES].to_numpy(), C)
-        out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": loss})
+        n, d, l_opt = frontier(self.params[NAMES].to_numpy(), C)
+        out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": l_opt})
         if self.boot is not None and len(self.boot) > 1:
             draws = np.stack(frontier(self.boot, C), 1)  # [draws, 3, len(C)]
             for j, name in enumerate(("N_opt", "D_opt", "loss_opt")):

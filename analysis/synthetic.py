@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.chinchilla import NAMES, loss
+from analysis.chinchilla import NAMES
+from analysis.chinchilla import loss as chinchilla_loss
 
 HOFFMANN = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}  # their Approach 3 fit
 
 
 def chinchilla_law(N, D, t: dict) -> np.ndarray:
     """E + A / N^alpha + B / D^beta (nats/token) for the parameters in t, shaped as N and D."""
-    return loss(np.array([t[k] for k in NAMES]), N, D).reshape(np.broadcast(N, D).shape)
+    return chinchilla_loss(np.array([t[k] for k in NAMES]), N, D).reshape(np.broadcast(N, D).shape)
 
 
 def chinchilla_points(n: int, truth: dict | None = None, noise: float = 0.01, seed: int = 0,
