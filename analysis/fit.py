@@ -6,6 +6,7 @@ import warnings
 
 import pandas as pd
 
+from analysis import prediction
 from analysis.bimodal import bimodal_jobs, fit_bimodal
 from analysis.chinchilla import ChinchillaResult, fit_chinchilla
 from analysis.errors import AnalysisError
@@ -15,10 +16,10 @@ from analysis.routed import fit_routed, routed_jobs
 
 
 def chinchilla_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
-    """Per MoE family as `family_key` labels it and modality, the runs on the joint mixture
-    (records.by_family), the group naming that mixture."""
-    return [({"family": f, "modality": m, "mixture": ", ".join(sorted(set(g["modalities"])))}, g)
-            for (f, m), g in by_family(df).groupby(["family", "modality"])]
+    """prediction.chinchilla_jobs (per family and modality) over the runs on the joint mixture,
+    families as `family_key` labels them (records.by_family), the group naming that mixture."""
+    return [({**group, "mixture": ", ".join(sorted(set(g["modalities"])))}, g)
+            for group, g in prediction.chinchilla_jobs(by_family(df))]
 
 
 # the laws `fit` and the report fit to groups of runs: name -> (jobs(df), fit(rows, group,
