@@ -150,6 +150,11 @@ class BimodalResult(LawResult):
                 out[amp] = ["upper"]
         return out
 
+    def withheld(self, alpha: float = 0.05) -> list[str]:
+        """The parameters neither of whose bounds the data set (`unidentified`): C and an
+        amplitude when the estimate sits on the flat ridge."""
+        return [k for k, sides in self.unidentified(alpha).items() if len(sides) == 2]
+
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         """Percentile bootstrap intervals; a bound the data do not set is +-inf."""
         out = super().conf_int(alpha)

@@ -317,7 +317,8 @@ def sections(h: Headline, fmt: str = "md") -> list[tuple[str, str, str]]:
          "Geometric mean over the MoE's Pareto-front runs of the compute at which the dense "
          "runs' Pareto front (log-log interpolated, never extrapolated) reaches the same loss, "
          "over the run's compute; 95% interval from resampling runs (pairs as units). Beside it "
-         "the law-based EL at the same compute, to see whether they agree.",
+         "the law-based EL at the same compute, to see whether they agree (blank where the runs "
+         "do not identify a law for both families).",
          _table(h.law_free, fmt)),
         ("MoE laws ranked on held-out runs (secondary)",
          "Each law of the bank the runs identify, fitted to the runs below the largest-compute "

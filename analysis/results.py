@@ -47,12 +47,24 @@ class LawResult:
             lo, hi = held(self.params.to_numpy(float), *interval(self.boot, self.expanded(alpha), axis=0))
         return pd.DataFrame({"lower": lo, "upper": hi}, index=self.params.index)
 
+    def withheld(self, alpha: float = 0.05) -> list[str]:
+        """Parameters the runs do not identify at all (no finite bound on either side): their
+        estimates are not printed, only that they are not identified."""
+        ci = self.conf_int(alpha)
+        return [k for k in self.params.index
+                if np.isinf(ci.loc[k, "lower"]) and np.isinf(ci.loc[k, "upper"])]
+
+    def estimates(self, alpha: float = 0.05) -> pd.Series:
+        """`params` with NaN for the withheld ones (`withheld`): what tables print."""
+        return self.params.where(~self.params.index.isin(self.withheld(alpha)))
+
     def label(self) -> str:
         return group_label(self.group)
 
     def summary(self, alpha: float = 0.05) -> str:
         ci = self.conf_int(alpha)
-        table = pd.DataFrame({"estimate": self.params, "std err": self.bse,
+        est = self.estimates(alpha)
+        table = pd.DataFrame({"estimate": est, "std err": self.bse.where(est.notna()),
                               f"[{alpha / 2:g}": ci["lower"], f"{1 - alpha / 2:g}]": ci["upper"]})
         head = (f"{self.law} law fit ({self.label()}): {self.nobs} points, objective "
                 f"{self.objective:.4g}, {'converged' if self.converged else 'NOT converged'}"
@@ -61,14 +73,15 @@ class LawResult:
         return f"{head}\n{table.to_string(float_format=lambda v: f'{v:.6g}')}{notes}"
 
     def to_dict(self, alpha: float = 0.05) -> dict:
-        ci = self.conf_int(alpha)
+        ci, est = self.conf_int(alpha), self.estimates(alpha)
+        se = self.bse.where(est.notna())
         return {
             "law": self.law, "group": self.group, "n_points": self.nobs,
             "objective": self.objective, "converged": self.converged, "message": self.message,
             "confidence": 1 - alpha,
-            "params": {k: {"estimate": _num(v), "lower": _bound(ci.loc[k, "lower"]),
-                           "upper": _bound(ci.loc[k, "upper"]), "std_err": _num(self.bse[k])}
-                       for k, v in self.params.items()},
+            "params": {k: {"estimate": _num(est[k]), "lower": _bound(ci.loc[k, "lower"]),
+                           "upper": _bound(ci.loc[k, "upper"]), "std_err": _num(se[k])}
+                       for k in self.params.index},
             "n_bootstrap": 0 if self.boot is None else len(self.boot),
             "warnings": self.warnings,
         }

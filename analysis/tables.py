@@ -24,26 +24,28 @@ def bounds_in_words(table: pd.DataFrame, floatfmt: str = ".4g") -> pd.DataFrame:
 
 def render(table: pd.DataFrame, fmt: str = "md", floatfmt: str = ".4g") -> str:
     """Markdown, CSV or LaTeX; in Markdown and LaTeX an infinite interval bound reads "unbounded"
-    (CSV keeps inf, for machines)."""
+    and a withheld number (NaN) is left blank (CSV keeps inf and leaves NaN empty, for machines)."""
     if fmt in ("md", "latex"):
         table = bounds_in_words(table, floatfmt)
     if fmt == "md":
-        return table.to_markdown(index=False, floatfmt=floatfmt)
+        return table.astype(object).where(table.notna(), None).to_markdown(
+            index=False, floatfmt=floatfmt, missingval="")
     if fmt == "csv":
         return table.to_csv(index=False)
     if fmt == "latex":
         return table.to_latex(index=False, float_format=lambda v: format(v, floatfmt),
-                              escape=True)
+                              escape=True, na_rep="")
     raise AnalysisError(f"unknown format {fmt!r}; use md, csv or latex")
 
 
 def fits_table(results: list[LawResult], alpha: float = 0.05) -> pd.DataFrame:
-    """One row per fit: group, points, each parameter as estimate and interval bounds."""
+    """One row per fit: group, points, each parameter as estimate and interval bounds (the
+    estimate blank where the runs do not identify it: `LawResult.withheld`)."""
     rows = []
     for r in results:
         ci = r.conf_int(alpha)
         row = {**r.group, "points": r.nobs}
-        for k, v in r.params.items():
+        for k, v in r.estimates(alpha).items():
             row[k] = v
             row[f"{k} lower"], row[f"{k} upper"] = ci.loc[k, "lower"], ci.loc[k, "upper"]
         row["converged"] = r.converged

@@ -13,7 +13,15 @@ def test_an_infinite_bound_renders_as_unbounded_in_markdown_and_latex_and_inf_in
     md, tex, csv = render(t), render(t, "latex"), render(t, "csv")
     assert "unbounded" in md and "unbounded" in tex
     assert "inf" not in md and "e+307" not in md and "e+308" not in md
+    assert "nan" not in md and "nan" not in tex  # a withheld bound is blank
     assert "2.0,1.2,inf" in csv
+
+
+def test_a_withheld_number_is_blank_in_markdown_and_latex():
+    t = pd.DataFrame({"modality": ["text", "dna"], "EL (law)": [1.234567, np.nan]})
+    md, tex = render(t), render(t, "latex")
+    assert "nan" not in md.lower() and "nan" not in tex.lower()
+    assert "1.235" in md and "1.235" in tex
 
 
 def test_leverage_bounds_are_draws_or_inf_never_a_blend_with_float_max():

@@ -10,6 +10,7 @@ from analysis.records import load_runs
 from analysis.routed import e_hat, fit_routed
 from analysis.synthetic import bimodal_runs, routed_law, routed_points
 from analysis.synthetic import interaction_law as synthetic_interaction
+from analysis.tables import fits_table
 from tests.analysis.conftest import UNI, interaction
 
 UNIMODAL = {m: dict(zip(("E", "A", "B", "alpha", "beta"), p, strict=True)) for m, p in UNI.items()}
@@ -142,6 +143,11 @@ def test_bimodal_says_when_the_data_cannot_identify_C():
     flat = fit_bimodal(bimodal_runs(UNIMODAL, flat_q, design, 0.003, 0), group, 200, grid=SMALL_GRID)
     assert flat.conf_int().loc["C", "upper"] == np.inf
     assert any(w.startswith("C is not identified by these runs") for w in flat.warnings)
+    # the estimate sits on the ridge: neither of C's bounds is set, so no C is printed at all
+    assert "C" in flat.withheld()
+    assert np.isnan(fits_table([flat])["C"].iloc[0])
+    assert flat.to_dict()["params"]["C"]["estimate"] is None
+    assert np.isfinite(fits_table([flat])["alpha"].iloc[0])
     # what a reader uses is still identified: the interaction at every run, within 0.15 nats
     p = flat.points
     truth = synthetic_interaction(p["N"], p["D"], flat_q)
@@ -151,7 +157,7 @@ def test_bimodal_says_when_the_data_cannot_identify_C():
     curved_q = {"C": 0.1, "A": 20.0, "alpha": 0.35, "B": 30.0, "beta": 0.5}
     curved = fit_bimodal(bimodal_runs(UNIMODAL, curved_q, design, 0.0003, 0), group, 200,
                          grid=SMALL_GRID)
-    assert curved.unidentified() == {}
+    assert curved.unidentified() == {} and curved.withheld() == []
     assert not [w for w in curved.warnings if "not identified" in w]
     lo, hi = curved.conf_int().loc["C"]
     assert 0.0 < lo < hi < 0.2
