@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.prediction import CHINCHILLA, Law, prediction_interval
+from analysis.fit import CHINCHILLA
+from analysis.prediction import Law, prediction_interval
 from analysis.results import group_label
 
 MIN_TRAIN = 8  # training runs a group needs after the hold-out
@@ -38,6 +39,8 @@ def backtest(df: pd.DataFrame, holdout_largest: int = 3, law: Law = CHINCHILLA,
     `lower`/`upper` (1 - alpha prediction interval, nats/token), covered, error (predicted -
     observed) and log_error (log predicted/observed). Groups too small to fit after holding out
     are skipped with a warning; none left is an error."""
+    if law.predict is None:
+        raise AnalysisError(f"the {law.name} law predicts no run's loss: it cannot be backtested")
     rows, problems = [], []
     for group, g in law.jobs(df):
         train, held = split_largest(g, holdout_largest, compute)

@@ -28,8 +28,9 @@ from statsmodels.stats.multitest import multipletests
 
 from analysis.compute import Frontier
 from analysis.errors import AnalysisError
+from analysis.fit import CHINCHILLA
 from analysis.paired import DocLosses, combine, pair_difference
-from analysis.prediction import CHINCHILLA, prediction_interval
+from analysis.prediction import prediction_interval
 from analysis.records import by_family, family_key
 from analysis.results import held, interval
 

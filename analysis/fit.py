@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pandas as pd
 
-from analysis import prediction
 from analysis.bimodal import bimodal_jobs, fit_bimodal
-from analysis.chinchilla import ChinchillaResult, fit_chinchilla
+from analysis.chinchilla import ChinchillaResult, fit_chinchilla, loss
 from analysis.errors import AnalysisError
+from analysis.prediction import Law
 from analysis.records import by_family
 from analysis.results import LawResult
-from analysis.routed import fit_routed, routed_jobs
+from analysis.routed import ROUTED
 
 
 def chinchilla_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
-    """prediction.chinchilla_jobs (per family and modality) over the runs on the joint mixture,
-    families as `family_key` labels them (records.by_family), the group naming that mixture."""
-    return [({**group, "mixture": ", ".join(sorted(set(g["modalities"])))}, g)
-            for group, g in prediction.chinchilla_jobs(by_family(df))]
+    """One group per (family as `family_key` labels it, modality) over the runs on the joint
+    mixture (records.by_family), the group naming that mixture where the runs record one."""
+    out = []
+    for (f, m), g in by_family(df).groupby(["family", "modality"]):
+        mixture = {"mixture": ", ".join(sorted(set(g["modalities"])))} if "modalities" in g else {}
+        out.append(({"family": f, "modality": m, **mixture}, g))
+    return out
 
 
-# the laws `fit` and the report fit to groups of runs: name -> (jobs(df), fit(rows, group,
-# bootstrap, seed))
-FITTERS = {"chinchilla": (chinchilla_jobs, fit_chinchilla), "bimodal": (bimodal_jobs, fit_bimodal),
-           "routed": (routed_jobs, fit_routed)}
+def chinchilla_predict(params: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
+    return loss(params, rows["N"].to_numpy(float), rows["D"].to_numpy(float))
+
+
+# the laws `fit`, the report and backtests fit to groups of runs, by name (`fit --law`); those
+# with a `predict` can be backtested (`fit --holdout-largest`)
+LAWS = {"chinchilla": Law("chinchilla", chinchilla_jobs, fit_chinchilla, chinchilla_predict),
+        "bimodal": Law("bimodal", bimodal_jobs, fit_bimodal),
+        "routed": ROUTED}
+CHINCHILLA = LAWS["chinchilla"]
 
 
 def fit_groups(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int = 1000,
@@ -47,13 +57,12 @@ def fit_groups_noting(df: pd.DataFrame, law: str = "chinchilla", bootstrap: int 
                       seed: int = 0) -> tuple[list[LawResult], list[str]]:
     """As fit_groups, returning (results, one line per group skipped and why) without warning
     or raising, for a report that prints each skipped group where its law would be."""
-    if law not in FITTERS:
-        raise AnalysisError(f"unknown law {law!r}; use {', '.join(FITTERS)}")
-    jobs, fit = FITTERS[law]
+    if law not in LAWS:
+        raise AnalysisError(f"unknown law {law!r}; use {', '.join(LAWS)}")
     results, problems = [], []
-    for group, g in jobs(df):
+    for group, g in LAWS[law].jobs(df):
         try:
-            results.append(fit(g, group, bootstrap, seed))
+            results.append(LAWS[law].fit(g, group, bootstrap, seed))
         except AnalysisError as e:
             problems.append(str(e))
     return results, problems

@@ -64,8 +64,8 @@ from analysis.identify import (
     numeric_jacobian,
 )
 from analysis.results import LawResult, group_label, resample_residuals
+from analysis.routed import ROUTED, experts
 from analysis.routed import e_hat as clark_e_hat
-from analysis.routed import fit_routed, routed_jobs
 
 
 def lse_objective(theta_SP: np.ndarray, X_KnP: np.ndarray, logL: np.ndarray,
@@ -83,11 +83,6 @@ def _huber_lse(t_KSn, logL, w, back) -> tuple[np.ndarray, np.ndarray]:
     h, dr = huber(m + np.log(total) - logL)
     h, dr = h * w, dr * w
     return h.sum(1), back(e_KSn / total * dr)
-
-
-def experts(df: pd.DataFrame) -> np.ndarray:
-    """The expert count, 1 for dense runs."""
-    return np.where(df["family"] == "dense", 1.0, df["n_experts"].astype(float).clip(lower=1))
 
 
 @dataclass(frozen=True)
@@ -408,21 +403,6 @@ def aic(residuals: np.ndarray, k: int) -> float:
     return 2 * k + 2 * n * (np.log(2 * b) + 1)
 
 
-def _routed_predict(params: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
-    p = np.asarray(params, float)
-    a, b, c, d, es, em = (p[..., i, None] for i in range(6))
-    logN = np.log(rows["N"].to_numpy(float))
-    le = np.log(clark_e_hat(experts(rows), es, em))
-    return np.exp(a * logN + b * le + c * logN * le + d)
-
-
-def _routed_fit(rows: pd.DataFrame, group: dict, bootstrap: int, seed: int) -> LawResult:
-    return fit_routed(rows.assign(E=experts(rows)), group, bootstrap, seed)
-
-
-ROUTED = prediction.Law("routed", routed_jobs, _routed_fit, _routed_predict)
-
-
 def split(rows: pd.DataFrame, holdout_largest: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, held-out MoE runs) of one modality: the `holdout_largest` largest-compute runs of
     each MoE family (backtest.split_largest over all MoE runs, ties held out too), and every
@@ -490,8 +470,8 @@ def score_law(name: str, train: pd.DataFrame, held: pd.DataFrame, group: dict, b
                            group, "n_experts", bootstrap, seed)
     if name == "routed":
         fits = []
-        jobs = {tuple(sorted(g.items())): rows for g, rows in routed_jobs(train)}
-        for g, rows in routed_jobs(held):
+        jobs = {tuple(sorted(g.items())): rows for g, rows in ROUTED.jobs(train)}
+        for g, rows in ROUTED.jobs(held):
             g = {**g, "modality": group.get("modality", g["modality"])}
             key = tuple(sorted(g.items()))
             if key not in jobs:

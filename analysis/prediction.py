@@ -8,9 +8,9 @@ out: a near-LAD fit passes through about p points); expanded percentiles of the 
 (`LawResult.expanded`) are the interval. Without bootstrap refits the interval holds residual
 scatter only and says so.
 
-`Law` is what this needs from a law, so that any law (Chinchilla here; others elsewhere) can be
-backtested and ranked the same way: how its runs are grouped, how a group is fitted, and the
-loss its parameters predict for given rows.
+`Law` is what this needs from a law, so that any law can be backtested and ranked the same
+way: how its runs are grouped, how a group is fitted, and the loss its parameters predict for
+given rows. The laws `fit` and the report fit are `analysis.fit.LAWS`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.chinchilla import fit_chinchilla, loss
 from analysis.results import LawResult, held, interval, resample_residuals
 
 MIN_SAMPLES = 4000  # draws of (refit, residual) pairs behind each interval
@@ -34,25 +33,14 @@ class Law:
     jobs(df) -> [(group, rows)]: the groups one fit is made for.
     fit(rows, group, bootstrap, seed) -> LawResult whose `boot` rows are refits of `params`.
     predict(params, rows) -> loss in nats/token: params [P] gives [len(rows)], params [S, P]
-    gives [S, len(rows)], in the order of `result.params`.
+    gives [S, len(rows)], in the order of `result.params`; None for a law that does not predict
+    a run's loss (the bimodal law predicts an interaction), which cannot be backtested.
     """
 
     name: str
     jobs: Callable[[pd.DataFrame], list[tuple[dict, pd.DataFrame]]]
     fit: Callable[[pd.DataFrame, dict, int, int], LawResult]
-    predict: Callable[[np.ndarray, pd.DataFrame], np.ndarray]
-
-
-def chinchilla_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
-    return [({"family": f, "modality": m}, g) for (f, m), g in df.groupby(["family", "modality"])]
-
-
-def chinchilla_predict(params: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
-    return loss(params, rows["N"].to_numpy(float), rows["D"].to_numpy(float))
-
-
-CHINCHILLA = Law("chinchilla", chinchilla_jobs, fit_chinchilla, chinchilla_predict)
-LAWS = {"chinchilla": CHINCHILLA}  # the laws `fit --holdout-largest` can backtest, by name
+    predict: Callable[[np.ndarray, pd.DataFrame], np.ndarray] | None = None
 
 
 def residuals(result: LawResult, law: Law, rows: pd.DataFrame) -> np.ndarray:

@@ -56,10 +56,12 @@ CSV_NUMERIC = ("params", "tokens", "loss", "flops", "seed", "n_experts", "top_k"
 
 def family_key(df: pd.DataFrame) -> pd.Series:
     """An MoE family: family, router, expert count and (above 1) experts per token, e.g.
-    `moe learned E=8`, `moe learned E=16 k=2` (no E when unknown); `dense` for dense runs."""
-    router = df["router"].fillna("").astype(str)
-    experts = df["n_experts"].fillna(0).astype(int)
-    k = df["top_k"].fillna(0).astype(int) if "top_k" in df else pd.Series(0, index=df.index)
+    `moe learned E=8`, `moe learned E=16 k=2` (no E when unknown); `dense` for dense runs. A
+    table without router, expert or top-k columns keeps its families as they are."""
+    none = pd.Series(None, index=df.index, dtype=object)
+    router = df.get("router", none).fillna("").astype(str)
+    experts = df.get("n_experts", none).fillna(0).astype(int)
+    k = df.get("top_k", none).fillna(0).astype(int)
     label = (df["family"].astype(str) + np.where(router != "", " " + router, "")
              + np.where(experts > 0, " E=" + experts.astype(str), "")
              + np.where(k > 1, " k=" + k.astype(str), ""))
@@ -71,7 +73,9 @@ def joint_mixture(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of runs trained on the joint mixture: per modality, those of the widest
     modality set among its MoE/MoT runs (among all its runs when there are none; ties go to
     the set with more runs). Runs on other sets, such as unimodal dense baselines, are left to
-    the bimodal law."""
+    the bimodal law. A table that records no mixtures (no `modalities` column) is one mixture."""
+    if "modalities" not in df:
+        return df
     keep = pd.Series(False, index=df.index)
     for _, g in df.groupby("modality"):
         others = g[g["family"] != "dense"]

@@ -263,7 +263,7 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   "for both. p_exponents is closed-test adjusted. Differences: separate fits, "
                   "95% bootstrap intervals. Secondary: p-values only, the verdicts are the primary "
                   "table's.", "", render(shared_table(tests).drop(columns="verdict", errors="ignore"))]
-    bt = noting("backtest", lambda: backtest(by_family(df), HOLDOUT, bootstrap=bootstrap), notes)
+    bt = noting("backtest", lambda: backtest(df, HOLDOUT, bootstrap=bootstrap), notes)
     if bt is not None:
         s = summarize(bt)
         lines += ["", f"## Backtest: predicting the {HOLDOUT} largest-compute runs", "",

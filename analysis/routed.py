@@ -32,6 +32,7 @@ import statsmodels.api as sm
 
 from analysis.errors import AnalysisError
 from analysis.identify import MIN_RESID_DF, NotIdentified, check_design, check_fit
+from analysis.prediction import Law
 from analysis.results import LawResult, group_label, held, interval, resample_residuals
 
 NAMES = ["a", "b", "c", "d", "E_start", "E_max"]
@@ -42,9 +43,14 @@ GRID_ROWS = np.column_stack([np.zeros((len(GRID), 4)), GRID])  # parameter rows 
 CALIBRATION_DRAWS = 200
 
 
+def experts(df: pd.DataFrame) -> np.ndarray:
+    """The expert count E of each run, 1 for dense runs."""
+    return np.where(df["family"] == "dense", 1.0, df["n_experts"].astype(float).clip(lower=1))
+
+
 def _with_experts(df: pd.DataFrame) -> pd.DataFrame:
     """Column E: the run's expert count, 1 for dense runs."""
-    return df.assign(E=np.where(df["family"] == "dense", 1, df["n_experts"]).astype(float))
+    return df.assign(E=experts(df))
 
 
 def routed_jobs(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
@@ -308,3 +314,16 @@ def fit_routed(df: pd.DataFrame, group: dict, bootstrap: int = 1000, seed: int =
                     "cut up to the edge of its grid (more expert counts beyond the saturation "
                     "would pin it); its interval is unbounded above")
     return result
+
+
+def predict(params: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
+    """Loss (nats/token) at the rows' N and expert count: params [6] gives [rows], [S, 6] gives
+    [S, rows] (prediction.Law's predict)."""
+    p = np.asarray(params, float)
+    a, b, c, d, es, em = (p[..., i, None] for i in range(6))
+    logN = np.log(rows["N"].to_numpy(float))
+    le = np.log(e_hat(experts(rows), es, em))
+    return np.exp(a * logN + b * le + c * logN * le + d)
+
+
+ROUTED = Law("routed", routed_jobs, fit_routed, predict)

@@ -185,8 +185,7 @@ def _columns(items: list[str]) -> dict[str, str]:
 def _cmd_fit(args: argparse.Namespace) -> int:
     import json
 
-    from analysis.fit import fit_groups
-    from analysis.prediction import LAWS
+    from analysis.fit import LAWS, fit_groups
     from analysis.records import load
     from analysis.tables import fits_table, render
 
@@ -199,8 +198,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     shared = _shared_names(args.shared)
     if args.law != "chinchilla" and shared:
         raise UserError(f"--shared tests the chinchilla law; not --law {args.law}")
-    if args.holdout_largest and args.law not in LAWS:
-        raise UserError(f"--holdout-largest backtests {', '.join(LAWS)}; not --law {args.law}")
+    if args.holdout_largest and LAWS[args.law].predict is None:
+        can = ", ".join(k for k, law in LAWS.items() if law.predict is not None)
+        raise UserError(f"--holdout-largest backtests {can}; not --law {args.law}")
     results = fit_groups(df, args.law, args.bootstrap, args.seed)
     for r in results:
         print(r.summary(), end="\n\n")
@@ -247,13 +247,10 @@ def _shared_names(text: str | None) -> tuple[str, ...]:
 
 def _backtest(df, args: argparse.Namespace):
     from analysis.backtest import backtest, summarize
-    from analysis.prediction import LAWS
-    from analysis.records import by_family
+    from analysis.fit import LAWS
     from analysis.tables import render
 
-    # the Chinchilla law groups by MoE family on the joint mixture, as `fit` and `report` do
-    rows = by_family(df) if args.law == "chinchilla" else df
-    table = backtest(rows, args.holdout_largest, LAWS[args.law], args.bootstrap, seed=args.seed)
+    table = backtest(df, args.holdout_largest, LAWS[args.law], args.bootstrap, seed=args.seed)
     print(f"\nBacktest: fitted without the {args.holdout_largest} largest-compute run(s) of each "
           "group (and any tied with them), then predicted; losses in nats/token, 95% prediction "
           "intervals (bootstrap refits x resampled residuals), `beyond`: compute over the "

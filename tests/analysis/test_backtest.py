@@ -5,7 +5,8 @@ import pytest
 from analysis.backtest import backtest, split_largest, summarize
 from analysis.chinchilla import NAMES, ChinchillaResult
 from analysis.errors import AnalysisError
-from analysis.prediction import CHINCHILLA, Law, chinchilla_predict, prediction_interval
+from analysis.fit import CHINCHILLA, chinchilla_predict
+from analysis.prediction import Law, prediction_interval
 from analysis.results import LawResult
 from analysis.synthetic import HOFFMANN as TRUTH
 from analysis.synthetic import chinchilla_points
@@ -132,5 +133,25 @@ def test_cli_holdout_largest(tmp_path, capsys):
     assert "Backtest: fitted without the 2 largest-compute run(s)" in printed
     rows = json.loads(out.read_text())["backtest"]
     assert len(rows) == 2 and all(r["lower"] < r["predicted"] < r["upper"] for r in rows)
-    assert main(["fit", str(path), "--law", "routed", "--holdout-largest", "2"]) == 2
-    assert "--holdout-largest backtests chinchilla" in capsys.readouterr().err
+    # the bimodal law predicts an interaction, not a run's loss: nothing to hold out
+    assert main(["fit", str(path), "--law", "bimodal", "--holdout-largest", "2"]) == 2
+    assert "--holdout-largest backtests chinchilla, routed; not --law bimodal" in capsys.readouterr().err
+
+
+def test_the_routed_law_backtests_through_the_one_registry():
+    """fit.LAWS holds every law `fit` and the report fit; a law that predicts a run's loss (the
+    routed law: N and the expert count) is held out and predicted like Chinchilla's."""
+    from analysis.fit import LAWS
+    from analysis.synthetic import routed_law, routed_points
+
+    truth = {"a": -0.08, "b": -0.05, "c": 0.004, "d": 1.9, "E_start": 1.9, "E_max": 300.0}
+    df = routed_points(truth, (1e6, 3e6, 1e7, 3e7, 1e8), (1, 4, 16, 64), noise=0.003, seed=1)
+    df = df.assign(modality="text", router="learned", top_k=1, D=2e9, C=6 * df["N"] * 2e9,
+                   run=[f"r{i}" for i in range(len(df))])
+    bt = backtest(df, 1, LAWS["routed"], bootstrap=100)
+    assert len(bt) == 4 and (bt["N"] == 1e8).all()  # the largest size, every expert count
+    assert ((bt["lower"] < bt["predicted"]) & (bt["predicted"] < bt["upper"])).all()
+    truth_loss = routed_law(bt["N"].to_numpy(), df.set_index("run").loc[bt["run"], "E"].to_numpy(), truth)
+    assert (np.abs(np.log(bt["predicted"].to_numpy() / truth_loss)) < 0.02).all()
+    with pytest.raises(AnalysisError, match="bimodal law predicts no run's loss"):
+        backtest(df, 1, LAWS["bimodal"])

@@ -78,9 +78,9 @@ def test_chinchilla_fit_table_names_the_mixture_each_row_was_fitted_to(bimodal_r
 
 
 def test_fit_command_offers_exactly_the_laws_analysis_fits_to_groups():
-    from analysis.fit import FITTERS
+    from analysis.fit import LAWS
     from moe_vs_dense.cli import build_parser
 
     fit = build_parser()._subparsers._group_actions[0].choices["fit"]
     law = next(a for a in fit._actions if a.dest == "law")
-    assert list(law.choices) == list(FITTERS)
+    assert list(law.choices) == list(LAWS)
