@@ -3,7 +3,8 @@
 Two gates every law goes through:
 - `check_design` before the fit: enough runs beyond the law's parameters (MIN_RESID_DF, the
   residual degrees of freedom a residual bootstrap needs to have noise to resample), and at
-  least MIN_LEVELS distinct values of every variable the law is curved in (a power law with an
+  least MIN_LEVELS distinct values (`level_ids`: within 5% is one) of every variable the law
+  is curved in (a power law with an
   offset, E + A / N^alpha, has three unknowns along N: two sizes fit any exponent exactly).
 - `check_fit` after it: a well-conditioned optimum (the Jacobian of the log-space fitted values
   by the parameters has full rank and a bounded condition number once its columns are
@@ -38,6 +39,28 @@ VARIABLES = {"N": ("size", "sizes"), "D": ("token budget", "budgets"),
              "E": ("expert count", "expert counts"), "C": ("compute budget", "budgets"),
              "granularity": ("granularity", "granularities")}
 COUNTS = ("E", "granularity")  # variables whose suggested next levels are whole numbers
+# values within this share of a level's smallest count as that level: a MoE's router makes its
+# active params up to a few % more than its dense partner's, and two sizes 1% apart do not
+# bend a curve any more than one does
+LEVEL_TOLERANCE = 0.05
+
+
+def level_ids(values) -> np.ndarray:
+    """The level of each value (0, 1, ... in increasing order), values within LEVEL_TOLERANCE of
+    a level's smallest joining it."""
+    v = np.asarray(values, float)
+    order = np.argsort(v, kind="stable")
+    ids, level, start = np.empty(len(v), int), -1, -np.inf
+    for i in order:
+        if not v[i] <= start * (1 + LEVEL_TOLERANCE):
+            level, start = level + 1, v[i]
+        ids[i] = level
+    return ids
+
+
+def n_levels(values) -> int:
+    """Distinct levels of a variable (level_ids)."""
+    return int(level_ids(values).max()) + 1 if len(values) else 0
 
 
 @dataclass(frozen=True)
@@ -99,12 +122,14 @@ def design_words(df: pd.DataFrame, columns: tuple[str, ...]) -> str:
     """'6 runs (3 sizes x 2 budgets)' for a full grid ('12 runs (3 sizes x 2 budgets, 2 each)'
     replicated), else '4 runs (at 4 sizes and 4 budgets)'."""
     cols = [c for c in columns if c in df]
-    parts = [_count(df[c].nunique(), c) for c in cols]
+    ids = pd.DataFrame({c: level_ids(df[c]) for c in cols})
+    counts = [int(ids[c].max()) + 1 if len(ids) else 0 for c in cols]
+    parts = [_count(k, c) for k, c in zip(counts, cols, strict=True)]
     runs = f"{len(df)} run{'' if len(df) == 1 else 's'}"
     if not parts:
         return runs
-    per_point = df.groupby(cols).size()
-    if len(per_point) == np.prod([df[c].nunique() for c in cols]) and per_point.nunique() == 1:
+    per_point = ids.groupby(cols).size()
+    if len(per_point) == np.prod(counts) and per_point.nunique() == 1:
         each = int(per_point.iloc[0])
         return f"{runs} ({' x '.join(parts)}{f', {each} each' if each > 1 else ''})"
     return f"{runs} (at {', '.join(parts[:-1])} and {parts[-1]})"
@@ -121,30 +146,31 @@ def check_design(df: pd.DataFrame, n_params: int, curved: tuple[str, ...], label
     columns = tuple(curved) + tuple(linear)
     words = design_words(df, columns)
     need = {c: MIN_LEVELS for c in curved} | {c: 2 for c in linear} | (levels or {})
-    short = {c: k for c, k in need.items() if df[c].nunique() < k}
+    have = {c: n_levels(df[c]) for c in need}
+    short = {c: k for c, k in need.items() if have[c] < k}
     if short:
         adds = []
         for c, k in short.items():
-            have = df[c].nunique()
+            have_c = have[c]
             name = VARIABLES.get(c, (c, c))[0]
-            values = next_levels(df[c].to_numpy(float), k - have, integer=c in COUNTS)
-            adds.append(f"a {_ordinal(have)} {name} (for example {_fmt(values[0])})" if k - have == 1
-                        else f"{k - have} more {VARIABLES.get(c, (c, c))[1]} (for example "
+            values = next_levels(df[c].to_numpy(float), k - have_c, integer=c in COUNTS)
+            adds.append(f"a {_ordinal(have_c)} {name} (for example {_fmt(values[0])})" if k - have_c == 1
+                        else f"{k - have_c} more {VARIABLES.get(c, (c, c))[1]} (for example "
                              f"{' and '.join(map(_fmt, values))})")
-        what = ", ".join(_count(df[c].nunique(), c) for c in short)
+        what = ", ".join(_count(have[c], c) for c in short)
         return Identification(
             False, f"{words} for {n_params} parameters; {what}, and the law needs at least "
             + ", ".join(f"{k} {VARIABLES.get(c, (c, c))[1]}" for c, k in short.items()),
             "add " + " and ".join(adds))
     if len(df) < n_params + min_resid_df:
         missing = n_params + min_resid_df - len(df)
-        c = min(columns, key=lambda c: df[c].nunique()) if columns else None
+        c = min(columns, key=lambda c: have[c]) if columns else None
         hint = ""
         if c is not None:
             name = VARIABLES.get(c, (c, c))[0]
             every = " and ".join(VARIABLES.get(o, (o, o))[0] for o in columns if o != c)
             value = next_level(df[c].to_numpy(float), integer=c in COUNTS)
-            hint = f" (for example a {_ordinal(df[c].nunique())} {name}, {_fmt(value)}, at every {every})"
+            hint = f" (for example a {_ordinal(have[c])} {name}, {_fmt(value)}, at every {every})"
         return Identification(
             False, f"{words} for {n_params} parameters; the {label} law's bootstrap needs at "
             f"least {min_resid_df} runs beyond them", f"add {missing} or more runs{hint}")

@@ -31,6 +31,21 @@ def test_design_words_say_grid_only_for_a_full_grid():
     assert design_words(diagonal, ("N", "D")) == "3 runs (at 3 sizes and 3 budgets)"
 
 
+def test_sizes_a_router_apart_are_one_level():
+    """A MoE's active params exceed its dense partner's by its router (1% at d = 32, 4
+    experts): the demo's dense and MoE runs at 3 widths are 3 sizes, not 6, in words and to the
+    gate, which two near-equal sizes do not satisfy."""
+    dense, moe = (2.525e4, 5.2e4, 1.007e5), (2.55e4, 5.25e4, 1.012e5)
+    df = pd.DataFrame({"N": dense + moe, "E": [1] * 3 + [4] * 3})
+    assert design_words(df, ("E", "N")) == "6 runs (2 expert counts x 3 sizes)"
+    near = grid((1e5, 1.02e5, 3e5), (1e6, 3e6, 1e7))
+    ident = check_design(pd.concat([near, grid((1e6,), (1e6, 3e6, 1e7))]), 5, ("N", "D"), "x",
+                         min_resid_df=0)
+    assert ident.ok  # 1e5 (and 1.02e5), 3e5, 1e6: three sizes
+    ident = check_design(near, 5, ("N", "D"), "x", min_resid_df=0)
+    assert not ident.ok and "2 sizes" in ident.reason
+
+
 def test_four_by_three_is_accepted_and_three_by_three_refused():
     df = grid((1e5, 3e5, 1e6, 3e6), (3.2e4, 6.5e4, 1.3e5))
     assert check_design(df, 5, ("N", "D"), "x").ok
