@@ -90,8 +90,8 @@ def test_warns_when_estimate_is_on_the_grid_edge():
 
 @pytest.mark.parametrize("df, match", [
     (chinchilla_points(4), r"not identified: 4 runs \(at 4 sizes and 4 budgets\) for 5 parameters"),
-    (chinchilla_points(20).assign(N=1e7), "1 size x .*add 2 more sizes"),
-    (chinchilla_points(20).assign(D=1e9), "x 1 token budget\\).*add 2 more budgets"),
+    (chinchilla_points(20).assign(N=1e7), r"\(at 1 size and .*add 2 more sizes"),
+    (chinchilla_points(20).assign(D=1e9), r"and 1 token budget\).*add 2 more budgets"),
 ])
 def test_bad_groups(df, match):
     with pytest.raises(AnalysisError, match=match):
