@@ -188,7 +188,7 @@ def clopper_pearson(share: float, trials: int, level: float = 0.95) -> tuple[flo
     over 120 sets still admits 0.97, so a 0.99 ceiling is judged by this, not the share."""
     from scipy.stats import beta
 
-    if not trials or not np.isfinite(share):
+    if not trials or not 0 <= share <= 1:  # NaN, or a figure that is not a share
         return np.nan, np.nan
     k, a = round(share * trials), (1 - level) / 2
     return (float(beta.ppf(a, k, trials - k + 1)) if k > 0 else 0.0,
@@ -581,7 +581,9 @@ def main() -> None:
         start = time.perf_counter()
         section = SECTIONS[name](trials * MORE_TRIALS.get(name, 1), bootstrap, args.workers)
         for row in section.rows:  # the 95% interval of each share, from its trials
-            row["ci_lower"], row["ci_upper"] = clopper_pearson(row["coverage"], row["trials"])
+            row["ci_lower"], row["ci_upper"] = (
+                (np.nan, np.nan) if "(info)" in row["quantity"]
+                else clopper_pearson(row["coverage"], row["trials"]))
         table = pd.DataFrame(section.rows)
         print(f"\n{name}: share of {100 * (1 - LEVEL):g}% intervals covering the truth "
               f"({time.perf_counter() - start:.0f} s)")
