@@ -91,8 +91,10 @@ class Formula:
     sees it; `law()` gives it as analysis.prediction.Law, the interface prediction intervals,
     backtests and the bank's ranking go through. Its parameters (theta order), those stored as logs,
     the rows it is fitted to, the variables it is curved in (identify.check_design wants three
-    levels of each), and its start grid. `design` gives t = X theta for a law linear in theta;
-    `terms` replaces it for one that is not (the joint law's E_start, E_max): t and dt/dtheta."""
+    levels of each), its start grid and the runs beyond its parameters its bootstrap needs
+    (min_resid_df: identify.MIN_RESID_DF holds the values coverage set). `design` gives
+    t = X theta for a law linear in theta; `terms` replaces it for one that is not (the joint
+    law's E_start, E_max): t and dt/dtheta."""
 
     name: str
     formula: str
@@ -102,6 +104,7 @@ class Formula:
     rows: Callable[[pd.DataFrame], pd.DataFrame]
     curved: tuple[str, ...]
     starts: np.ndarray
+    min_resid_df: int
     terms: Callable[[np.ndarray, pd.DataFrame], tuple[np.ndarray, np.ndarray]] | None = None
     saturation: bool = False  # the last two are E_start, E_max: theta log E_start, log(E_max - E_start)
     levels: tuple[tuple[str, int], ...] = ()  # variables that need more than MIN_LEVELS levels
@@ -233,7 +236,8 @@ JOINT = Formula(
     "joint", "E + A Ehat^delta / N^(alpha + gamma ln Ehat) + B Ehat^omega / D^(beta + zeta ln Ehat)",
     ("A", "delta", "alpha", "gamma", "B", "omega", "beta", "zeta", "E", "E_start", "E_max"),
     (0, 4, 8), None, joint_rows, ("N", "D", "E"),
-    _grid(AB, (0.0,), EXP, (0.0,), AB, (0.0,), EXP, (0.0,), E0), terms=_joint_terms,
+    _grid(AB, (0.0,), EXP, (0.0,), AB, (0.0,), EXP, (0.0,), E0), MIN_RESID_DF["joint"],
+    terms=_joint_terms,
     saturation=True, levels=(("E", JOINT_EXPERT_LEVELS),))
 # (log E_start, log(E_max - E_start)) at which the joint law's other parameters are first fitted
 SATURATION_GRID = _grid(np.log([1.2, 2.0, 4.0]), np.log([30.0, 300.0, 3000.0]))
@@ -241,10 +245,11 @@ GRANULARITY = Formula(
     "granularity", "E + (g / G^gamma + A) / N^alpha + B / D^beta",
     ("g", "gamma", "alpha", "A", "B", "beta", "E"), (0, 3, 4, 6),
     _granularity_design, _granularity_rows, ("N", "D", "granularity"),
-    _grid(AB, (0.5,), EXP, AB, AB, EXP, E0))
+    _grid(AB, (0.5,), EXP, AB, AB, EXP, E0), MIN_RESID_DF["granularity"])
 CHINCHILLA_FORMULA = Formula(
     "chinchilla", "E + A / N^alpha + B / D^beta", ("E", "A", "B", "alpha", "beta"), (0, 1, 2),
-    _chinchilla_design, lambda df: df, ("N", "D"), _grid(E0, AB, AB, EXP, EXP))
+    _chinchilla_design, lambda df: df, ("N", "D"), _grid(E0, AB, AB, EXP, EXP),
+    MIN_RESID_DF["chinchilla"])
 FORMULAS = {f.name: f for f in (JOINT, GRANULARITY, CHINCHILLA_FORMULA)}
 
 
@@ -297,7 +302,7 @@ def check_rows(law: Formula, df: pd.DataFrame, label: str) -> None:
         if col not in df or df[col].isna().any():
             raise AnalysisError(f"group ({label}): the {law.name} law needs a '{col}' for every run")
     ident = check_design(df, len(law.names), law.curved, law.name,
-                         min_resid_df=MIN_RESID_DF[law.name], levels=dict(law.levels))
+                         min_resid_df=law.min_resid_df, levels=dict(law.levels))
     if not ident.ok:
         raise NotIdentified(f"group ({label}): the {law.name} law", ident)
 
