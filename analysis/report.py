@@ -23,6 +23,8 @@ from analysis.shared_exponent import shared_table, shared_tests
 from analysis.tables import fits_table, render
 
 HOLDOUT = 3  # largest-compute runs per group the report's backtest predicts
+BLANKS = ("Intervals are 95%; a bound the runs do not set reads 'unbounded', and an "
+          "estimate neither of whose bounds they set is left blank: not identified.")
 
 
 def _regime(df: pd.DataFrame) -> str:
@@ -275,7 +277,9 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
                   render(bt.drop(columns=["law"])), "", render(s)]
     bimodal, bimodal_gaps = fit_noting("bimodal law", df, "bimodal", bootstrap, notes)
     if bimodal or bimodal_gaps:
-        lines += ["", "## Competition and synergy (Aghajanyan et al. 2023)", ""]
+        lines += ["", "## Competition and synergy (Aghajanyan et al. 2023)", "",
+                  "The joint run's loss over what the unimodal laws predict, I(N, D) = -C + A / "
+                  "N^alpha + B / D^beta (nats/token; > 0 competition, < 0 synergy). " + BLANKS, ""]
         if bimodal:
             lines += [render(fits_table(bimodal)), ""]
         lines += bimodal_gaps
@@ -295,7 +299,10 @@ def write_report(inputs: list[str | Path], out: Path, bootstrap: int = 1000,
         figs.append(plots.competition_map(bimodal, out / "competition_map.png"))
     routed, routed_gaps = fit_noting("routed law", df, "routed", bootstrap, notes)
     if routed or routed_gaps:
-        lines += ["", "## Routed-MoE law (Clark et al. 2022)", ""]
+        lines += ["", "## Routed-MoE law (Clark et al. 2022)", "",
+                  "log L = a log N + b log Ehat + c log N log Ehat + d, one fit per router, "
+                  "experts per token and token count (Ehat: the expert count, saturating). "
+                  + BLANKS, ""]
         lines += ([render(fits_table(routed)), ""] if routed else []) + routed_gaps
     dyn_lines, dyn_figs = dynamics.section(every_run, records, out, inputs)
     lines, figs = lines + dyn_lines, figs + dyn_figs
