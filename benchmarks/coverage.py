@@ -515,6 +515,12 @@ def bank_laws(trials: int, bootstrap: int, workers: int) -> Section:
     return _run("bank_laws", BANK_CASES, _bank_fit_trial, trials, bootstrap, workers)
 
 
+def bank_leverage(trials: int, bootstrap: int, workers: int) -> Section:
+    from leverage_sections import BANK_LEVERAGE_CASES, _bank_leverage_trial
+
+    return _run("bank_leverage", BANK_LEVERAGE_CASES, _bank_leverage_trial, trials, bootstrap, workers)
+
+
 def law_bank(trials: int, bootstrap: int, workers: int) -> Section:
     from leverage_sections import law_bank as run
 
@@ -555,7 +561,8 @@ MORE_TRIALS = {"chinchilla": 3, "law_free": 3, "routed": 20, "bimodal": 3}
 SECTIONS: dict[str, Callable[[int, int, int], Section]] = {
     "chinchilla": chinchilla, "law_free": law_free, "backtest": backtest_section,
     "efficiency_leverage": efficiency_leverage, "bank_laws": bank_laws,
-    "shared_exponent": shared_exponent, "routed": routed, "bimodal": bimodal, "law_bank": law_bank}
+    "shared_exponent": shared_exponent, "routed": routed, "bimodal": bimodal, "law_bank": law_bank,
+    "bank_leverage": bank_leverage}
 
 
 def main() -> None:

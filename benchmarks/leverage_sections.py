@@ -223,3 +223,47 @@ def _bank_fit_trial(job) -> dict[str, bool]:
     out.update({f"{k} (info)": bool(ci.at[k, "lower"] <= truth[k] <= ci.at[k, "upper"])
                 for k in formula.names})
     return out
+
+
+# EL from the joint law where the bank ranks it best (analysis.headline.best_law_fits, the
+# report's path: runs resampled in pairs, dense at one expert), at the computes the report
+# takes from it: 10x and 100x beyond the largest MoE run; truth from JOINT_TRUTH at each E
+BANK_LEVERAGE_CASES = {
+    "joint, smallest accepted: 4x3 grid x dense, E = 4, 16, 64, 0.5% noise": dict(
+        sizes=SIZES[:4], tokens=TOKENS[:3], noise=0.005, smallest=True),
+}
+
+
+def _bank_leverage_trial(job) -> dict[str, bool]:
+    from analysis.errors import AnalysisError
+    from analysis.headline import best_law_fits
+    from analysis.law_bank import JOINT, reduce_to_chinchilla
+    from analysis.leverage import leverage
+    from analysis.synthetic_moe import JOINT_TRUTH
+
+    name, seed, bootstrap = job
+    case = BANK_LEVERAGE_CASES[name]
+    df = bank_runs("joint", seed=seed, noise=case["noise"], sizes=case["sizes"], tokens=case["tokens"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _, fits, _ = leverage_table(df, 0, seed, grid=GRID)
+            lev = best_law_fits(df, "text", "joint", fits, bootstrap, seed)
+        except AnalysisError:  # the gate or the post-fit checks refuse the joint law
+            lev = []
+    if not lev:
+        return {REFUSED: True}
+    truth = np.array([JOINT_TRUTH[k] for k in JOINT.names])[None]
+    out, inside = {REFUSED: False}, True
+    for f in lev:
+        e = float(f.family.split("E=")[1])
+        t = f.table()
+        t = t[t["where"].str.startswith("extrapolated")]
+        el = leverage(reduce_to_chinchilla("joint", truth, n_experts=1.0),
+                      reduce_to_chinchilla("joint", truth, n_experts=e), t["C"].to_numpy(float),
+                      f.flops_dense, f.flops_moe)[0]
+        for r, true_el in zip(t.itertuples(), el, strict=True):
+            out[f"E = {e:g}: EL at {r.where}"] = bool(r.lower <= true_el <= r.upper)
+        inside &= bool(interval_ok(t["EL"], t["lower"], t["upper"]).all())
+    out[INSIDE] = inside
+    return out
