@@ -41,12 +41,16 @@ truths) and a design just below the gate, which every trial must refuse:
               loss at a point inside the data (mean and a new run's prediction interval);
               parameters as information (the report prints none); typical, smallest accepted
               (two noise levels) and refused designs per law.
+  bank_leverage  EL from the joint law as the report takes it when the bank ranks that law
+              best (analysis.headline.best_law_fits: runs resampled in pairs, dense at one
+              expert), 10x and 100x beyond the largest MoE run, for E = 4, 16, 64 on the
+              smallest design the joint law's gate accepts.
   law_bank    share of synthetic sets drawn from each law of the MoE bank where the bank names
               that law: its ranking on held-out runs puts it first, or it is the only law the
               runs identify and beats the baseline (max(10, trials // 12) sets per law). Figure
               law_bank_picks_truth (target >= 0.8).
-(benchmarks/leverage_sections.py holds the cases of efficiency_leverage, law_free, bank_laws
-and law_bank.)
+(benchmarks/leverage_sections.py holds the cases of efficiency_leverage, law_free, bank_laws,
+bank_leverage and law_bank.)
 
 The fits run exactly as the toolkit runs them, except that the Chinchilla start grid is reduced
 to three values per parameter (243 starts; the truths lie well inside its basins) outside the
