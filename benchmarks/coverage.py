@@ -76,8 +76,8 @@ so that a ceiling of 0.99 is judged by what the trials can tell; target 0). Also
 
 The defaults (40 trials per case, 200 refits per fit; the cheap sections chinchilla, law_free,
 bimodal and routed run MORE_TRIALS times as many, the shared-exponent test's size 5x) ran whole
-in 53 minutes on a 2-core Intel Xeon, the first 25 beside the test suite (2026-12-03; about 40
-idle, bank_laws 20-25 of them); --trials and --bootstrap go further.
+in 68 minutes on a 2-core Intel Xeon beside other work (2026-12-03; about 50 idle, bank_laws
+20-25 of them, bank_leverage about 10); --trials and --bootstrap go further.
 
 Usage: python benchmarks/coverage.py [--trials 40] [--bootstrap 200] [--workers 2] [--only NAME]
        [--quick] [--smallest]
