@@ -4,8 +4,8 @@ Two gates every law goes through:
 - `check_design` before the fit: enough runs beyond the law's parameters (MIN_RESID_DF, the
   residual degrees of freedom a residual bootstrap needs to have noise to resample), and at
   least MIN_LEVELS distinct values (`level_ids`: within 5% is one) of every variable the law
-  is curved in (a power law with an
-  offset, E + A / N^alpha, has three unknowns along N: two sizes fit any exponent exactly).
+  is curved in (a power law with an offset, E + A / N^alpha, has three unknowns along N: two
+  sizes fit any exponent exactly).
 - `check_fit` after it: a well-conditioned optimum (the Jacobian of the log-space fitted values
   by the parameters has full rank and a bounded condition number once its columns are
   scaled to unit length) and no estimate at a bound or at the edge of the start grid.
